@@ -1,0 +1,209 @@
+"""One typed description of a Vision Transformer; everything else is built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Size = int | tuple[int, int]
+
+PATCH_EMBEDS = ("conv", "linear-ln")
+POOLS = ("cls", "mean", "mean-all")
+POS_EMBEDS = ("learned", "sincos2d")
+ACTIVATIONS = ("gelu", "gelu-tanh")
+
+# Far beyond any ViT ever trained; they stop a hostile or mistyped config.json from asking for
+# terabytes before a single tensor is allocated.
+LIMITS = {"dim": 16384, "depth": 512, "heads": 1024, "mlp_dim": 131072, "num_classes": 1_000_000,
+          "image": 16384, "in_channels": 512, "tokens": 1_000_000}
+
+
+def pair(value: Size) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """The architecture. Defaults are ViT-B/16 at 224 px with 1000 classes, as in the paper.
+
+    `pool`: "cls" reads the class token; "mean" averages the patch tokens (timm, big_vision);
+    "mean-all" averages every token including the class token (the write-up's / vit-pytorch's code).
+    `fc_norm`: apply the final LayerNorm after pooling instead of to every token (timm with
+    global average pooling, MAE).
+    `representation_size`: the paper's pre-logits layer (Linear + tanh) before the head.
+    `head_dim`: per-head width; default dim // heads. vit-pytorch allows heads * head_dim != dim.
+    """
+
+    image_size: Size = 224
+    patch_size: Size = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    head_dim: int | None = None
+    patch_embed: Literal["conv", "linear-ln"] = "conv"
+    class_token: bool = True
+    pool: Literal["cls", "mean", "mean-all"] = "cls"
+    pos_embed: Literal["learned", "sincos2d"] = "learned"
+    fc_norm: bool = False
+    representation_size: int | None = None
+    qkv_bias: bool = True
+    act: Literal["gelu", "gelu-tanh"] = "gelu"
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    emb_dropout: float = 0.0
+    drop_path: float = 0.0
+    dynamic_size: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    # -- derived sizes ------------------------------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return pair(self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return h // ph, w // pw
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of q, k and v together: heads * head_dim."""
+        return self.heads * (self.head_dim or self.dim // self.heads)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of what the head sees (the pre-logits width if there is one)."""
+        return self.representation_size or self.dim
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        """Build from untrusted JSON-like data: unknown keys and wrong types are errors."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a ViT config must be a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown ViT config keys {unknown}; known keys: {sorted(fields)}")
+        for key, value in data.items():
+            _check_type(key, value, fields[key].type)
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ViTConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(data.get("vit", data) if isinstance(data, dict) else data)
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- validation ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        _choice("patch_embed", self.patch_embed, PATCH_EMBEDS)
+        _choice("pool", self.pool, POOLS)
+        _choice("pos_embed", self.pos_embed, POS_EMBEDS)
+        _choice("act", self.act, ACTIVATIONS)
+        for name in ("in_channels", "dim", "depth", "heads", "mlp_dim"):
+            _bounded(name, getattr(self, name), 1, LIMITS.get(name))
+        _bounded("num_classes", self.num_classes, 0, LIMITS["num_classes"])
+        for name in ("head_dim", "representation_size"):
+            if getattr(self, name) is not None:
+                _bounded(name, getattr(self, name), 1, LIMITS["dim"])
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) or (isinstance(value, tuple) and len(value) == 2)):
+                raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+            for side in pair(value) if isinstance(value, tuple) else (value,):
+                _bounded(name, side, 1, LIMITS["image"])
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        if h % ph or w % pw:
+            fix_h, fix_w = max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw)
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
+                f"use an image size such as {fix_h}x{fix_w}, or a patch size that divides {h}x{w}")
+        if self.num_patches + self.num_prefix_tokens > LIMITS["tokens"]:
+            raise ValueError(f"{self.num_patches} patches is too many tokens; use a larger patch")
+        if self.head_dim is None and self.dim % self.heads:
+            divisors = [d for d in range(1, min(self.dim, 64) + 1) if self.dim % d == 0]
+            raise ValueError(
+                f"heads={self.heads} does not divide dim={self.dim}; choose heads among "
+                f"{divisors[-6:]} or set head_dim explicitly")
+        if self.pos_embed == "sincos2d" and self.dim % 4:
+            raise ValueError(f"pos_embed='sincos2d' needs dim divisible by 4, got dim={self.dim}")
+        if not self.class_token and self.pool == "cls":
+            raise ValueError("pool='cls' needs a class token; set class_token=True or pool='mean'")
+        if self.pool == "mean-all" and not self.class_token:
+            raise ValueError("pool='mean-all' averages the class token too; without one use 'mean'")
+        for name in ("dropout", "attn_dropout", "emb_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+        if not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
+            raise ValueError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not one of {list(options)}")
+
+
+def _bounded(name: str, value: Any, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={value} is out of range [{low}, {high}]")
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """Types of JSON values against the dataclass annotations (which are strings here)."""
+    ok = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "None": lambda v: v is None,
+    }
+    if annotation == "Size":
+        good = ok["int"](value) or (isinstance(value, (list, tuple)) and len(value) == 2
+                                    and all(ok["int"](v) for v in value))
+    elif annotation.startswith("Literal"):
+        good = isinstance(value, str)
+    else:
+        good = any(ok[t.strip()](value) for t in annotation.split("|") if t.strip() in ok)
+    if not good:
+        raise ValueError(f"config key {key!r} must be {annotation}, got {value!r}")

@@ -1,0 +1,80 @@
+"""vitkit's own format: a directory with `config.json` and `model.safetensors`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vitkit import atomic
+from vitkit.model.config import ViTConfig
+from vitkit.model.vit import ViT
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+FORMAT_TAG = "vitkit"
+log = logging.getLogger("vitkit")
+
+
+def save_pretrained(model: ViT, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save weights and config; `extra` (e.g. class names) is kept in config.json beside them."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic.atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    meta = {"format": FORMAT_TAG, "vit": model.config.to_dict(), **(extra or {})}
+    atomic.write_text(directory / CONFIG, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def is_native(directory: Path) -> bool:
+    config = directory / CONFIG
+    if not (directory.is_dir() and config.is_file() and (directory / WEIGHTS).is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT_TAG
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """Everything in config.json besides the architecture (class names, training recipe, ...)."""
+    meta = json.loads((Path(directory) / CONFIG).read_text())
+    meta.pop("vit", None)
+    return meta
+
+
+def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
+    """Load a `save_pretrained` directory. Overrides such as image_size or num_classes adapt it:
+    the position embedding is resampled, and a new class count gets a fresh head."""
+    directory = Path(directory)
+    config = ViTConfig.load(directory / CONFIG)
+    state = load_file(str(directory / WEIGHTS))
+    return build_with_state(config, state, **overrides)
+
+
+def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overrides: Any) -> ViT:
+    """A model for `config` (with overrides) holding `state`; refuses to half-load."""
+    target = config.replace(**overrides) if overrides else config
+    model = ViT(target)
+    fresh_head = target.num_classes != config.num_classes or target.feature_dim != config.feature_dim
+    if fresh_head:
+        log.warning("new head for %d classes (the weights have %d): it starts untrained",
+                    target.num_classes, config.num_classes)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key in expected and key != "pos_embed" and expected[key].shape != value.shape:
+            raise ValueError(f"weight {key!r} has shape {tuple(value.shape)} but the model expects "
+                             f"{tuple(expected[key].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (fresh_head and k.startswith("head."))]
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the architecture: missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}")
+    return model
