@@ -7,14 +7,18 @@ only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
 import torch
 
 from vitkit.model import PRESETS, ViT, flops
+from vitkit.train.recipe import Recipe
+from vitkit.train.trainer import TrainingError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -64,31 +68,188 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train -------------------------------------------------------------------------------------
+RECIPE_HELP = {
+    "model": "preset name (see `vitkit models`); default: chosen for the data",
+    "epochs": "number of epochs; default: chosen for the data",
+    "time_budget": "wall-clock seconds for the whole run; sizes the epochs to fit",
+    "batch_size": "global batch size",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "weight_decay": "AdamW weight decay (never on norms, biases, position embedding, class token)",
+    "warmup_epochs": "linear warm-up length in epochs",
+    "label_smoothing": "label smoothing of the cross-entropy targets",
+    "clip_grad": "clip the gradient norm to this value (0 = off)",
+    "accum_steps": "split each batch into this many pieces (gradient accumulation)",
+    "crop": "training crop: pad (random crop with padding), random-resized, none",
+    "padding": "padding of the random crop, in pixels",
+    "min_scale": "smallest area fraction of RandomResizedCrop",
+    "flip": "random horizontal flips (off by default for digits)",
+    "augment": "RandAugment, TrivialAugment or none",
+    "magnitude": "RandAugment magnitude",
+    "mixup": "MixUp alpha (0 = off)",
+    "cutmix": "CutMix alpha (0 = off)",
+    "erasing": "random-erasing probability",
+    "drop_path": "stochastic depth rate of the last block",
+    "dropout": "dropout rate",
+    "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
+    "precision": "auto (bf16 where the CPU/GPU supports it), bf16 or fp32",
+    "compile": "torch.compile the model",
+    "seed": "random seed: same seed, same data, same machine = same metrics",
+    "workers": "data-loading worker processes (default: up to 2)",
+    "val_split": "fraction of the training images held out when the data has no validation split",
+    "image_size": "train at this image size (pixels)",
+    "init": "fine-tune from these weights (any format vitkit.load reads)",
+    "layer_decay": "layer-wise learning-rate decay for fine-tuning, e.g. 0.75",
+    "freeze_backbone": "train only the head (linear probe)",
+    "skip_nonfinite": "drop steps whose loss is NaN/inf instead of stopping",
+}
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a ViT on a data set",
+                       description="Train a ViT. With no arguments it trains on scikit-learn's "
+                                   "digits. Defaults are chosen for the data set's size and image size.")
+    p.add_argument("data_pos", nargs="?", metavar="DATA", help="same as --data")
+    p.add_argument("--data", default=None, help="digits (default), mnist:DIR, fashion-mnist:DIR, "
+                   "cifar10:DIR, cifar100:DIR, or an image folder / .tar.gz of one")
+    p.add_argument("--out", help="run directory (default: runs/<data>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    for field in dataclasses.fields(Recipe):
+        if field.name == "model_overrides":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": RECIPE_HELP[field.name]}
+        kind = str(field.type)
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("Literal"):
+            kwargs["choices"] = typing.get_args(typing.get_type_hints(Recipe)[field.name])
+        else:
+            kwargs["type"] = float if "float" in kind else int if "int" in kind else str
+        p.add_argument(flag, **kwargs)
+
+
+@command("train")
+def run_train(args: argparse.Namespace) -> int:
+    from vitkit.train.trainer import train
+
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if given.get("clip_grad") == 0:
+        given["clip_grad"] = None
+    if args.data and args.data_pos and args.data != args.data_pos:
+        raise UserError(f"data given twice: {args.data_pos!r} and --data {args.data!r}")
+    data = args.data or args.data_pos or "digits"
+    if args.resume and (args.data or args.data_pos):
+        raise UserError("--resume continues the run's own data; drop --data")
+    result = train(data, Recipe(**given), set(given), out=args.out, resume=args.resume,
+                   strict=args.strict, device=args.device)
+    if args.json:
+        emit_json(result)
+    else:
+        line = f"trained {result['epochs']} epochs in {result['seconds']:.0f} s: validation top-1 " \
+               f"{100 * result['val_top1']:.2f}%"
+        if "test_top1" in result:
+            line += f", test top-1 {100 * result['test_top1']:.2f}%"
+        print(line)
+        print(f"results in {result['run']} (model, checkpoint, metrics.jsonl, curves.png); next: "
+              f"vitkit eval {result['run']}  /  vitkit predict {result['run']} IMAGE")
+    return 0
+
+
+# -- eval --------------------------------------------------------------------------------------
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model on a data set",
+                       description="Top-1, top-5, per-class accuracy and loss; writes a confusion "
+                                   "matrix PNG beside the run.")
+    p.add_argument("run", metavar="RUN", help="a run directory or any save_pretrained directory")
+    p.add_argument("--data", help="data spec (default: the run's own data)")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="which split (default: test if the data has one, else val)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+
+
+@command("eval")
+def run_eval(args: argparse.Namespace) -> int:
+    from vitkit.infer import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, split=args.split, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device)
+    if args.json:
+        emit_json({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"]})
+        return 0
+    print(f"{result['data']} [{result['split']}]: {result['images']} images  top-1 "
+          f"{100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}")
+    for name, acc in zip(result["classes"], result["per_class"], strict=True):
+        print(f"  {name:<20} {'-' if acc is None else f'{100 * acc:6.2f}%'}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unreadable file(s):")
+        for name, reason in result["skipped"]:
+            print(f"  {name}: {reason}")
+    print(f"confusion matrix: {result['confusion_png']}")
+    return 0
+
+
+# -- predict -----------------------------------------------------------------------------------
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images",
+                       description="Class names and probabilities for each image.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+
+
+@command("predict")
+def run_predict(args: argparse.Namespace) -> int:
+    from vitkit.infer import predict
+
+    results = predict(args.run, args.images, topk=args.topk, device=args.device)
+    if args.json:
+        emit_json(results)
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']}: skipped ({r['error']})")
+            continue
+        guesses = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["top"])
+        print(f"{r['image']}: {guesses}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit", description="Vision Transformers: build, train, evaluate, explain, export.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in ADDERS:
         add(sub)
+    for p in [parser, *sub.choices.values()]:
+        p.add_argument("-v", "--verbose", action="store_true", help="more log output")
     return parser
 
 
-ADDERS = [add_models]
+ADDERS = [add_models, add_train, add_eval, add_predict]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,87 @@
+"""Data loaders whose every random choice is a function of (seed, epoch, position).
+
+The training sampler yields `(index, augmentation_seed)` pairs; the worker seeds torch with that
+number before transforming the image. So the same seed gives the same batches and the same
+augmentations whichever worker handles them, and a run resumed mid-epoch continues exactly where
+it stopped. With several processes (torchrun), each rank takes its own slice of the permutation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vitkit.data.datasets import Sample, Transformed, collate
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-spread 63-bit seed from small integers (splitmix64 steps)."""
+    x = 0x9E3779B97F4A7C15
+    for part in parts:
+        x = (x ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class EpochSampler(Sampler):
+    """A fresh permutation each epoch, sliced for this rank, optionally skipping done batches."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.epoch, self.skip_batches = 0, 0
+
+    def batches_per_epoch(self) -> int:
+        return self.size // self.batch_size  # drop_last: every step sees a full global batch
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=g).tolist()
+        per_rank = self.batch_size // self.world
+        for b in range(self.skip_batches, self.batches_per_epoch()):
+            start = b * self.batch_size + self.rank * per_rank
+            for pos in range(start, start + per_rank):
+                yield order[pos], mix_seed(self.seed, self.epoch, pos)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.skip_batches) * (self.batch_size // self.world)
+
+
+class SeededTransform(Dataset):
+    """Applies the transform under the sampler's per-sample seed."""
+
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.inner = Transformed(base, transform)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        torch.manual_seed(seed)
+        return self.inner[index]
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def train_loader(dataset: Dataset, transform: Callable, batch_size: int, seed: int, workers: int,
+                 rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
+    sampler = EpochSampler(len(dataset), batch_size, seed, rank, world)
+    loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size // world,
+                        sampler=sampler, num_workers=workers, collate_fn=collate,
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int,
+                indices: list[int] | None = None) -> DataLoader:
+    """Every image once, in order (or only `indices`, for one rank's shard)."""
+    return DataLoader(Transformed(dataset, transform), batch_size=batch_size, sampler=indices,
+                      num_workers=workers, collate_fn=collate)

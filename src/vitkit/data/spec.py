@@ -1,0 +1,141 @@
+"""`--data SPEC` -> the train / validation / test sets, class names and native image shape.
+
+SPEC is `digits`, `mnist:DIR`, `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR` (DIR may be the
+.tar.gz), or an image-folder DIR / .tar / .tar.gz.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from vitkit.data import arrays, folder
+from vitkit.data.datasets import ArrayImages, FileImages
+
+KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class DataSplits:
+    """What a data spec yields. `val` is held out from training; `test` is the official split."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    image_size: tuple[int, int] | None  # native size when all images share one; else None
+    train: ArrayImages | FileImages | None
+    val: ArrayImages | FileImages | None
+    test: ArrayImages | FileImages | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> ArrayImages | FileImages:
+        found = getattr(self, name, None) if name in ("train", "val", "test") else None
+        if found is None:
+            have = [s for s in ("train", "val", "test") if getattr(self, s) is not None]
+            raise ValueError(f"data set {self.name!r} has no {name!r} split; it has {have}")
+        return found
+
+
+def parse(spec: str) -> tuple[str, Path | None]:
+    kind, sep, rest = spec.partition(":")
+    if spec == "digits":
+        return "digits", None
+    if sep and kind in KINDS:
+        if not rest:
+            raise ValueError(f"--data {spec!r} needs a path after the colon, e.g. {kind}:/data/{kind}")
+        return kind, Path(rest).expanduser()
+    path = Path(spec).expanduser()
+    if path.exists():
+        return "folder", path
+    if sep and len(kind) > 1:  # not a Windows drive letter
+        raise ValueError(f"unknown data kind {kind!r} in --data {spec!r}; use one of "
+                         f"{', '.join(KINDS)}, or an image-folder path")
+    raise FileNotFoundError(f"--data {spec!r}: no such file or folder (known kinds: "
+                            f"{', '.join(KINDS)}; or an image folder)")
+
+
+def load(spec: str, val_split: float = 0.1, seed: int = 0, channels: int | None = None) -> DataSplits:
+    """Open a data set. Without a validation split on disk, `val_split` of train is held out
+    (stratified, fixed by `seed`). `channels` forces 1 or 3 channels for image folders."""
+    kind, path = parse(spec)
+    if kind == "digits":
+        train, test, classes = arrays.digits()
+        return DataSplits("digits", classes, 1, (8, 8), ArrayImages(*train), ArrayImages(*test),
+                          ArrayImages(*test))
+    if kind in ("mnist", "fashion-mnist"):
+        train, test = arrays.idx_split(path, "train"), arrays.idx_split(path, "test")
+        classes = arrays.FASHION_CLASSES if kind == "fashion-mnist" else arrays.MNIST_CLASSES
+        tr, va = ArrayImages(*train).split(val_split, seed)
+        return DataSplits(kind, classes, 1, (28, 28), tr, va, ArrayImages(*test))
+    if kind in ("cifar10", "cifar100"):
+        train, test, classes = arrays.cifar(path, kind)
+        tr, va = ArrayImages(*train).split(val_split, seed)
+        return DataSplits(kind, classes, 3, (32, 32), tr, va, ArrayImages(*test))
+    return _image_folder(path, val_split, seed, channels)
+
+
+def _image_folder(root: Path, val_split: float, seed: int, channels: int | None) -> DataSplits:
+    if not (root.is_dir() or folder.is_archive(root)):
+        raise ValueError(f"{root} is neither an image folder nor a .tar/.tar.gz archive of one")
+    splits = folder.find_splits(root)
+    trees = {name: folder.scan(root, sub) for name, sub in splits.items()}
+    if not trees:
+        trees = {"all": folder.scan(root)}
+    classes = next(iter(trees.values())).classes
+    for name, tree in trees.items():
+        if tree.classes != classes:
+            raise ValueError(f"the {name!r} split's classes {tree.classes} differ from {classes}")
+        if not tree.sources:
+            raise ValueError(f"no images found in {root}" + (f" ({name} split)" if name != "all" else "")
+                             + "; expected <class>/<image> sub-folders with .jpg/.png/... files")
+    channels = channels or 3
+    datasets = {name: FileImages(tree, channels) for name, tree in trees.items()}
+    skipped = [item for tree in trees.values() for item in tree.skipped]
+    name = root.name
+    size = typical_size(next(iter(trees.values())).sources)
+    if "all" in datasets:  # one tree: train on most of it, hold out the rest
+        train, val = datasets["all"].split(val_split, seed)
+        return DataSplits(name, classes, channels, size, train, val, None, skipped)
+    train = datasets.get("train")
+    val = datasets.get("val")
+    if train is not None and val is None and "test" not in datasets:
+        train, val = train.split(val_split, seed)
+    return DataSplits(name, classes, channels, size, train, val, datasets.get("test"), skipped)
+
+
+def typical_size(sources: list, probe: int = 64) -> tuple[int, int] | None:
+    """The median shorter side of up to `probe` images (headers only), as a square size."""
+    sides = []
+    step = max(1, len(sources) // probe)
+    for source in sources[::step][:probe]:
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    if not sides:
+        return None
+    side = sorted(sides)[len(sides) // 2]
+    return side, side
+
+
+def load_for_eval(spec: str, split: str, classes: list[str], channels: int, val_split: float = 0.1,
+                  seed: int = 0) -> tuple[ArrayImages | FileImages, list[tuple[str, str]]]:
+    """The images to evaluate a run on, labelled in the run's class order, and skipped files.
+
+    An image folder without split sub-folders is evaluated whole; its class folders are matched
+    to the run's classes by name.
+    """
+    kind, path = parse(spec)
+    if kind == "folder" and not folder.find_splits(path):
+        tree = folder.scan(path)
+        own, data, skipped = tree.classes, FileImages(tree, channels), tree.skipped
+        if not tree.sources:
+            raise ValueError(f"no images found in {path}")
+    else:
+        splits = load(spec, val_split=val_split, seed=seed, channels=channels)
+        own, data, skipped = splits.classes, splits.split(split), splits.skipped
+    return (data if own == classes else data.relabel(own, classes)), skipped

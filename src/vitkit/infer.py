@@ -1,0 +1,116 @@
+"""Using a trained model: load a run, evaluate it on a data set, classify image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitkit.data import spec as data_spec
+from vitkit.data import transforms
+from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
+from vitkit.data.loader import default_workers, eval_loader
+from vitkit.model.vit import ViT
+from vitkit.train import plots
+from vitkit.train.evaluate import evaluate
+from vitkit.weights import load
+from vitkit.weights.native import is_native, read_meta
+
+
+@dataclass
+class LoadedRun:
+    model: ViT
+    classes: list[str]
+    data: str | None  # the data spec it was trained on, if known
+    normalize: str
+    root: Path
+
+
+def open_run(run: str | Path, device: torch.device | None = None) -> LoadedRun:
+    """A `vitkit train` run directory or any `save_pretrained` directory."""
+    root = Path(run)
+    if not root.exists():
+        raise FileNotFoundError(f"no such run directory: {root}")
+    if not is_native(root):
+        raise ValueError(f"{root} is not a run directory (it needs config.json and model.safetensors "
+                         "as written by `vitkit train` or save_pretrained)")
+    model = load(root).eval().to(device or "cpu")
+    meta = read_meta(root)
+    classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
+    return LoadedRun(model, classes, meta.get("data"), meta.get("normalize", "half"), root)
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def evaluate_run(run: str | Path, data: str | None = None, split: str | None = None,
+                 batch_size: int = 256, workers: int | None = None, device: str | None = None) -> dict:
+    dev = _device(device)
+    loaded = open_run(run, dev)
+    spec = data or loaded.data
+    if spec is None:
+        raise ValueError(f"{run} does not record its data set; pass --data SPEC")
+    config = loaded.model.config
+    if split is None:
+        kind, path = data_spec.parse(spec)
+        has_test = kind != "folder" or "test" in data_spec.folder.find_splits(path)
+        split = "test" if has_test else "val"
+    dataset, skipped = data_spec.load_for_eval(spec, split, loaded.classes, config.in_channels)
+    tf = transforms.eval_transform(config.image_hw, config.in_channels, loaded.normalize)
+    loader = eval_loader(dataset, tf, batch_size, default_workers() if workers is None else workers)
+    result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False)
+    result["skipped"] = [list(s) for s in skipped] + result["skipped"]
+    png = loaded.root / f"confusion-{split}.png"
+    plots.confusion(result["confusion"], loaded.classes, png,
+                    f"{spec} [{split}]: top-1 {100 * result['top1']:.2f}% of {result['images']} images")
+    return {"run": str(loaded.root), "data": spec, "split": split, "classes": loaded.classes,
+            **result, "confusion_png": str(png)}
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.exists() or p.is_symlink():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    return found
+
+
+@torch.inference_mode()
+def predict(run: str | Path, images: list[str], topk: int = 5, device: str | None = None,
+            batch_size: int = 64) -> list[dict]:
+    """Top-k classes per image; unreadable files get an `error` entry instead of stopping."""
+    dev = _device(device)
+    loaded = open_run(run, dev)
+    config = loaded.model.config
+    tf = transforms.eval_transform(config.image_hw, config.in_channels, loaded.normalize)
+    k = max(1, min(topk, len(loaded.classes)))
+    results, batch, names = [], [], []
+
+    def flush():
+        if not batch:
+            return
+        probs = loaded.model(torch.stack(batch).to(dev)).float().softmax(-1).cpu()
+        for name, p in zip(names, probs, strict=True):
+            values, idx = p.topk(k)
+            results.append({"image": name, "top": [{"class": loaded.classes[i], "probability": v}
+                                                   for v, i in zip(values.tolist(), idx.tolist(), strict=True)]})
+        batch.clear()
+        names.clear()
+
+    for path in expand_images(images):
+        try:
+            batch.append(tf(read_image(str(path), config.in_channels, max_side=2 * max(config.image_hw))))
+            names.append(str(path))
+        except BadImage as e:
+            flush()
+            results.append({"image": str(path), "error": str(e)})
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return results

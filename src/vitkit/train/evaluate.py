@@ -1,0 +1,50 @@
+"""Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+             bf16: bool = False) -> dict:
+    """Accuracy and loss over every image the loader yields (bad files are counted, not scored)."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, top5_hits, problems = 0.0, 0, []
+    for images, labels, bad in loader:
+        problems += bad
+        if not len(labels):
+            continue
+        with autocast(device, bf16):
+            logits = model(images.to(device)).float().cpu()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        k = min(5, num_classes)
+        top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
+                                    minlength=num_classes**2).reshape(num_classes, num_classes)
+    return summarize(confusion, loss_sum, top5_hits, problems)
+
+
+def summarize(confusion: torch.Tensor, loss_sum: float, top5_hits: int, problems: list) -> dict:
+    total = int(confusion.sum())
+    per_class_total = confusion.sum(1)
+    per_class = (confusion.diag() / per_class_total.clamp_min(1)).tolist()
+    return {
+        "images": total,
+        "top1": confusion.diag().sum().item() / max(total, 1),
+        "top5": top5_hits / max(total, 1),
+        "loss": loss_sum / max(total, 1),
+        "per_class": [a if n else None for a, n in zip(per_class, per_class_total.tolist(), strict=True)],
+        "confusion": confusion.tolist(),
+        "skipped": [list(p) for p in problems],
+    }

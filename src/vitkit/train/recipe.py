@@ -1,0 +1,107 @@
+"""Every training knob in one dataclass, and the defaults chosen from the data.
+
+A ViT has no convolutional prior, so on small data it needs a recipe matched to the data set's
+size and image size: small patches for small images, a narrow model for few images, and
+augmentation strong enough to stand in for the missing prior. `auto_recipe` picks those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vitkit.model.config import ViTConfig
+from vitkit.model.presets import get_config
+
+
+@dataclass
+class Recipe:
+    model: str | None = None  # a preset name; None lets auto_recipe choose
+    epochs: int | None = None
+    time_budget: float | None = None  # seconds of wall time for the whole run
+    batch_size: int = 128
+    lr: float = 1e-3  # for the global batch; AdamW
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 1.0
+    accum_steps: int = 1
+    crop: Literal["pad", "random-resized", "none"] = "pad"
+    padding: int = 4
+    min_scale: float = 0.35  # RandomResizedCrop
+    flip: bool = True
+    augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    magnitude: int = 9
+    mixup: float = 0.0  # alpha; 0 = off
+    cutmix: float = 0.0
+    erasing: float = 0.0
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    ema: float | None = None  # decay, e.g. 0.999
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    workers: int | None = None
+    val_split: float = 0.1
+    image_size: int | None = None
+    init: str | None = None  # weights to fine-tune from
+    layer_decay: float | None = None
+    freeze_backbone: bool = False
+    skip_nonfinite: bool = False
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Per data-set regime: (model fields, recipe fields). The numbers come from benchmarks/accuracy.py.
+TINY_IMAGES = (  # 8x8 digits: 2x2 patches -> 16 tokens
+    dict(patch_size=2, dim=128, depth=4, heads=4, mlp_dim=256, patch_embed="linear-ln", pool="mean",
+         class_token=False),
+    dict(epochs=60, batch_size=64, lr=2e-3, warmup_epochs=3, padding=1, flip=False, weight_decay=0.05),
+)
+SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens
+    dict(patch_size=4, dim=192, depth=6, heads=3, mlp_dim=768, patch_embed="linear-ln"),
+    dict(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=2, padding=4),
+)
+LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
+    dict(patch_size=16, image_size=224),
+    dict(epochs=30, batch_size=64, lr=5e-4, warmup_epochs=3, crop="random-resized",
+         augment="randaugment", mixup=0.2, cutmix=1.0, drop_path=0.1),
+)
+
+
+def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | None, channels: int,
+                num_classes: int, num_train: int, flip_ok: bool) -> tuple[Recipe, ViTConfig]:
+    """Fill what the user did not set (`given` names the fields they did) for this data set."""
+    side = max(image_hw) if image_hw else 224
+    if recipe.image_size:
+        side = recipe.image_size
+    model_fields, recipe_fields = TINY_IMAGES if side <= 12 else SMALL_IMAGES if side <= 64 else LARGE_IMAGES
+    changes = {k: v for k, v in recipe_fields.items() if k not in given}
+    if "flip" not in given and not flip_ok:
+        changes["flip"] = False
+    if recipe.time_budget and "epochs" not in given:
+        changes["epochs"] = None  # the budget decides
+    recipe = dataclasses.replace(recipe, **changes)
+
+    if recipe.model:
+        config = get_config(recipe.model)
+    else:
+        fields = dict(model_fields)
+        if side > 64:
+            fields.update(get_config("vit_s16" if num_train > 20_000 else "vit_ti16").to_dict())
+        config = ViTConfig(**{k: v for k, v in fields.items() if k != "image_size"})
+    ph, pw = config.patch_hw
+    if recipe.image_size:
+        image_size = recipe.image_size
+    elif image_hw and side <= 64:  # small images: train at their own size, a multiple of the patch
+        image_size = (max(ph, round(image_hw[0] / ph) * ph), max(pw, round(image_hw[1] / pw) * pw))
+    else:
+        image_size = config.image_size if recipe.model else 224
+    config = config.replace(image_size=image_size, in_channels=channels, num_classes=num_classes,
+                            drop_path=recipe.drop_path, dropout=recipe.dropout,
+                            **recipe.model_overrides)
+    return recipe, config

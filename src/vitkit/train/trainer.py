@@ -1,0 +1,397 @@
+"""Training: from a data spec and a recipe to a run directory.
+
+The run directory holds `config.json` + `model.safetensors` (what `vitkit.load` reads),
+`checkpoint.pt` (everything needed to resume), `metrics.jsonl`, `curves.png` and `train.log`.
+Every random choice is a function of (seed, epoch, step), so a resumed run continues exactly as
+an uninterrupted one would have, and the same seed on the same machine gives the same metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from vitkit import atomic
+from vitkit.data import spec as data_spec
+from vitkit.data import transforms
+from vitkit.data.loader import default_workers, eval_loader, mix_seed, train_loader
+from vitkit.model.config import ViTConfig
+from vitkit.model.vit import ViT
+from vitkit.train import checkpoint, plots
+from vitkit.train.evaluate import autocast, evaluate
+from vitkit.train.recipe import Recipe, auto_recipe
+from vitkit.weights.native import save_pretrained
+
+log = logging.getLogger("vitkit")
+CALIBRATION_STEPS = (5, 25)  # time steps 5..24 to size an epoch under --time-budget
+NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit
+
+
+class TrainingError(Exception):
+    """Training cannot go on (bad numbers, bad data with --strict); the message says what to do."""
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Norms, biases, the position embedding and the class token are not decayed."""
+    return param.ndim <= 1 or name in ("pos_embed", "cls_token")
+
+
+def layer_id(name: str, depth: int) -> int:
+    if name.startswith(("patch_embed", "cls_token", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: ViT, recipe: Recipe) -> list[dict]:
+    """AdamW groups: decay or not, and with --layer-decay a smaller lr for earlier layers."""
+    depth, groups = model.config.depth, {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lid = layer_id(name, depth)
+        scale = recipe.layer_decay ** (depth + 1 - lid) if recipe.layer_decay else 1.0
+        decay = 0.0 if no_weight_decay(name, param) else recipe.weight_decay
+        key = (scale, decay)
+        groups.setdefault(key, {"params": [], "weight_decay": decay, "lr_scale": scale})
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+class Schedule:
+    """Linear warm-up then cosine decay to min_lr; the total may be set late (time budgets)."""
+
+    def __init__(self, base_lr: float, min_lr: float, warmup: int, total: int | None):
+        self.base_lr, self.min_lr, self.warmup, self.total = base_lr, min_lr, warmup, total
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup
+        if self.total is None:
+            return self.base_lr
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class StopFlag:
+    """SIGTERM and the first Ctrl-C ask the loop to stop at the next step boundary (so the
+    checkpoint is consistent); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self.previous:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class RunPaths:
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.checkpoint = self.root / "checkpoint.pt"
+        self.metrics = self.root / "metrics.jsonl"
+        self.curves = self.root / "curves.png"
+        self.log = self.root / "train.log"
+
+
+def default_out(data_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{data_name.replace(':', '-').replace('/', '_')}-{stamp}"
+
+
+def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | None = None,
+          out: str | Path | None = None, resume: str | Path | None = None, strict: bool = False,
+          device: str | None = None, progress: bool | None = None) -> dict:
+    """Train (or resume) and return the final metrics. `given` names the recipe fields the user
+    set; the rest are chosen for the data set by `auto_recipe`."""
+    recipe = recipe or Recipe()
+    given = given or set()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    started = time.time()
+    saved = None
+    if resume:
+        saved = checkpoint.load(RunPaths(resume).checkpoint)
+        _check_resume(saved, recipe, given)
+        recipe, data = Recipe(**saved["recipe"]), saved["data"]
+    splits = data_spec.load(data, val_split=recipe.val_split, seed=recipe.seed)
+    _check_data(splits, strict)
+    if saved:
+        config = ViTConfig.from_dict(saved["model_config"])
+    else:
+        flip_ok = splits.name not in NO_FLIP and splits.channels == 3
+        recipe, config = auto_recipe(recipe, given, splits.image_size, splits.channels,
+                                     len(splits.classes), len(splits.train), flip_ok)
+    paths = RunPaths(resume or out or default_out(splits.name))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+
+    model = _build_model(config, recipe).to(dev)
+    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(dev))
+    workers = default_workers() if recipe.workers is None else recipe.workers
+    size = config.image_hw
+    train_tf = transforms.train_transform(size, config.in_channels, crop=recipe.crop, padding=recipe.padding,
+                                          min_scale=recipe.min_scale, flip=recipe.flip,
+                                          augment=recipe.augment, magnitude=recipe.magnitude,
+                                          erasing=recipe.erasing)
+    eval_tf = transforms.eval_transform(size, config.in_channels)
+    if len(splits.train) < recipe.batch_size:
+        recipe = dataclasses.replace(recipe, batch_size=max(1, len(splits.train)))
+    loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers)
+    val_loader = eval_loader(splits.val, eval_tf, 256, workers)
+    mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
+    steps_per_epoch = sampler.batches_per_epoch()
+
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=recipe.lr, betas=(0.9, 0.999),
+                                  fused=dev.type != "cpu")
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    epochs = recipe.epochs
+    schedule = Schedule(recipe.lr, recipe.min_lr, warmup, epochs * steps_per_epoch if epochs else None)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+        if recipe.ema else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    forward = torch.compile(model) if recipe.compile else model
+
+    history, start_epoch, skip, global_step, nonfinite = [], 0, 0, 0, 0
+    skipped_files = dict(splits.skipped)
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None and saved.get("ema") is not None:
+            ema.load_state_dict(saved["ema"])
+        history, start_epoch, skip = saved["history"], saved["epoch"], saved["step_in_epoch"]
+        global_step, nonfinite, epochs = saved["global_step"], saved["nonfinite"], saved["epochs"]
+        schedule.total = epochs * steps_per_epoch
+        skipped_files.update(saved.get("skipped_files", {}))
+        checkpoint.set_rng_state(saved["rng"])
+        log.info("resuming %s at epoch %d, step %d", paths.root, start_epoch + 1, skip)
+
+    meta = {"classes": splits.classes, "normalize": "half", "data": data, "recipe": recipe.to_dict()}
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        checkpoint.save(paths.checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
+            "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": epochs,
+            "history": history, "nonfinite": nonfinite, "data": data, "recipe": recipe.to_dict(),
+            "model_config": config.to_dict(), "classes": splits.classes,
+            "skipped_files": skipped_files})
+
+    log.info("model: %s parameters, %s", f"{model.num_parameters():,}", json.dumps(config.to_dict()))
+    log.info("data: %s (%d train, %d validation images, %d classes), batch %d, %s, %d workers",
+             splits.name, len(splits.train), len(splits.val), len(splits.classes), recipe.batch_size,
+             "bf16" if bf16 else "fp32", workers)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    step_times: list[float] = []
+    epoch = start_epoch
+    with StopFlag() as stop:
+        while epochs is None or epoch < epochs:
+            sampler.set_epoch(epoch, skip)
+            model.train()
+            epoch_start, seen, correct, loss_sum, load_wait = time.time(), 0, 0, 0.0, 0.0
+            bar = tqdm(total=steps_per_epoch, initial=skip, disable=not show_bar, leave=False,
+                       desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), file=sys.stderr)
+            step = skip
+            tick = time.time()
+            for images, labels, problems in loader:
+                load_wait += time.time() - tick
+                if stop.requested:
+                    save_checkpoint(epoch, step)
+                    raise KeyboardInterrupt
+                for name, reason in problems:
+                    if strict:
+                        raise TrainingError(f"cannot read {name}: {reason} (--strict)")
+                    skipped_files[name] = reason
+                t0 = time.time()
+                if len(labels):
+                    loss, hits = _step(forward, model, optimizer, schedule, criterion, mixer, images,
+                                       labels, recipe, dev, bf16, global_step, epoch, step)
+                    if loss is None:
+                        nonfinite += 1
+                    else:
+                        loss_sum += loss * len(labels)
+                        correct += hits
+                        seen += len(labels)
+                    if ema is not None:
+                        ema.update_parameters(model)
+                global_step += 1
+                step += 1
+                step_times.append(time.time() - t0)
+                if epochs is None and len(step_times) == CALIBRATION_STEPS[1]:
+                    epochs = _epochs_for_budget(recipe, started, step_times, steps_per_epoch,
+                                                len(splits.val))
+                    schedule.total = epochs * steps_per_epoch
+                bar.update(1)
+                if seen:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - epoch_start):.0f}")
+                tick = time.time()
+            bar.close()
+            train_seconds = time.time() - epoch_start
+            if epochs is None:  # epoch shorter than the calibration: size from the whole epoch
+                epochs = _epochs_for_budget(recipe, started, step_times, steps_per_epoch, len(splits.val))
+                schedule.total = epochs * steps_per_epoch
+            eval_model = ema.module if ema is not None else model
+            val = evaluate(eval_model, val_loader, len(splits.classes), dev, bf16)
+            for name, reason in val["skipped"]:
+                skipped_files[name] = reason
+            record = {
+                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                "train_top1": correct / seen if seen and mixer is None else None,
+                "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                "lr": schedule.lr(global_step - 1), "img_per_s": seen / max(train_seconds, 1e-9),
+                "loader_wait_s": load_wait, "seconds": time.time() - epoch_start,
+                "elapsed": time.time() - started, "nonfinite_steps": nonfinite,
+            }
+            history.append(record)
+            epoch += 1
+            skip = 0
+            save_checkpoint(epoch, 0)
+            save_pretrained(eval_model.cpu() if dev.type != "cpu" else eval_model, paths.root, meta)
+            eval_model.to(dev)
+            atomic.write_text(paths.metrics, "".join(json.dumps(h) + "\n" for h in history))
+            plots.curves(history, paths.curves)
+            _log_epoch(record, epochs, load_wait, train_seconds)
+    result = {"run": str(paths.root), "epochs": epochs, "seconds": time.time() - started,
+              "val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
+              "nonfinite_steps": nonfinite, "skipped_files": len(skipped_files)}
+    if splits.test is not None and splits.test is not splits.val:
+        test = evaluate(ema.module if ema is not None else model,
+                        eval_loader(splits.test, eval_tf, 256, workers), len(splits.classes), dev, bf16)
+        result["test_top1"] = test["top1"]
+    elif splits.test is not None:
+        result["test_top1"] = history[-1]["val_top1"]
+    _write_log(paths, skipped_files, result)
+    return result
+
+
+def _step(forward, model, optimizer, schedule, criterion, mixer, images, labels, recipe, dev, bf16,
+          global_step, epoch, step) -> tuple[float | None, int]:
+    """One optimizer step (split into --accum-steps pieces). Returns (loss, correct) or (None, 0)
+    when the loss was not finite and --skip-nonfinite dropped the step."""
+    torch.manual_seed(mix_seed(recipe.seed, epoch, step, 1))  # dropout, drop-path, MixUp/CutMix
+    images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+    targets = labels
+    if mixer is not None:
+        images, targets = mixer(images, labels)
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.lr(global_step) * group["lr_scale"]
+    pieces = max(1, min(recipe.accum_steps, len(labels)))
+    total_loss, hits = 0.0, 0
+    for x, t, y in zip(images.chunk(pieces), targets.chunk(pieces), labels.chunk(pieces), strict=True):
+        with autocast(dev, bf16):
+            logits = forward(x)
+            loss = criterion(logits.float(), t) * (len(y) / len(labels))
+        if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            if recipe.skip_nonfinite:
+                return None, 0
+            raise TrainingError(
+                f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, the last "
+                f"good checkpoint is kept. Likely fixes: a lower --lr (now {recipe.lr}), "
+                "--precision fp32, a smaller --clip-grad, or --skip-nonfinite to drop such steps")
+        loss.backward()
+        total_loss += loss.item()
+        hits += (logits.argmax(1) == y).sum().item()
+    if recipe.clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss, hits
+
+
+def _epochs_for_budget(recipe: Recipe, started: float, step_times: list[float], steps_per_epoch: int,
+                       val_images: int) -> int:
+    """How many whole epochs fit in what is left of --time-budget, from measured step times."""
+    lo, hi = CALIBRATION_STEPS
+    sample = step_times[lo:hi] if len(step_times) >= hi else step_times[len(step_times) // 3:] or step_times
+    sample = sorted(sample)
+    step_time = sample[len(sample) // 2]
+    per_image = step_time / recipe.batch_size
+    epoch_time = steps_per_epoch * step_time * 1.03 + val_images * per_image / 2.5 + 0.5
+    remaining = recipe.time_budget - (time.time() - started) + len(step_times) * step_time
+    epochs = max(1, int(remaining * 0.97 / epoch_time))
+    log.info("time budget %.0f s: %.3f s/step -> %d epochs of %.0f s", recipe.time_budget, step_time,
+             epochs, epoch_time)
+    return epochs
+
+
+def _build_model(config: ViTConfig, recipe: Recipe) -> ViT:
+    if not recipe.init:
+        return ViT(config)
+    from vitkit.weights import load
+
+    model = load(recipe.init, image_size=config.image_size, num_classes=config.num_classes,
+                 drop_path=config.drop_path, dropout=config.dropout)
+    if recipe.freeze_backbone:  # linear probe: only the head learns
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("head.")
+    return model
+
+
+def _check_resume(saved: dict, recipe: Recipe, given: set[str]) -> None:
+    if "model" in given and recipe.model != saved["recipe"].get("model"):
+        raise ValueError(f"--resume: the run was trained with --model {saved['recipe'].get('model')}, "
+                         f"not {recipe.model}; drop --model or start a new run")
+
+
+def _check_data(splits, strict: bool) -> None:
+    if splits.train is None or not len(splits.train):
+        raise ValueError(f"data set {splits.name!r} has no training images")
+    if len(splits.classes) < 2:
+        raise ValueError(f"data set {splits.name!r} has only {len(splits.classes)} class "
+                         f"({splits.classes}); a classifier needs at least two class folders")
+    if strict and splits.skipped:
+        name, reason = splits.skipped[0]
+        raise TrainingError(f"cannot read {name}: {reason} (--strict)")
+
+
+def _log_epoch(record: dict, epochs: int, load_wait: float, seconds: float) -> None:
+    log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val top-1 %.2f%%  lr %.2e  %.0f img/s  %.1f s",
+                record["epoch"], epochs, record["train_loss"], record["val_loss"],
+                100 * record["val_top1"], record["lr"], record["img_per_s"], record["seconds"])
+    model_rate = record["img_per_s"] * seconds / max(seconds - load_wait, 1e-9)
+    log.debug("  model %.0f img/s while computing; waited %.2f s of %.1f s for data", model_rate,
+             load_wait, seconds)
+
+
+def _write_log(paths: RunPaths, skipped: dict[str, str], result: dict) -> None:
+    lines = [f"result: {json.dumps(result)}", f"skipped files: {len(skipped)}"]
+    lines += [f"  {name}: {reason}" for name, reason in sorted(skipped.items())]
+    atomic.write_text(paths.log, "\n".join(lines) + "\n")
+    if skipped:
+        log.warning("skipped %d unreadable file(s); see %s", len(skipped), paths.log)
