@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.cli import main
 from vitkit.data.decode import read_image
-from vitkit.data.transforms import eval_transform
+from vitkit.data.transforms import eval_transform, to_model_input
 
 
 def make_folder(root: Path, classes=("red", "green", "blue"), per_class=6, size=16, corrupt=True) -> Path:
@@ -77,8 +77,8 @@ def test_train_eval_predict_resume(tmp_path, capsys):
     good = [p for p in predictions if "top" in p]
     assert all(len(p["top"]) == 2 and p["top"][0]["class"] in ("red", "green", "blue") for p in good)
     # the CLI's probabilities are the model's
-    x = eval_transform((16, 16), 3)(read_image(str(data / "red" / "0.png")))
-    probs = model.eval()(x[None]).softmax(-1)[0]
+    x = to_model_input(eval_transform((16, 16))(read_image(str(data / "red" / "0.png")))[None])
+    probs = model.eval()(x).softmax(-1)[0]
     assert good[0]["top"][0]["probability"] == pytest.approx(probs.max().item(), abs=1e-5)
 
     # resume a finished run for more epochs is a no-op; resuming keeps the epoch count

@@ -9,6 +9,7 @@ import torch
 
 from vitkit.data import spec as data_spec
 from vitkit.data import transforms
+from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.loader import default_workers, eval_loader
 from vitkit.model.vit import ViT
@@ -58,9 +59,11 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str | None = N
         has_test = kind != "folder" or "test" in data_spec.folder.find_splits(path)
         split = "test" if has_test else "val"
     dataset, skipped = data_spec.load_for_eval(spec, split, loaded.classes, config.in_channels)
-    tf = transforms.eval_transform(config.image_hw, config.in_channels, loaded.normalize)
+    tf = transforms.eval_transform(config.image_hw)
+    if isinstance(dataset, ArrayImages):
+        dataset, tf = dataset.resized(config.image_hw), None
     loader = eval_loader(dataset, tf, batch_size, default_workers() if workers is None else workers)
-    result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False)
+    result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False, stats=loaded.normalize)
     result["skipped"] = [list(s) for s in skipped] + result["skipped"]
     png = loaded.root / f"confusion-{split}.png"
     plots.confusion(result["confusion"], loaded.classes, png,
@@ -88,14 +91,15 @@ def predict(run: str | Path, images: list[str], topk: int = 5, device: str | Non
     dev = _device(device)
     loaded = open_run(run, dev)
     config = loaded.model.config
-    tf = transforms.eval_transform(config.image_hw, config.in_channels, loaded.normalize)
+    tf = transforms.eval_transform(config.image_hw)
     k = max(1, min(topk, len(loaded.classes)))
     results, batch, names = [], [], []
 
     def flush():
         if not batch:
             return
-        probs = loaded.model(torch.stack(batch).to(dev)).float().softmax(-1).cpu()
+        x = transforms.to_model_input(torch.stack(batch).to(dev), loaded.normalize)
+        probs = loaded.model(x).float().softmax(-1).cpu()
         for name, p in zip(names, probs, strict=True):
             values, idx = p.topk(k)
             results.append({"image": name, "top": [{"class": loaded.classes[i], "probability": v}

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2.functional import resize
 
 from vitkit.data.decode import BadImage, read_image
 from vitkit.data.folder import FileTree
@@ -44,6 +45,11 @@ class ArrayImages(Dataset):
     def __getitem__(self, i: int) -> Sample:
         return self.images[i], int(self.labels[i]), None
 
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        """A whole batch in one indexing operation (the DataLoader uses this when present)."""
+        idx = torch.as_tensor(indices)
+        return [(x, y, None) for x, y in zip(self.images[idx].unbind(0), self.labels[idx].tolist(), strict=True)]
+
     def subset(self, idx: torch.Tensor) -> ArrayImages:
         return ArrayImages(self.images[idx], self.labels[idx])
 
@@ -53,6 +59,12 @@ class ArrayImages(Dataset):
 
     def relabel(self, own: list[str], target: list[str]) -> ArrayImages:
         return ArrayImages(self.images, _label_map(own, target)[self.labels])
+
+    def resized(self, size: tuple[int, int]) -> ArrayImages:
+        """All images resized once, up front, so no per-image work is left for the loader."""
+        if tuple(self.images.shape[-2:]) == tuple(size):
+            return self
+        return ArrayImages(resize(self.images, list(size), antialias=True), self.labels)
 
 
 class FileImages(Dataset):
@@ -94,9 +106,10 @@ def _label_map(own: list[str], target: list[str]) -> torch.Tensor:
 
 
 class Transformed(Dataset):
-    """Apply a per-image transform (torchvision v2) in the loader's worker processes."""
+    """Apply a per-image transform (torchvision v2) in the loader's worker processes; with no
+    transform, array data is fetched a batch at a time."""
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
@@ -104,7 +117,14 @@ class Transformed(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         image, label, problem = self.base[i]
-        return (None if image is None else self.transform(image)), label, problem
+        if image is None or self.transform is None:
+            return image, label, problem
+        return self.transform(image), label, problem
+
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        if self.transform is None and hasattr(self.base, "__getitems__"):
+            return self.base.__getitems__(indices)
+        return [self[i] for i in indices]
 
 
 def collate(batch: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:

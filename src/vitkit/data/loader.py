@@ -55,7 +55,7 @@ class EpochSampler(Sampler):
 class SeededTransform(Dataset):
     """Applies the transform under the sampler's per-sample seed."""
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         self.inner = Transformed(base, transform)
 
     def __len__(self) -> int:
@@ -63,15 +63,21 @@ class SeededTransform(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         index, seed = key if isinstance(key, tuple) else (key, key)
-        torch.manual_seed(seed)
+        if self.inner.transform is not None:
+            torch.manual_seed(seed)
         return self.inner[index]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Sample]:
+        if self.inner.transform is None:
+            return self.inner.__getitems__([k[0] for k in keys])
+        return [self[k] for k in keys]
 
 
 def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-def train_loader(dataset: Dataset, transform: Callable, batch_size: int, seed: int, workers: int,
+def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, seed: int, workers: int,
                  rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
     sampler = EpochSampler(len(dataset), batch_size, seed, rank, world)
     loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size // world,
@@ -80,7 +86,7 @@ def train_loader(dataset: Dataset, transform: Callable, batch_size: int, seed: i
     return loader, sampler
 
 
-def eval_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int,
+def eval_loader(dataset: Dataset, transform: Callable | None, batch_size: int, workers: int,
                 indices: list[int] | None = None) -> DataLoader:
     """Every image once, in order (or only `indices`, for one rank's shard)."""
     return DataLoader(Transformed(dataset, transform), batch_size=batch_size, sampler=indices,

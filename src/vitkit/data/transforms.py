@@ -1,50 +1,94 @@
-"""Per-image train and eval transforms (torchvision transforms v2), and batch-level MixUp/CutMix."""
+"""Image transforms, in two stages.
+
+Per image, in the loader's workers (torchvision transforms v2): bring each decoded uint8 image to
+the model's size (RandomResizedCrop for training on photos, resize + centre crop for evaluation),
+and apply RandAugment / TrivialAugment / random erasing if asked. The output stays uint8.
+
+Per batch, on the training device: random crop with padding, flip, rotation, scaling and
+translation as one affine warp per image (`GeometricAugment`), then scaling to floats and
+normalising (`to_model_input`), then MixUp/CutMix. Doing the geometry batched costs one
+`grid_sample` per step instead of hundreds of small per-image calls, which on small images was
+most of the training time.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 MEAN_STD = {"half": ((0.5,), (0.5,)),  # maps [0, 1] to [-1, 1], as big_vision and timm's augreg
             "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
-def normalize(channels: int, stats: str) -> v2.Normalize:
+def to_model_input(images: torch.Tensor, stats: str = "half") -> torch.Tensor:
+    """uint8 or [0, 1] float (B, C, H, W) -> normalised float32, as the model was trained."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     mean, std = MEAN_STD[stats]
-    return v2.Normalize(list(mean) * (channels // len(mean)), list(std) * (channels // len(std)))
+    channels = x.shape[1]
+    mean = torch.tensor(mean * (channels // len(mean)), device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(std * (channels // len(std)), device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
-def train_transform(size: tuple[int, int], channels: int, *, crop: str, padding: int, min_scale: float,
-                    flip: bool, augment: str, magnitude: int, erasing: float, stats: str = "half"
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 (C, H, W) of any size -> float (C, *size), randomly augmented."""
-    steps: list = []
-    if crop == "random-resized":
-        steps.append(v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True))
-    else:
-        steps.append(v2.Resize(size, antialias=True))
-        if crop == "pad" and padding:
-            steps.append(v2.RandomCrop(size, padding=padding, padding_mode="reflect"))
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
+def train_transform(size: tuple[int, int], *, crop: str, min_scale: float, augment: str, magnitude: int,
+                    erasing: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (C, H, W) of any size -> uint8 (C, *size), with the per-image random operations."""
+    steps: list = [v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)
+                   if crop == "random-resized" else v2.Resize(size, antialias=True)]
     if augment == "randaugment":
         steps.append(v2.RandAugment(num_ops=2, magnitude=magnitude))
     elif augment == "trivialaugment":
         steps.append(v2.TrivialAugmentWide())
-    steps += [v2.ToDtype(torch.float32, scale=True), normalize(channels, stats)]
     if erasing:
         steps.append(v2.RandomErasing(p=erasing, value=0))
     return v2.Compose(steps)
 
 
-def eval_transform(size: tuple[int, int], channels: int, stats: str = "half"
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Square models: resize the shorter side and centre-crop; others: resize to `size`."""
-    fit = [v2.Resize(size[0], antialias=True), v2.CenterCrop(size)] if size[0] == size[1] else \
-        [v2.Resize(size, antialias=True)]
-    return v2.Compose([*fit, v2.ToDtype(torch.float32, scale=True), normalize(channels, stats)])
+def eval_transform(size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Square models: resize the shorter side and centre-crop; others: resize to `size`. uint8 out."""
+    if size[0] == size[1]:
+        return v2.Compose([v2.Resize(size[0], antialias=True), v2.CenterCrop(size)])
+    return v2.Resize(size, antialias=True)
+
+
+class GeometricAugment:
+    """Per-image random crop-with-padding, horizontal flip, rotation, scale and translation, done
+    as one affine warp of the whole batch. Pure crops and flips move whole pixels (exact)."""
+
+    def __init__(self, padding: int = 0, flip: bool = False, rotate: float = 0.0, translate: float = 0.0,
+                 scale_jitter: float = 0.0):
+        self.padding, self.flip, self.rotate = padding, flip, rotate
+        self.translate, self.scale_jitter = translate, scale_jitter
+
+    @property
+    def active(self) -> bool:
+        return bool(self.padding or self.flip or self.rotate or self.translate or self.scale_jitter)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: float (B, C, H, W) in [0, 1]; the area moved in from outside is black (or mirrored
+        for pure crops, like reflect-padding)."""
+        b, _, h, w = x.shape
+
+        def uniform(scale: float) -> torch.Tensor:
+            return (torch.rand(b, generator=generator) * 2 - 1) * scale
+
+        shift = lambda side: torch.randint(-self.padding, self.padding + 1, (b,), generator=generator) * 2 / side  # noqa: E731
+        tx = (shift(w) if self.padding else 0) + uniform(2 * self.translate)
+        ty = (shift(h) if self.padding else 0) + uniform(2 * self.translate)
+        angle = uniform(math.radians(self.rotate))
+        scale = 1 + uniform(self.scale_jitter)
+        mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if self.flip else torch.ones(b)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1),
+                             torch.stack([sin * mirror, cos, ty], 1)], 1).to(x)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        whole_pixels = not (self.rotate or self.translate or self.scale_jitter)
+        return F.grid_sample(x, grid, mode="nearest" if whole_pixels else "bilinear",
+                             padding_mode="reflection" if whole_pixels else "zeros", align_corners=False)
 
 
 def mix(num_classes: int, mixup: float, cutmix: float) -> Callable | None:

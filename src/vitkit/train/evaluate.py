@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitkit.data.transforms import to_model_input
+
 
 def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -16,7 +18,7 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-             bf16: bool = False) -> dict:
+             bf16: bool = False, stats: str = "half") -> dict:
     """Accuracy and loss over every image the loader yields (bad files are counted, not scored)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -26,7 +28,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         if not len(labels):
             continue
         with autocast(device, bf16):
-            logits = model(images.to(device)).float().cpu()
+            logits = model(to_model_input(images.to(device), stats)).float().cpu()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         k = min(5, num_classes)
         top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()

@@ -32,6 +32,9 @@ class Recipe:
     padding: int = 4
     min_scale: float = 0.35  # RandomResizedCrop
     flip: bool = True
+    rotate: float = 0.0  # RandomAffine: degrees, translate fraction, scale jitter
+    translate: float = 0.0
+    scale_jitter: float = 0.0
     augment: Literal["none", "randaugment", "trivialaugment"] = "none"
     magnitude: int = 9
     mixup: float = 0.0  # alpha; 0 = off
@@ -56,14 +59,17 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-# Per data-set regime: (model fields, recipe fields). The numbers come from benchmarks/accuracy.py.
-TINY_IMAGES = (  # 8x8 digits: 2x2 patches -> 16 tokens
-    dict(patch_size=2, dim=128, depth=4, heads=4, mlp_dim=256, patch_embed="linear-ln", pool="mean",
-         class_token=False),
-    dict(epochs=60, batch_size=64, lr=2e-3, warmup_epochs=3, padding=1, flip=False, weight_decay=0.05),
+# Per data-set regime: (model fields, recipe fields), measured with benchmarks/accuracy.py.
+# The write-up's LayerNorm patch embedding is not used by default: on 2x2 or 4x4 patches its first
+# LayerNorm erases each patch's brightness (on digits: 81% instead of 96%, same budget).
+TINY_IMAGES = (  # 8x8 digits, upsampled to 16 px: 4x4 patches -> 16 tokens; small random affine
+    # warps stand in for the missing data (99.4% vs 96-97% without them, same budget)
+    dict(patch_size=4, dim=64, depth=4, heads=4, mlp_dim=128, pool="mean", class_token=False),
+    dict(image_size=16, epochs=100, batch_size=128, lr=3e-3, warmup_epochs=3, crop="none", flip=False,
+         rotate=10.0, translate=0.1, scale_jitter=0.1),
 )
 SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens
-    dict(patch_size=4, dim=192, depth=6, heads=3, mlp_dim=768, patch_embed="linear-ln"),
+    dict(patch_size=4, dim=192, depth=6, heads=3, mlp_dim=768),
     dict(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=2, padding=4),
 )
 LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
