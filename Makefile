@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	print('one forward pass:', tuple(m(torch.randn(2, 3, 32, 32)).shape))"
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:

@@ -68,9 +68,9 @@ TINY_IMAGES = (  # 8x8 digits, upsampled to 16 px: 4x4 patches -> 16 tokens; sma
     dict(image_size=16, epochs=100, batch_size=128, lr=3e-3, warmup_epochs=3, crop="none", flip=False,
          rotate=10.0, translate=0.1, scale_jitter=0.1),
 )
-SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens
-    dict(patch_size=4, dim=192, depth=6, heads=3, mlp_dim=768),
-    dict(epochs=30, batch_size=128, lr=1e-3, warmup_epochs=2, padding=4),
+SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens; narrow, so many epochs fit a CPU budget
+    dict(patch_size=4, dim=128, depth=6, heads=4, mlp_dim=256),
+    dict(epochs=30, batch_size=128, lr=1.5e-3, warmup_epochs=1, padding=4),
 )
 LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
     dict(patch_size=16, image_size=224),

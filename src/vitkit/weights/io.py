@@ -1,19 +1,187 @@
-"""`vitkit.load`: one entry point that recognises what a path holds."""
+"""`vitkit.load` and `vitkit.save`: recognise what a path holds, read it safely, convert it.
+
+Safety: safetensors first; other PyTorch files only through `torch.load(weights_only=True)`,
+which refuses pickles that would run code; `.npz` with `allow_pickle=False`. A file that does not
+convert completely raises an error naming the key and shapes; nothing is half-loaded.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vitkit import atomic
 from vitkit.model.vit import ViT
-from vitkit.weights import native
+from vitkit.weights import hf, jax, native, timm, torchvision, vit_pytorch
+
+log = logging.getLogger("vitkit")
+FORMATS = ("auto", "vitkit", "timm", "hf", "torchvision", "vit-pytorch", "jax")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "pytorch_model.pth")
+HINT_KEYS = ("heads", "pool", "norm_eps", "architecture", "source_image_size")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from .safetensors, .npz or a PyTorch file, without running code."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".safetensors"):
+            return load_file(str(path))
+        if name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"refusing to load {path}: it holds Python objects, which could run code "
+                         f"when unpickled ({str(e).splitlines()[0][:200]}). Convert it to safetensors "
+                         "where you trust it, or re-save only its state_dict") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise ValueError(f"refusing to load {path}: it holds object arrays, which need pickle") from None
+        raise ValueError(f"cannot read {path}: {e}") from None
+    except (SafetensorError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot read {path}: truncated or not a weights file ({str(e).splitlines()[0][:200]})") from None
+    for key in ("state_dict", "model", "module", "model_state"):  # training checkpoints wrap it
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return data
+
+
+def detect(state: dict[str, torch.Tensor]) -> str:
+    if hf.is_hf(state):
+        return "hf"
+    if torchvision.is_torchvision(state):
+        return "torchvision"
+    if jax.is_jax(state):
+        return "jax"
+    if any(k.removeprefix("module.").startswith("to_patch_embedding.") for k in state):
+        return "vit-pytorch"
+    if any(k.removeprefix("module.") == "blocks.0.attn.qkv.weight" for k in state):
+        return "timm"
+    raise ValueError(f"unrecognised weights (first keys: {list(state)[:5]}); pass format= one of {FORMATS[1:]}")
+
+
+def _files_in(directory: Path) -> tuple[Path, dict[str, Any] | None]:
+    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else None
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name, config
+    candidates = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".npz", ".pth", ".bin", ".pt"))
+    if len(candidates) == 1:
+        return candidates[0], config
+    raise ValueError(f"{directory} holds no single weights file ({', '.join(WEIGHT_FILES)}, ...)")
 
 
 def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
-    """Load a model from a `save_pretrained` directory (more formats arrive with the converters)."""
+    """A vitkit `ViT` from any ViT checkpoint on disk (or `hf-hub:ORG/NAME` with a network).
+
+    Overrides change the target: `image_size=384` resamples the position embedding,
+    `num_classes=10` gives a fresh head. `heads=`, `pool=`, `norm_eps=` and `source_image_size=`
+    tell what a format's weights do not record.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is not one of {FORMATS}")
+    if str(path).startswith("hf-hub:"):
+        path = _download(str(path).removeprefix("hf-hub:"))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
-    if format in ("auto", "vitkit") and native.is_native(path):
+    if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):
         return native.load_pretrained(path, **overrides)
-    raise ValueError(f"{path} is not a vitkit model directory (config.json + model.safetensors)")
+    hints = {k: overrides.pop(k) for k in HINT_KEYS if k in overrides}
+    config_json = None
+    if path.is_dir():
+        path, config_json = _files_in(path)
+    elif path.with_name("config.json").is_file():
+        config_json = json.loads(path.with_name("config.json").read_text())
+    state = read_tensors(path)
+    kind = detect(state) if format == "auto" else format
+    if "source_image_size" in hints:
+        hints["image_size"] = hints.pop("source_image_size")
+    if kind == "hf":
+        config, converted = hf.to_vitkit(state, config_json, hints)
+    elif kind == "torchvision":
+        config, converted = torchvision.to_vitkit(state, hints)
+    elif kind == "jax":
+        config, converted = jax.to_vitkit(state, hints)
+    elif kind == "vit-pytorch":
+        source = hints.get("image_size") or overrides.get("image_size")  # vit-pytorch does not record it
+        rest = {k: v for k, v in overrides.items() if not (k == "image_size" and v == source)}
+        return vit_pytorch.from_vit_pytorch(state, image_size=source, heads=hints.get("heads"),
+                                            pool=hints.get("pool"), **rest)
+    else:
+        config, converted = timm.to_vitkit(state, {**_timm_hints(config_json), **hints})
+    try:
+        return native.build_with_state(config, converted, **overrides)
+    except RuntimeError as e:  # load_state_dict's shape report
+        raise ValueError(f"{path}: {str(e).splitlines()[-1].strip()}") from None
+
+
+def _timm_hints(config_json: dict[str, Any] | None) -> dict[str, Any]:
+    """What timm's hub config.json says: the model name (for heads) and the input size."""
+    if not config_json:
+        return {}
+    hints: dict[str, Any] = {}
+    if "architecture" in config_json:
+        hints["architecture"] = config_json["architecture"]
+    size = (config_json.get("pretrained_cfg") or {}).get("input_size")
+    if size:
+        hints["image_size"] = tuple(size[1:]) if size[1] != size[2] else size[1]
+    args = config_json.get("model_args") or {}
+    if "num_heads" in args:
+        hints["heads"] = args["num_heads"]
+    if args.get("global_pool") in ("avg", "token"):
+        hints["pool"] = "mean" if args["global_pool"] == "avg" else "cls"
+    return hints
+
+
+def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list[str] | None = None) -> Path:
+    """Write `model` so that its own library loads it unchanged: a directory for "vitkit" and
+    "hf" (config.json + model.safetensors), a timm state dict file (.safetensors or .pth) plus a
+    timm-style config.json beside it for "timm"."""
+    path = Path(path)
+    if format == "vitkit":
+        return native.save_pretrained(model, path, {"classes": class_names} if class_names else None)
+    if format == "hf":
+        state, config = hf.from_vitkit(model, class_names)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        atomic.write_text(path / "config.json", json.dumps(config, indent=2))
+        return path
+    if format == "timm":
+        state, kwargs = timm.from_vitkit(model)
+        if path.suffix == "":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "model.safetensors"
+        with atomic.atomic_path(path) as tmp:
+            if path.suffix == ".safetensors":
+                save_file(state, str(tmp), metadata={"format": "pt"})
+            else:
+                torch.save(state, tmp)
+        c = model.config
+        timm_config = {"architecture": "vit_custom", "num_classes": c.num_classes, "model_args": kwargs,
+                       "pretrained_cfg": {"input_size": [c.in_channels, *c.image_hw],
+                                          "mean": [0.5] * c.in_channels, "std": [0.5] * c.in_channels}}
+        atomic.write_text(path.with_name("config.json"), json.dumps(timm_config, indent=2))
+        return path
+    raise ValueError(f"save format={format!r}: use vitkit, hf or timm")
+
+
+def _download(repo: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError("hf-hub: paths need huggingface_hub (pip install 'vitkit[hub]')") from None
+    log.info("downloading %s from the Hugging Face hub", repo)
+    return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))

@@ -1,0 +1,129 @@
+"""Accuracy within a wall-clock budget: vitkit's defaults against simple peers, in one run.
+
+    python benchmarks/accuracy.py digits            # vitkit train (no flags) vs write-up ViT + Adam vs RBF SVM
+    python benchmarks/accuracy.py cifar10 --data ../shared/data/cifar10/cifar10-train-jpg.tar.gz \
+        --budget 1800 [--peers]                      # vitkit train DATA --time-budget 1800
+
+The vitkit numbers come from running the `vitkit` command exactly as a user would; the wall time
+includes start-up, data loading and every evaluation. Results are appended to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, this_command
+
+
+def run_vitkit(args: list[str]) -> tuple[dict, float]:
+    start = time.time()
+    out = subprocess.run([sys.executable, "-m", "vitkit", "train", *args, "--json"], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout), time.time() - start
+
+
+def writeup_vit_plain(train, test, budget: float, in_channels: int, image: int, patch: int,
+                      dim: int, depth: int, heads: int, mlp: int, bf16: bool, crop_flip: bool) -> tuple[float, int]:
+    """The write-up's ViT (vit-pytorch) with a plain Adam(W) loop, no schedule, for `budget` s."""
+    import vit_pytorch
+
+    torch.manual_seed(0)
+    (xtr, ytr), (xte, yte) = train, test
+    xtr, xte = xtr.float() / 127.5 - 1, xte.float() / 127.5 - 1
+    model = vit_pytorch.ViT(image_size=image, patch_size=patch, num_classes=int(ytr.max()) + 1, dim=dim,
+                            depth=depth, heads=heads, mlp_dim=mlp, channels=in_channels, dim_head=dim // heads)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    start, epochs = time.time(), 0
+    while time.time() - start < budget:
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(perm) - 127, 128):
+            x, y = xtr[perm[i:i + 128]], ytr[perm[i:i + 128]]
+            if crop_flip:
+                x = F.pad(x, (4, 4, 4, 4), mode="reflect")
+                dx, dy = torch.randint(0, 9, (2,)).tolist()
+                x = x[:, :, dy:dy + image, dx:dx + image]
+                x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(3), x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if time.time() - start > budget:
+                break
+        epochs += 1
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        correct = sum((model(xte[i:i + 500]).argmax(1) == yte[i:i + 500]).sum().item()
+                      for i in range(0, len(xte), 500))
+    return correct / len(xte), epochs
+
+
+def digits(args) -> None:
+    from sklearn.svm import SVC
+
+    from vitkit.data import arrays
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result, wall = run_vitkit(["--out", f"{tmp}/run"])
+    train, test, _ = arrays.digits()
+    plain, epochs = writeup_vit_plain(train, test, 60, 1, 8, 2, 64, 4, 4, 128, bf16=False, crop_flip=False)
+    svm = SVC().fit(train[0].flatten(1).numpy(), train[1].numpy())
+    svm_acc = (svm.predict(test[0].flatten(1).numpy()) == test[1].numpy()).mean()
+    table = ("| method | test top-1 | wall time |\n|---|---|---|\n"
+             f"| `vitkit train` (no flags: {result['epochs']} epochs) | {100 * result['test_top1']:.2f}% | "
+             f"{wall:.0f} s |\n"
+             f"| write-up ViT (vit-pytorch, dim 64, depth 4), plain AdamW, {epochs} epochs | "
+             f"{100 * plain:.2f}% | 60 s |\n"
+             f"| RBF SVM (scikit-learn defaults) | {100 * svm_acc:.2f}% | < 1 s |\n")
+    target = "met" if result["test_top1"] >= 0.985 and wall <= 60 else "NOT met"
+    record("Accuracy: digits, `vitkit train` with no flags", this_command(), table,
+           f"Target >= 98.5% within 60 s wall: {target}. Test split: the fixed stratified 20% (360 images).")
+
+
+def cifar10(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or f"{tmp}/run"
+        result, wall = run_vitkit([args.data, "--time-budget", str(args.budget), "--out", out])
+        metrics = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
+    rows = [f"| `vitkit train DATA --time-budget {args.budget}` ({result['epochs']} epochs, "
+            f"{metrics[-1]['img_per_s']:.0f} img/s) | {100 * result['val_top1']:.2f}% | {wall:.0f} s |"]
+    if args.peers:
+        from vitkit.data import spec
+
+        splits = spec.load(args.data, val_split=0.1, seed=0)
+        load = lambda ds: (torch.stack([ds[i][0] for i in range(len(ds))]), ds.labels)  # noqa: E731
+        plain, epochs = writeup_vit_plain(load(splits.train), load(splits.val), args.budget, 3, 32, 4, 192, 6, 3, 384,
+                                          bf16=True, crop_flip=True)
+        rows.append(f"| write-up ViT (dim 192, depth 6, patch 4), plain AdamW, crop+flip, bf16, {epochs} "
+                    f"epochs | {100 * plain:.2f}% | {args.budget} s + decoding |")
+    table = "| method | held-out top-1 (5,000 training images) | wall time |\n|---|---|---|\n" + "\n".join(rows)
+    target = "met" if result["val_top1"] >= 0.80 and wall <= args.budget * 1.02 else "NOT met"
+    curve = ", ".join(f"{m['epoch']}: {100 * m['val_top1']:.1f}%" for m in metrics)
+    record(f"Accuracy: CIFAR-10 from scratch in {args.budget / 60:.0f} minutes", this_command(), table,
+           f"Target >= 80% within 30 minutes: {target}. Validation by epoch: {curve}.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=["digits", "cifar10"])
+    parser.add_argument("--data", default="../shared/data/cifar10/cifar10-train-jpg.tar.gz")
+    parser.add_argument("--budget", type=float, default=1800)
+    parser.add_argument("--out", help="keep the vitkit run here")
+    parser.add_argument("--peers", action="store_true", help="also time the write-up's plain loop (cifar10)")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    {"digits": digits, "cifar10": cifar10}[args.task](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared by the benchmarks: describe the machine and append a result section to RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f") if f in flags]
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu} ({os.cpu_count()} cores; {', '.join(isa) or 'no AVX-512'}), {gpu}, "
+            f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def record(title: str, command: str, table: str, notes: str = "") -> None:
+    """Print a result and append it to benchmarks/RESULTS.md."""
+    section = (f"\n## {title}\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.\n\n"
+               f"```\n{command}\n```\n\n{table}\n{notes}\n")
+    print(section)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script under "
+                           "`benchmarks/`; the command that produced it is shown.\n")
+    with RESULTS.open("a") as f:
+        f.write(section)
+
+
+def this_command() -> str:
+    return " ".join([Path(sys.executable).name, *sys.argv])

@@ -1,0 +1,109 @@
+"""Hugging Face transformers' `ViTModel` / `ViTForImageClassification` <-> vitkit.
+
+HF keeps q, k and v as three Linear layers (vitkit fuses them), uses LayerNorm eps 1e-12 by
+default, reads the class token for classification, and `ViTModel`'s pooler is Linear + tanh on
+the class token: the paper's pre-logits layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vitkit.model.config import ViTConfig
+from vitkit.model.vit import ViT
+
+ACTS = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh"}
+LAYER = "encoder.layer.{i}."
+PAIRS = [  # (HF name inside a layer, vitkit name inside a block)
+    ("layernorm_before", "norm1"), ("attention.output.dense", "attn.proj"),
+    ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"),
+]
+
+
+def is_hf(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+
+
+def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
+              hints: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    if not hf_config:
+        raise ValueError("Hugging Face ViT weights need the config.json saved beside them (heads, "
+                         "LayerNorm eps and activation are not in the weights)")
+    prefix = "vit." if "vit.embeddings.cls_token" in state else ""
+    get = lambda name: state[prefix + name]  # noqa: E731
+    depth = hf_config["num_hidden_layers"]
+    act = hf_config.get("hidden_act", "gelu")
+    if act not in ACTS:
+        raise ValueError(f"Hugging Face hidden_act={act!r} is not supported; vitkit has {list(ACTS)}")
+    pooler = prefix + "pooler.dense.weight" in state and "classifier.weight" not in state
+    num_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
+    patch = hf_config["patch_size"]
+    config = ViTConfig(
+        image_size=hints.get("image_size") or hf_config["image_size"], patch_size=patch,
+        in_channels=hf_config.get("num_channels", 3), num_classes=num_classes, dim=hf_config["hidden_size"],
+        depth=depth, heads=hf_config["num_attention_heads"], mlp_dim=hf_config["intermediate_size"],
+        qkv_bias=hf_config.get("qkv_bias", True), act=ACTS[act], norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+        representation_size=hf_config["hidden_size"] if pooler else None)
+    out = {
+        "cls_token": get("embeddings.cls_token"), "pos_embed": get("embeddings.position_embeddings"),
+        "patch_embed.proj.weight": get("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias": get("embeddings.patch_embeddings.projection.bias"),
+        "norm.weight": get("layernorm.weight"), "norm.bias": get("layernorm.bias"),
+    }
+    for i in range(depth):
+        src, dst = prefix + LAYER.format(i=i), f"blocks.{i}."
+        qkv = [src + f"attention.attention.{n}." for n in ("query", "key", "value")]
+        out[dst + "attn.qkv.weight"] = torch.cat([state[q + "weight"] for q in qkv])
+        if config.qkv_bias:
+            out[dst + "attn.qkv.bias"] = torch.cat([state[q + "bias"] for q in qkv])
+        for theirs, ours in PAIRS:
+            out[f"{dst}{ours}.weight"] = state[f"{src}{theirs}.weight"]
+            out[f"{dst}{ours}.bias"] = state[f"{src}{theirs}.bias"]
+    if pooler:
+        out["pre_logits.0.weight"] = get("pooler.dense.weight")
+        out["pre_logits.0.bias"] = get("pooler.dense.bias")
+    if num_classes:
+        out["head.weight"], out["head.bias"] = state["classifier.weight"], state["classifier.bias"]
+    return config, out
+
+
+def from_vitkit(model: ViT, class_names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and config.json that `ViTForImageClassification.from_pretrained` loads unchanged."""
+    c = model.config
+    act = {"gelu": "gelu", "gelu-tanh": "gelu_pytorch_tanh"}[c.act]
+    if (c.patch_embed != "conv" or not c.class_token or c.pool != "cls" or c.fc_norm or c.pos_embed != "learned"
+            or c.representation_size or c.head_dim not in (None, c.dim // c.heads) or c.image_hw[0] != c.image_hw[1]
+            or c.patch_hw[0] != c.patch_hw[1] or not c.num_classes):
+        raise ValueError("Hugging Face's ViTForImageClassification cannot express this model (it needs "
+                         "square images and patches, a conv patch embedding, a class token with cls "
+                         "pooling, a learned position table, no pre-logits, and a classification head)")
+    s = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {
+        "vit.embeddings.cls_token": s["cls_token"], "vit.embeddings.position_embeddings": s["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": s["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": s["patch_embed.proj.bias"],
+        "vit.layernorm.weight": s["norm.weight"], "vit.layernorm.bias": s["norm.bias"],
+        "classifier.weight": s["head.weight"], "classifier.bias": s["head.bias"],
+    }
+    for i in range(c.depth):
+        dst, src = "vit." + LAYER.format(i=i), f"blocks.{i}."
+        for name, w in zip(("query", "key", "value"), s[src + "attn.qkv.weight"].chunk(3), strict=True):
+            out[dst + f"attention.attention.{name}.weight"] = w
+        if c.qkv_bias:
+            for name, b in zip(("query", "key", "value"), s[src + "attn.qkv.bias"].chunk(3), strict=True):
+                out[dst + f"attention.attention.{name}.bias"] = b
+        for theirs, ours in PAIRS:
+            out[f"{dst}{theirs}.weight"] = s[f"{src}{ours}.weight"]
+            out[f"{dst}{theirs}.bias"] = s[f"{src}{ours}.bias"]
+    names = class_names or [str(i) for i in range(c.num_classes)]
+    hf_config = {
+        "model_type": "vit", "architectures": ["ViTForImageClassification"],
+        "image_size": c.image_hw[0], "patch_size": c.patch_hw[0], "num_channels": c.in_channels,
+        "hidden_size": c.dim, "num_hidden_layers": c.depth, "num_attention_heads": c.heads,
+        "intermediate_size": c.mlp_dim, "hidden_act": act, "layer_norm_eps": c.norm_eps,
+        "qkv_bias": c.qkv_bias, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
+    }
+    return {k: v.contiguous().clone() for k, v in out.items()}, hf_config
