@@ -163,7 +163,8 @@ def flax_npz(model: torchvision.models.VisionTransformer, heads: int, path, big_
     out = {"embedding/kernel": s["conv_proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
            "embedding/bias": s["conv_proj.bias"], "cls": s["class_token"],
            "Transformer/posembed_input/pos_embedding": s["encoder.pos_embedding"],
-           "Transformer/encoder_norm/scale": s["encoder.ln.weight"], "Transformer/encoder_norm/bias": s["encoder.ln.bias"],
+           "Transformer/encoder_norm/scale": s["encoder.ln.weight"],
+           "Transformer/encoder_norm/bias": s["encoder.ln.bias"],
            "head/kernel": s["heads.head.weight"].T, "head/bias": s["heads.head.bias"]}
     if "heads.pre_logits.weight" in s:
         out["pre_logits/kernel"], out["pre_logits/bias"] = s["heads.pre_logits.weight"].T, s["heads.pre_logits.bias"]

@@ -38,8 +38,8 @@ from vitkit.weights.native import save_pretrained
 
 log = logging.getLogger("vitkit")
 CALIBRATION_STEPS = (5, 25)  # time steps 5..24 to size an epoch under --time-budget
-NO_FLIP = {"digits", "mnist"}
-PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)  # a mirrored digit is another (or no) digit
+NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit
+PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)
 
 
 class TrainingError(Exception):

@@ -48,7 +48,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"refusing to load {path}: it holds object arrays, which need pickle") from None
         raise ValueError(f"cannot read {path}: {e}") from None
     except (SafetensorError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-        raise ValueError(f"cannot read {path}: truncated or not a weights file ({str(e).splitlines()[0][:200]})") from None
+        detail = str(e).splitlines()[0][:200]
+        raise ValueError(f"cannot read {path}: truncated or not a weights file ({detail})") from None
     for key in ("state_dict", "model", "module", "model_state"):  # training checkpoints wrap it
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

@@ -74,7 +74,8 @@ def to_vitkit(state: dict[str, torch.Tensor], hints: dict[str, Any]) -> tuple[Vi
         dst = f"blocks.{i}."
         q, k, v = (state[f"{attn}/{n}/kernel"].reshape(dim, -1).T for n in ("query", "key", "value"))
         out[dst + "attn.qkv.weight"] = torch.cat([q, k, v])
-        out[dst + "attn.qkv.bias"] = torch.cat([state[f"{attn}/{n}/bias"].reshape(-1) for n in ("query", "key", "value")])
+        biases = [state[f"{attn}/{n}/bias"].reshape(-1) for n in ("query", "key", "value")]
+        out[dst + "attn.qkv.bias"] = torch.cat(biases)
         out[dst + "attn.proj.weight"] = state[f"{attn}/out/kernel"].reshape(-1, dim).T
         out[dst + "attn.proj.bias"] = state[f"{attn}/out/bias"]
         for ours, theirs in (("norm1", norm1), ("norm2", norm2)):
