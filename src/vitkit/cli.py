@@ -19,6 +19,7 @@ import torch
 from vitkit.model import PRESETS, ViT, flops
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import TrainingError
+from vitkit.weights.io import FORMATS
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -228,6 +229,66 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- convert / export --------------------------------------------------------------------------
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert weights of timm, HF, torchvision, vit-pytorch or JAX to vitkit",
+                       description="Read any ViT checkpoint vitkit knows and write it as a vitkit "
+                                   "directory (or, with --to, as timm or Hugging Face weights).")
+    p.add_argument("src", metavar="SRC", help="a file or directory of weights, or hf-hub:ORG/NAME")
+    p.add_argument("--out", required=True, help="output directory (or file for --to timm)")
+    p.add_argument("--from", dest="fmt", default="auto", choices=FORMATS, help="source format (default: detect)")
+    p.add_argument("--to", default="vitkit", choices=["vitkit", "hf", "timm"], help="output format")
+    p.add_argument("--heads", type=int, help="attention heads, for weights that do not record them")
+    p.add_argument("--image-size", type=int, help="resample the position embedding to this size")
+    p.add_argument("--source-image-size", type=int, help="image size the weights were trained at (vit-pytorch)")
+    p.add_argument("--pool", choices=["cls", "mean"], help="pooling, for weights that do not record it")
+    p.add_argument("--num-classes", type=int, help="replace the head with a fresh one of this size")
+    p.add_argument("--json", action="store_true")
+
+
+@command("convert")
+def run_convert(args: argparse.Namespace) -> int:
+    from vitkit.weights import load, save
+
+    options = {k: v for k, v in {"heads": args.heads, "image_size": args.image_size, "pool": args.pool,
+                                 "source_image_size": args.source_image_size,
+                                 "num_classes": args.num_classes}.items() if v is not None}
+    model = load(args.src, format=args.fmt, **options)
+    path = save(model, args.out, format=args.to)
+    info = {"out": str(path), "format": args.to, "config": model.config.to_dict(),
+            "params": model.num_parameters()}
+    if args.json:
+        emit_json(info)
+    else:
+        print(f"wrote {path} ({args.to}): {model.num_parameters():,} parameters")
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX or a torch.export program",
+                       description="Export to ONNX (opset 18) or .pt2 (torch.export); the exported "
+                                   "program is checked against PyTorch before the file is written.")
+    p.add_argument("run", metavar="RUN", help="a run directory, save_pretrained directory or any weights vitkit loads")
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
+    p.add_argument("--json", action="store_true")
+
+
+@command("export")
+def run_export(args: argparse.Namespace) -> int:
+    from vitkit.weights import load
+    from vitkit.weights.export import export
+
+    result = export(load(args.run), args.out, args.format, args.dynamic_batch)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
+              f"{result['checked_batches']} within {result['max_rel_error']:.1e}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -240,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS = [add_models, add_train, add_eval, add_predict]
+ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,57 @@
+"""Hand a model to deployment: ONNX (opset >= 17) or a `torch.export` program (.pt2).
+
+The exported program is run on fresh inputs and compared with the PyTorch model before the file
+is written (atomically), so a file that exists is a file that computes the same function.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vitkit import atomic
+from vitkit.model.vit import ViT
+
+OPSET = 18
+TOLERANCE = 1e-4  # relative to the logits' scale
+
+
+def _check(name: str, expected: torch.Tensor, got: torch.Tensor) -> float:
+    error = (expected - got).abs().max().item() / max(expected.abs().max().item(), 1.0)
+    if error > TOLERANCE:
+        raise ValueError(f"the exported {name} program differs from PyTorch by {error:.2e} "
+                         f"(> {TOLERANCE}); not written")
+    return error
+
+
+def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: bool = False) -> dict:
+    """Export `model` to `out`; returns the batch sizes checked and the largest relative error."""
+    if format not in ("onnx", "pt2"):
+        raise ValueError(f"export format {format!r}: use onnx or pt2")
+    model = model.eval().float()
+    c = model.config
+    example = torch.randn(2, c.in_channels, *c.image_hw)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    checks = [1, 7] if dynamic_batch else [2]
+    inputs = {b: torch.randn(b, c.in_channels, *c.image_hw) for b in checks}
+    with torch.no_grad():
+        expected = {b: model(x) for b, x in inputs.items()}
+    errors = []
+    with atomic.atomic_path(out) as tmp:
+        if format == "pt2":
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+            torch.export.save(program, tmp)
+            loaded = torch.export.load(tmp).module()
+            with torch.no_grad():
+                errors = [_check("pt2", expected[b], loaded(x)) for b, x in inputs.items()]
+        else:
+            import onnxruntime
+
+            torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                              opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=False,
+                              verbose=False)
+            session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            errors = [_check("ONNX", expected[b], torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
+                      for b, x in inputs.items()]
+    return {"file": str(out), "format": format, "checked_batches": checks, "max_rel_error": max(errors)}

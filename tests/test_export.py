@@ -1,0 +1,45 @@
+"""Export: onnxruntime and torch.export programs compute what the PyTorch model computes."""
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import vitkit
+from helpers import randomize
+from vitkit.cli import main
+from vitkit.weights.export import export
+
+
+def test_onnx_dynamic_batch_matches_pytorch(tmp_path):
+    model = randomize(vitkit.create_model("vit_ti4_32", depth=2, image_size=(32, 48)))
+    result = export(model, tmp_path / "m.onnx", "onnx", dynamic_batch=True)
+    assert result["checked_batches"] == [1, 7]
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "images"
+    for batch in (1, 7, 3):  # one file, any batch size
+        x = torch.randn(batch, 3, 32, 48)
+        got = session.run(None, {"images": x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4 * max(1, float(np.abs(got).max())))
+
+
+def test_pt2_round_trip(tmp_path):
+    model = randomize(vitkit.create_model("vit_ti4_28", depth=1, pool="mean", class_token=False))
+    export(model, tmp_path / "m.pt2", "pt2", dynamic_batch=True)
+    program = torch.export.load(tmp_path / "m.pt2").module()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_convert_then_export(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    source = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                  hidden_dim=32, mlp_dim=64, num_classes=3)
+    torch.save(source.state_dict(), tmp_path / "tv.pth")
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "conv"), "--heads", "2"]) == 0
+    assert main(["export", str(tmp_path / "conv"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "matches PyTorch" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "x")]) == 2  # heads unknown
+    assert not (tmp_path / "x").exists()
