@@ -169,3 +169,32 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     a = load_file(tmp_path / "whole" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_recipe_knob_runs(tmp_path, capsys):
+    data = make_folder(tmp_path / "imgs", per_class=8, corrupt=False)
+    code, result, err = run_cli(capsys, *train_args(
+        data, tmp_path / "run", "--epochs", "2", "--augment", "randaugment", "--mixup", "0.2", "--cutmix", "1.0",
+        "--erasing", "0.25", "--crop", "random-resized", "--ema", "0.9", "--accum-steps", "2", "--drop-path", "0.1",
+        "--dropout", "0.1", "--rotate", "10", "--translate", "0.1", "--scale-jitter", "0.1", "--precision", "bf16",
+        "--label-smoothing", "0.2", "--clip-grad", "0", "--warmup-epochs", "0.5"))
+    assert code == 0, err
+    assert result["epochs"] == 2 and 0 <= result["val_top1"] <= 1
+    recipe = json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]
+    assert recipe["augment"] == "randaugment" and recipe["ema"] == 0.9 and recipe["clip_grad"] is None
+
+
+def test_sigint_saves_a_checkpoint_that_resumes(tmp_path):
+    data = make_folder(tmp_path / "imgs", per_class=40, corrupt=False)
+    args = [sys.executable, "-m", "vitkit", "train", str(data), "--batch-size", "4", "--workers", "0",
+            "--epochs", "2", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # past start-up, inside the first epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; checkpoint saved" in err and "--resume" in err and "Traceback" not in err
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["step_in_epoch"] > 0  # stopped mid-epoch, position kept
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -316,6 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"vitkit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

@@ -253,7 +253,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 load_wait += time.time() - tick
                 if stop.requested:
                     save_checkpoint(epoch, step)
-                    raise KeyboardInterrupt
+                    raise KeyboardInterrupt(f"checkpoint saved at epoch {epoch + 1}, step {step}; continue "
+                                            f"with: vitkit train --resume {paths.root}")
                 for name, reason in problems:
                     if strict:
                         raise TrainingError(f"cannot read {name}: {reason} (--strict)")
