@@ -17,10 +17,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job: `vitkit train` with no arguments (scikit-learn's digits), then eval and predict
+# on its result. Predict reads a few held-out digits written as PNG files.
 demo: $(VENV)/.installed
-	$(BIN)/vitkit models
-	$(BIN)/python -c "import torch, vitkit; m = vitkit.create_model('vit_ti4_32').eval(); \
-	print('one forward pass:', tuple(m(torch.randn(2, 3, 32, 32)).shape))"
+	$(BIN)/vitkit train
+	$(BIN)/vitkit eval $$(ls -td runs/digits-* | head -1)
+	$(BIN)/python -c "from vitkit.data.arrays import digits; from PIL import Image; import pathlib; \
+	(_, (x, y), _) = digits(); d = pathlib.Path('runs/demo-images'); d.mkdir(parents=True, exist_ok=True); \
+	[Image.fromarray(x[i, 0].numpy()).resize((64, 64)).save(d / f'digit{i}-is-{int(y[i])}.png') for i in range(5)]"
+	$(BIN)/vitkit predict $$(ls -td runs/digits-* | head -1) runs/demo-images --topk 3
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
