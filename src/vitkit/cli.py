@@ -289,6 +289,56 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- explain / inspect -------------------------------------------------------------------------
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="attention maps over images (the paper's Figure 6)",
+                       description="For each image, a PNG with the image, an attention map over it "
+                                   "and the top-3 classes.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN/explain)")
+    p.add_argument("--method", choices=["rollout", "last-layer", "grad-rollout"], default="rollout",
+                   help="attention rollout (default), the last block's heads, or gradient-weighted rollout")
+    p.add_argument("--class", dest="target", help="class to explain with grad-rollout (default: the predicted one)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("explain")
+def run_explain(args: argparse.Namespace) -> int:
+    from vitkit.explain.report import explain
+
+    results = explain(args.run, args.images, args.out, args.method, args.target)
+    if args.json:
+        emit_json(results)
+        return 0
+    for r in results:
+        print(f"{r['image']}: " + (f"skipped ({r['error']})" if "error" in r else r["png"]))
+    return 0
+
+
+def add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="the paper's Figure 7 for a model",
+                       description="Embedding filters' principal components, position-embedding "
+                                   "similarity, and mean attention distance against depth.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--data", help="data spec for the attention distances (default: the run's)")
+    p.add_argument("--out", help="folder for inspect.png (default: RUN)")
+    p.add_argument("--images", type=int, default=64, help="images to average attention distance over")
+    p.add_argument("--json", action="store_true")
+
+
+@command("inspect")
+def run_inspect(args: argparse.Namespace) -> int:
+    from vitkit.explain.report import inspect
+
+    result = inspect(args.run, args.data, args.out, args.images)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"wrote {result['png']} (attention distances over {result['images']} images)")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -301,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export]
+ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_explain, add_inspect]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

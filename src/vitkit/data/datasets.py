@@ -92,6 +92,19 @@ class FileImages(Dataset):
         keep, held = stratified_split(self.labels, fraction, seed)
         return self.subset(keep), self.subset(held)
 
+    def decoded(self, size: tuple[int, int]) -> tuple[ArrayImages, list[tuple[str, str]]]:
+        """Decode every image once, at `size`: for archives of small images, whose encoded bytes
+        are in memory anyway, so that training never waits for JPEG decoding."""
+        images, labels, problems = [], [], []
+        for i in range(len(self)):
+            image, label, problem = self[i]
+            if problem:
+                problems.append(problem)
+                continue
+            images.append(image if tuple(image.shape[-2:]) == tuple(size) else resize(image, list(size), antialias=True))
+            labels.append(label)
+        return ArrayImages(torch.stack(images), torch.tensor(labels)), problems
+
     def relabel(self, own: list[str], target: list[str]) -> FileImages:
         tree = FileTree(self.sources, self.names, _label_map(own, target)[self.labels].tolist(), target)
         return FileImages(tree, self.channels, self.max_side)

@@ -15,6 +15,7 @@ from PIL import Image
 from vitkit.data import arrays, folder
 from vitkit.data.datasets import ArrayImages, FileImages
 
+DECODE_ARCHIVE_BYTES = 1 << 30  # archives of small images are decoded once, up to 1 GiB of pixels
 KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 
 
@@ -96,6 +97,11 @@ def _image_folder(root: Path, val_split: float, seed: int, channels: int | None)
     skipped = [item for tree in trees.values() for item in tree.skipped]
     name = root.name
     size = typical_size(next(iter(trees.values())).sources)
+    total = sum(len(t.sources) for t in trees.values())
+    if folder.is_archive(root) and size and total * channels * size[0] * size[1] <= DECODE_ARCHIVE_BYTES:
+        for key, ds in datasets.items():
+            datasets[key], problems = ds.decoded(size)
+            skipped += problems
     if "all" in datasets:  # one tree: train on most of it, hold out the rest
         train, val = datasets["all"].split(val_split, seed)
         return DataSplits(name, classes, channels, size, train, val, None, skipped)
