@@ -101,7 +101,8 @@ class FileImages(Dataset):
             if problem:
                 problems.append(problem)
                 continue
-            images.append(image if tuple(image.shape[-2:]) == tuple(size) else resize(image, list(size), antialias=True))
+            same = tuple(image.shape[-2:]) == tuple(size)
+            images.append(image if same else resize(image, list(size), antialias=True))
             labels.append(label)
         return ArrayImages(torch.stack(images), torch.tensor(labels)), problems
 

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from vitkit import atomic
 
@@ -73,6 +74,7 @@ def inspect_figure(components: torch.Tensor, similarity: torch.Tensor, distances
            ylim=(0, max(image_size)), title="Mean attention distance")
     if heads <= 16:
         ax.legend(fontsize=7, ncols=2, loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     _save(fig, path)
 

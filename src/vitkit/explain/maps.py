@@ -81,10 +81,7 @@ def last_layer(model: ViT, images: torch.Tensor) -> torch.Tensor:
     _, attentions = _attentions(model, images)
     a = attentions[-1].float()
     prefix, (gh, gw) = model.config.num_prefix_tokens, model.config.grid
-    if model.config.pool == "cls":
-        row = a[:, :, 0, prefix:]
-    else:
-        row = a[:, :, prefix:, prefix:].mean(dim=2)
+    row = a[:, :, 0, prefix:] if model.config.pool == "cls" else a[:, :, prefix:, prefix:].mean(dim=2)
     row = row / row.sum(dim=-1, keepdim=True)
     return row.reshape(a.shape[0], a.shape[1], gh, gw)
 
