@@ -367,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt as e:
         print(f"vitkit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

@@ -300,6 +300,9 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 "elapsed": time.time() - started, "nonfinite_steps": nonfinite,
             }
             history.append(record)
+            if recipe.time_budget and recipe.epochs is None and len(history) == 1 and not saved:  # re-plan
+                epochs = max(1, 1 + int((recipe.time_budget - record["elapsed"]) * 0.98 / record["seconds"]))
+                schedule.total = epochs * steps_per_epoch
             epoch += 1
             skip = 0
             save_checkpoint(epoch, 0)
