@@ -339,6 +339,46 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------------
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="images/s against peers and the machine's matmul peak",
+                       description="Time vitkit and its peers on the same model in one process: "
+                                   "images/s, latency, GFLOP/s and the fraction of a measured matmul peak.")
+    p.add_argument("--model", default="vit_s16")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--compare", default="", help="comma-separated: timm,hf,torchvision,vit-pytorch")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench")
+def run_bench(args: argparse.Namespace) -> int:
+    from vitkit.bench import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compare = tuple(c for c in args.compare.split(",") if c)
+    r = bench(args.model, args.image_size, args.batch, args.dtype, args.mode, compare, args.repeats,
+              device=args.device)
+    if args.json:
+        emit_json(r)
+        return 0
+    print(f"{r['model']} {r['image_size'][0]}x{r['image_size'][1]}, batch {r['batch']}, {r['dtype']}, {r['mode']}, "
+          f"{r['device']}, {r['threads']} threads; matmul peak {r['matmul_peak_tflops']:.2f} TFLOP/s; "
+          f"{r['gmacs_per_image']:.2f} GMACs/image")
+    print(f"{'library':<12} {'img/s':>9} {'median s':>9} {'p90 s':>9} {'GFLOP/s':>9} {'of peak':>8} {'vitkit/x':>9}")
+    for name, row in r["results"].items():
+        speedup = f"{row['vitkit_speedup']:.2f}" if "vitkit_speedup" in row else "-"
+        print(f"{name:<12} {row['img_per_s']:>9.1f} {row['latency_median_s']:>9.4f} {row['latency_p90_s']:>9.4f} "
+              f"{row['gflop_per_s']:>9.0f} {100 * row['fraction_of_peak']:>7.1f}% {speedup:>9}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -351,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_explain, add_inspect]
+ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_explain, add_inspect,
+          add_bench]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
