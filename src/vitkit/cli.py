@@ -39,6 +39,15 @@ def emit_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def finish(args: argparse.Namespace, data: object, text: str) -> int:
+    """The command's result: JSON with --json, else one human line."""
+    if args.json:
+        emit_json(data)
+    else:
+        print(text)
+    return 0
+
+
 # -- models ------------------------------------------------------------------------------------
 def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the named models with parameters and GMACs",
@@ -257,11 +266,7 @@ def run_convert(args: argparse.Namespace) -> int:
     path = save(model, args.out, format=args.to)
     info = {"out": str(path), "format": args.to, "config": model.config.to_dict(),
             "params": model.num_parameters()}
-    if args.json:
-        emit_json(info)
-    else:
-        print(f"wrote {path} ({args.to}): {model.num_parameters():,} parameters")
-    return 0
+    return finish(args, info, f"wrote {path} ({args.to}): {model.num_parameters():,} parameters")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -281,12 +286,8 @@ def run_export(args: argparse.Namespace) -> int:
     from vitkit.weights.export import export
 
     result = export(load(args.run), args.out, args.format, args.dynamic_batch)
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
-              f"{result['checked_batches']} within {result['max_rel_error']:.1e}")
-    return 0
+    return finish(args, result, f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
+                                f"{result['checked_batches']} within {result['max_rel_error']:.1e}")
 
 
 # -- explain / inspect -------------------------------------------------------------------------
@@ -332,11 +333,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from vitkit.explain.report import inspect
 
     result = inspect(args.run, args.data, args.out, args.images)
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"wrote {result['png']} (attention distances over {result['images']} images)")
-    return 0
+    return finish(args, result, f"wrote {result['png']} (attention distances over {result['images']} images)")
 
 
 # -- bench -------------------------------------------------------------------------------------
