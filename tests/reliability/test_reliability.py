@@ -135,3 +135,40 @@ def test_png_crc_helper_really_breaks_the_file(tmp_path):
     length = struct.unpack(">I", data[33:37])[0]
     chunk = data[37:41 + length]
     assert struct.unpack(">I", data[41 + length:45 + length])[0] == zlib.crc32(chunk)
+
+
+@pytest.mark.parametrize("command", ["convert", "export", "eval"])
+def test_interrupted_commands_leave_no_partial_file(tmp_path, monkeypatch, command):
+    """Ctrl-C while a command writes its output: the file is either absent or complete."""
+    import safetensors.torch
+
+    import vitkit
+    from vitkit.train import plots
+
+    model = vitkit.create_model("vit_ti4_32", depth=1, num_classes=10, in_channels=1, image_size=16)
+    model.save_pretrained(tmp_path / "run", {"classes": [str(i) for i in range(10)], "data": "digits"})
+    torch.save({k: v for k, v in model.state_dict().items()}, tmp_path / "timm.pth")
+
+    def interrupted(*args, **kwargs):
+        target = next(a for a in [*args, *kwargs.values()] if isinstance(a, (str, os.PathLike)) and "tmp" in str(a))
+        with open(target, "wb") as f:
+            f.write(b"half of a file")
+        raise KeyboardInterrupt
+
+    if command == "convert":
+        monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+        monkeypatch.setattr("vitkit.weights.native.save_file", interrupted)
+        argv = ["convert", str(tmp_path / "timm.pth"), "--out", str(tmp_path / "out"), "--heads", "3"]
+        out = tmp_path / "out"
+    elif command == "export":
+        monkeypatch.setattr(torch.onnx, "export", lambda model, args, f, **kw: interrupted(f))
+        argv = ["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]
+        out = tmp_path / "m.onnx"
+    else:
+        monkeypatch.setattr(plots.plt.Figure, "savefig", lambda self, f, **kw: interrupted(f))
+        argv = ["eval", str(tmp_path / "run"), "--workers", "0"]
+        out = tmp_path / "run" / "confusion-test.png"
+    assert main(argv) == 130
+    leftovers = [p.name for p in out.parent.rglob("*") if ".tmp" in p.name]
+    assert not leftovers
+    assert not out.exists() or (out.is_dir() and not any(out.iterdir()))

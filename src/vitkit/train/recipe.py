@@ -55,6 +55,32 @@ class Recipe:
     skip_nonfinite: bool = False
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse values that cannot train, naming the flag and the accepted range."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
+                    "time_budget": self.time_budget, "lr": self.lr, "image_size": self.image_size,
+                    "ema": self.ema, "layer_decay": self.layer_decay}
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        fractions = {"val_split": self.val_split, "erasing": self.erasing, "drop_path": self.drop_path,
+                     "dropout": self.dropout, "label_smoothing": self.label_smoothing,
+                     "translate": self.translate, "scale_jitter": self.scale_jitter}
+        for name, value in fractions.items():
+            if not 0 <= value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.min_scale <= 0 or self.min_scale > 1:
+            raise ValueError(f"--min-scale must be in (0, 1], got {self.min_scale}")
+        if self.ema is not None and self.ema >= 1:
+            raise ValueError(f"--ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        for name in ("min_lr", "weight_decay", "warmup_epochs", "padding", "rotate", "mixup", "cutmix", "magnitude"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.clip_grad is not None and self.clip_grad < 0:
+            raise ValueError(f"--clip-grad must not be negative (0 turns it off), got {self.clip_grad}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must not be negative, got {self.workers}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
