@@ -233,13 +233,26 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             "model_config": config.to_dict(), "classes": splits.classes,
             "skipped_files": skipped_files})
 
+    last_plot = 0.0
+
+    def publish(final: bool) -> None:
+        """The run's user-facing files, from the state the checkpoint holds."""
+        nonlocal last_plot
+        eval_model = ema.module if ema is not None else model
+        save_pretrained(eval_model.cpu() if dev.type != "cpu" else eval_model, paths.root, meta)
+        eval_model.to(dev)
+        atomic.write_text(paths.metrics, "".join(json.dumps(h) + "\n" for h in history))
+        if final or time.time() - last_plot > PLOT_EVERY_S:
+            plots.curves(history, paths.curves)
+            last_plot = time.time()
+
     log.info("model: %s parameters, %s", f"{model.num_parameters():,}", json.dumps(config.to_dict()))
     log.info("data: %s (%d train, %d validation images, %d classes), batch %d, %s, %d workers",
              splits.name, len(splits.train), len(splits.val), len(splits.classes), recipe.batch_size,
              "bf16" if bf16 else "fp32", workers)
     show_bar = sys.stderr.isatty() if progress is None else progress
     step_times: list[float] = []
-    epoch, last_plot = start_epoch, 0.0
+    epoch = start_epoch
     with StopFlag() as stop:
         while epochs is None or epoch < epochs:
             sampler.set_epoch(epoch, skip)
@@ -306,13 +319,10 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             epoch += 1
             skip = 0
             save_checkpoint(epoch, 0)
-            save_pretrained(eval_model.cpu() if dev.type != "cpu" else eval_model, paths.root, meta)
-            eval_model.to(dev)
-            atomic.write_text(paths.metrics, "".join(json.dumps(h) + "\n" for h in history))
-            if time.time() - last_plot > PLOT_EVERY_S or epoch == epochs:
-                plots.curves(history, paths.curves)
-                last_plot = time.time()
+            publish(final=epoch == epochs)
             _log_epoch(record, epochs, load_wait, train_seconds)
+    if start_epoch == epochs:  # resumed after the last checkpoint: its outputs may not have been written
+        publish(final=True)
     result = {"run": str(paths.root), "epochs": epochs, "seconds": time.time() - started,
               "val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
               "nonfinite_steps": nonfinite, "skipped_files": len(skipped_files)}

@@ -1,0 +1,93 @@
+"""SIGKILL at random points, resume each time: the end is bitwise the uninterrupted run."""
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vitkit.data import spec
+from vitkit.data.loader import train_loader
+from vitkit.data.transforms import train_transform
+
+TIMING = ("seconds", "elapsed", "img_per_s", "loader_wait_s")
+
+
+def make_data(root, per_class=30):
+    for c, colour in (("red", (220, 20, 20)), ("green", (20, 200, 20)), ("blue", (20, 20, 220))):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), tuple(min(255, v + 4 * i) for v in colour)).save(root / c / f"{i}.png")
+
+
+def metrics(run):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_five_kills_then_bitwise_equal(tmp_path):
+    make_data(tmp_path / "data")
+    args = [sys.executable, "-m", "vitkit", "train", str(tmp_path / "data"), "--epochs", "6", "--batch-size", "4",
+            "--workers", "1", "--seed", "7", "--ema", "0.9", "--mixup", "0.2", "--precision", "fp32"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([*args, "--out", str(tmp_path / "whole")], check=True, env=env, capture_output=True)
+
+    run, rng, kills = tmp_path / "killed", random.Random(0), 0
+    command = [*args, "--out", str(run)]
+    while kills < 5:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done_before = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
+        deadline = time.time() + 60  # wait for progress, then kill at a random moment of the next stretch
+        while time.time() < deadline and proc.poll() is None and not (run / "checkpoint.pt").exists():
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.2))
+        if proc.poll() is not None:
+            break  # finished before the kill: nothing more to interrupt
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        command = [sys.executable, "-m", "vitkit", "train", "--resume", str(run)]
+        assert done_before <= 6
+    subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run)], check=True, env=env,
+                   capture_output=True)
+    assert kills >= 3, "the kills should land before the run ends"
+    assert metrics(run) == metrics(tmp_path / "whole")
+    ours, theirs = load_file(run / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_hundred_thousand_files_start_fast_and_hold_paths(tmp_path):
+    root = tmp_path / "many"
+    png = _png_bytes()
+    for c in range(10):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(10_000):
+            (root / f"class{c}" / f"{i}.png").write_bytes(png)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.time()
+    splits = spec.load(str(root))
+    fit = train_transform((32, 32), crop="none", min_scale=1, augment="none", magnitude=9, erasing=0)
+    loader, _ = train_loader(splits.train, fit, 128, 0, workers=2)
+    images, _, _ = next(iter(loader))
+    elapsed = time.time() - start
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    print(f"100,000 files: first batch after {elapsed:.1f} s, peak RSS grew {grown_mb:.0f} MB")
+    assert len(splits.train) + len(splits.val) == 100_000 and images.shape == (128, 3, 32, 32)
+    assert elapsed < 30
+    assert grown_mb < 100  # the pixels alone would be 100,000 x 3 x 32 x 32 = 307 MB
+    assert isinstance(splits.train.sources[0], str)
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
