@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -131,6 +132,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--nproc", type=int, help="train with N processes on this machine (launches torchrun; "
+                   "--batch-size stays the global batch)")
     for field in dataclasses.fields(Recipe):
         if field.name == "model_overrides":
             continue
@@ -150,6 +153,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from vitkit.train.trainer import train
 
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.nproc, args.raw_argv)
     names = {f.name for f in dataclasses.fields(Recipe)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if given.get("clip_grad") == 0:
@@ -171,6 +176,25 @@ def run_train(args: argparse.Namespace) -> int:
         print(line)
         print(f"results in {result['run']} (model, checkpoint, metrics.jsonl, curves.png); next: "
               f"vitkit eval {result['run']}  /  vitkit predict {result['run']} IMAGE")
+    return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """`vitkit train --nproc N ...` = `torchrun --nproc-per-node N -m vitkit train ...`."""
+    from torch.distributed.run import main as torchrun
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    try:
+        torchrun(["--nproc-per-node", str(nproc), "-m", "vitkit", *rest])
+    except Exception as e:  # torchrun's ChildFailedError: a worker's error was already printed
+        raise UserError(f"a training process failed: {str(e).splitlines()[0]}") from None
     return 0
 
 
@@ -394,7 +418,9 @@ ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.raw_argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
     logging.getLogger("vitkit").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.command is None:

@@ -68,10 +68,14 @@ class GeometricAugment:
     def active(self) -> bool:
         return bool(self.padding or self.flip or self.rotate or self.translate or self.scale_jitter)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, start: int = 0,
+                 total: int | None = None) -> torch.Tensor:
         """x: float (B, C, H, W) in [0, 1]; the area moved in from outside is black (or mirrored
-        for pure crops, like reflect-padding)."""
-        b, _, h, w = x.shape
+        for pure crops, like reflect-padding). With several processes, x is images
+        start..start+B of a global batch of `total`: the parameters are drawn for the whole
+        global batch, so every image is warped as it would be in one process."""
+        local, _, h, w = x.shape
+        b = total or local
 
         def uniform(scale: float) -> torch.Tensor:
             return (torch.rand(b, generator=generator) * 2 - 1) * scale
@@ -84,7 +88,7 @@ class GeometricAugment:
         mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if self.flip else torch.ones(b)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1),
-                             torch.stack([sin * mirror, cos, ty], 1)], 1).to(x)
+                             torch.stack([sin * mirror, cos, ty], 1)], 1)[start:start + local].to(x)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         whole_pixels = not (self.rotate or self.translate or self.scale_jitter)
         return F.grid_sample(x, grid, mode="nearest" if whole_pixels else "bilinear",

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitkit.data.transforms import to_model_input
+from vitkit.train.distributed import all_sum
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -34,7 +35,10 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
         confusion += torch.bincount(labels * num_classes + logits.argmax(1),
                                     minlength=num_classes**2).reshape(num_classes, num_classes)
-    return summarize(confusion, loss_sum, top5_hits, problems)
+    # with several processes each evaluated its own shard: add them up (counts are exact)
+    confusion = all_sum(confusion)
+    loss_sum, top5_hits = all_sum(torch.tensor([loss_sum, top5_hits], dtype=torch.float64)).tolist()
+    return summarize(confusion, loss_sum, int(top5_hits), problems)
 
 
 def summarize(confusion: torch.Tensor, loss_sum: float, top5_hits: int, problems: list) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -31,7 +32,7 @@ from vitkit.data.datasets import ArrayImages, FileImages
 from vitkit.data.loader import default_workers, eval_loader, mix_seed, train_loader
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
-from vitkit.train import checkpoint, plots
+from vitkit.train import checkpoint, distributed, plots
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.recipe import Recipe, auto_recipe
 from vitkit.weights.native import save_pretrained
@@ -154,7 +155,9 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     set; the rest are chosen for the data set by `auto_recipe`."""
     recipe = recipe or Recipe()
     given = given or set()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, dev = distributed.setup(device)
+    if rank:
+        log.setLevel(logging.WARNING)  # one process speaks
     started = time.time()
     saved = None
     if resume:
@@ -193,8 +196,11 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     workers = recipe.workers if recipe.workers is not None else default_workers() if per_image_work else 0
     if len(splits.train) < recipe.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=max(1, len(splits.train)))
-    loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers)
-    val_loader = eval_loader(splits.val, eval_tf, 256, workers)
+    if recipe.batch_size % world:
+        raise ValueError(f"--batch-size {recipe.batch_size} is the global batch and must divide among "
+                         f"{world} processes; use a multiple of {world}")
+    loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers, rank, world)
+    val_loader = eval_loader(splits.val, eval_tf, 256, workers, shard(len(splits.val), rank, world))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
     steps_per_epoch = sampler.batches_per_epoch()
 
@@ -206,7 +212,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
         if recipe.ema else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    forward = torch.compile(model) if recipe.compile else model
+    forward = DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(forward) if recipe.compile else forward
 
     history, start_epoch, skip, global_step, nonfinite = [], 0, 0, 0, 0
     skipped_files = dict(splits.skipped)
@@ -225,6 +232,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     meta = {"classes": splits.classes, "normalize": "half", "data": data, "recipe": recipe.to_dict()}
 
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if rank:  # one process writes
+            return
         checkpoint.save(paths.checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
@@ -238,6 +247,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     def publish(final: bool) -> None:
         """The run's user-facing files, from the state the checkpoint holds."""
         nonlocal last_plot
+        if rank:
+            return
         eval_model = ema.module if ema is not None else model
         save_pretrained(eval_model.cpu() if dev.type != "cpu" else eval_model, paths.root, meta)
         eval_model.to(dev)
@@ -247,9 +258,9 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             last_plot = time.time()
 
     log.info("model: %s parameters, %s", f"{model.num_parameters():,}", json.dumps(config.to_dict()))
-    log.info("data: %s (%d train, %d validation images, %d classes), batch %d, %s, %d workers",
+    log.info("data: %s (%d train, %d validation images, %d classes), batch %d, %s, %d workers, %d process%s",
              splits.name, len(splits.train), len(splits.val), len(splits.classes), recipe.batch_size,
-             "bf16" if bf16 else "fp32", workers)
+             "bf16" if bf16 else "fp32", workers, world, "es" if world > 1 else "")
     show_bar = sys.stderr.isatty() if progress is None else progress
     step_times: list[float] = []
     epoch = start_epoch
@@ -275,7 +286,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 t0 = time.time()
                 if len(labels):
                     loss, hits = _step(forward, model, optimizer, schedule, criterion, geometry, mixer,
-                                       images, labels, recipe, dev, bf16, global_step, epoch, step)
+                                       images, labels, recipe, dev, bf16, global_step, epoch, step, rank, world)
                     if loss is None:
                         nonfinite += 1
                     else:
@@ -288,8 +299,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 step += 1
                 step_times.append(time.time() - t0)
                 if epochs is None and len(step_times) == CALIBRATION_STEPS[1]:
-                    epochs = _epochs_for_budget(recipe, started, step_times, steps_per_epoch,
-                                                len(splits.val))
+                    epochs = distributed.broadcast_int(_epochs_for_budget(recipe, started, step_times,
+                                                                          steps_per_epoch, len(splits.val)))
                     schedule.total = epochs * steps_per_epoch
                 bar.update(1)
                 if seen:
@@ -297,8 +308,11 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 tick = time.time()
             bar.close()
             train_seconds = time.time() - epoch_start
+            totals = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
+            loss_sum, correct, seen = totals[0], int(totals[1]), int(totals[2])
             if epochs is None:  # epoch shorter than the calibration: size from the whole epoch
-                epochs = _epochs_for_budget(recipe, started, step_times, steps_per_epoch, len(splits.val))
+                epochs = distributed.broadcast_int(
+                    _epochs_for_budget(recipe, started, step_times, steps_per_epoch, len(splits.val)))
                 schedule.total = epochs * steps_per_epoch
             eval_model = ema.module if ema is not None else model
             val = evaluate(eval_model, val_loader, len(splits.classes), dev, bf16)
@@ -314,7 +328,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             }
             history.append(record)
             if recipe.time_budget and recipe.epochs is None and len(history) == 1 and not saved:  # re-plan
-                epochs = max(1, 1 + int((recipe.time_budget - record["elapsed"]) * 0.98 / record["seconds"]))
+                epochs = distributed.broadcast_int(
+                    max(1, 1 + int((recipe.time_budget - record["elapsed"]) * 0.98 / record["seconds"])))
                 schedule.total = epochs * steps_per_epoch
             epoch += 1
             skip = 0
@@ -328,22 +343,32 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
               "nonfinite_steps": nonfinite, "skipped_files": len(skipped_files)}
     if splits.test is not None and splits.test is not splits.val:
         test = evaluate(ema.module if ema is not None else model,
-                        eval_loader(splits.test, eval_tf, 256, workers), len(splits.classes), dev, bf16)
+                        eval_loader(splits.test, eval_tf, 256, workers, shard(len(splits.test), rank, world)),
+                        len(splits.classes), dev, bf16)
         result["test_top1"] = test["top1"]
     elif splits.test is not None:
         result["test_top1"] = history[-1]["val_top1"]
-    _write_log(paths, skipped_files, result)
+    if not rank:
+        _write_log(paths, skipped_files, result)
+    distributed.barrier()
     return result
 
 
+def shard(size: int, rank: int, world: int) -> list[int] | None:
+    """This process's share of an evaluation set: every image exactly once across processes."""
+    return list(range(rank, size, world)) if world > 1 else None
+
+
 def _step(forward, model, optimizer, schedule, criterion, geometry, mixer, images, labels, recipe, dev, bf16,
-          global_step, epoch, step) -> tuple[float | None, int]:
+          global_step, epoch, step, rank=0, world=1) -> tuple[float | None, int]:
     """One optimizer step (split into --accum-steps pieces). Returns (loss, correct) or (None, 0)
     when the loss was not finite and --skip-nonfinite dropped the step."""
     torch.manual_seed(mix_seed(recipe.seed, epoch, step, 1))  # dropout, drop-path, MixUp/CutMix
     images, labels = images.to(dev, non_blocking=True).float() / 255.0, labels.to(dev, non_blocking=True)
     if geometry.active:
-        images = geometry(images, torch.Generator().manual_seed(mix_seed(recipe.seed, epoch, step, 2)))
+        per_rank = recipe.batch_size // world
+        images = geometry(images, torch.Generator().manual_seed(mix_seed(recipe.seed, epoch, step, 2)),
+                          start=rank * per_rank, total=recipe.batch_size)
     images = transforms.to_model_input(images)
     targets = labels
     if mixer is not None:
