@@ -38,3 +38,4 @@ def test_two_processes_equal_one(tmp_path):
     assert abs(ma[-1]["train_loss"] - mb[-1]["train_loss"]) < 1e-5
     # evaluation sharded exactly: the same number of validation images as one process scored
     assert torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+

@@ -166,6 +166,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserError("--resume continues the run's own data; drop --data")
     result = train(data, Recipe(**given), set(given), out=args.out, resume=args.resume,
                    strict=args.strict, device=args.device)
+    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
+        return 0
     if args.json:
         emit_json(result)
     else:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -160,6 +161,10 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
         log.setLevel(logging.WARNING)  # one process speaks
     started = time.time()
     saved = None
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if resume is None and restarted and out and RunPaths(out).checkpoint.exists():
+        resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
+        log.warning("restart %s: resuming %s", os.environ["TORCHELASTIC_RESTART_COUNT"], out)
     if resume:
         saved = checkpoint.load(RunPaths(resume).checkpoint)
         _check_resume(saved, recipe, given)
