@@ -223,3 +223,10 @@ def test_eval_matches_classes_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"\['cow'\].*knows"):
         make_tree(tmp_path / "e", classes=("cow",))
         data_spec.load_for_eval(str(tmp_path / "e"), "test", ["cat", "dog"], 3)
+
+
+def test_train_and_test_folders_hold_out_validation_from_train(tmp_path):
+    make_tree(tmp_path / "train", per_class=5)
+    make_tree(tmp_path / "test", per_class=2)
+    splits = data_spec.load(str(tmp_path), val_split=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 2, 4)

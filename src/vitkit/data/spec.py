@@ -107,7 +107,7 @@ def _image_folder(root: Path, val_split: float, seed: int, channels: int | None)
         return DataSplits(name, classes, channels, size, train, val, None, skipped)
     train = datasets.get("train")
     val = datasets.get("val")
-    if train is not None and val is None and "test" not in datasets:
+    if train is not None and val is None:  # the test split stays untouched for the final evaluation
         train, val = train.split(val_split, seed)
     return DataSplits(name, classes, channels, size, train, val, datasets.get("test"), skipped)
 
