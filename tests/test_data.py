@@ -156,7 +156,7 @@ def test_palette_with_transparency(tmp_path):
     (b"\xff\xd8\xff\xe0" + b"\x00" * 20, ""),
 ])
 def test_bad_bytes_raise_bad_image(content, reason):
-    with pytest.raises(BadImage, match=reason):
+    with pytest.raises(BadImage, match=reason or None):
         read_image(content, 3)
 
 
