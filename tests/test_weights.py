@@ -253,3 +253,12 @@ def test_load_into_other_size_and_class_count(tmp_path, caplog):
     ours = vitkit.load(tmp_path / "w.pth", heads=4, image_size=64, num_classes=10)
     assert ours.pos_embed.shape == (1, 1 + 64, 64) and ours.head.out_features == 10
     assert "new head for 10 classes" in caplog.text
+
+
+def test_wrong_format_named_by_the_user_is_explained(tmp_path):
+    """Found by the CLI fuzzer: `convert --from jax` on timm weights used to raise a KeyError."""
+    theirs = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=3)
+    torch.save(theirs.state_dict(), tmp_path / "w.pth")
+    for fmt in ("jax", "hf", "torchvision", "vit-pytorch"):
+        with pytest.raises(ValueError, match=f"not (in the|a) {fmt}|config.json"):
+            vitkit.load(tmp_path / "w.pth", format=fmt, heads=4, image_size=32)

@@ -51,10 +51,9 @@ def finish(args: argparse.Namespace, data: object, text: str) -> int:
 
 # -- models ------------------------------------------------------------------------------------
 def add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the named models with parameters and GMACs",
-                       description="List the named models (the paper's Table 1 and small-image "
-                                   "presets) with their parameter counts and compute per image.")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sub.add_parser("models", help="list the named models with parameters and GMACs",
+                   description="List the named models (the paper's Table 1 and small-image presets) with "
+                               "their parameter counts and compute per image.")
 
 
 @command("models")
@@ -131,7 +130,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--nproc", type=int, help="train with N processes on this machine (launches torchrun; "
                    "--batch-size stays the global batch)")
     for field in dataclasses.fields(Recipe):
@@ -212,7 +210,6 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
 
 
 @command("eval")
@@ -244,7 +241,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
 
 
 @command("predict")
@@ -278,7 +274,6 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-image-size", type=int, help="image size the weights were trained at (vit-pytorch)")
     p.add_argument("--pool", choices=["cls", "mean"], help="pooling, for weights that do not record it")
     p.add_argument("--num-classes", type=int, help="replace the head with a fresh one of this size")
-    p.add_argument("--json", action="store_true")
 
 
 @command("convert")
@@ -303,7 +298,6 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
-    p.add_argument("--json", action="store_true")
 
 
 @command("export")
@@ -327,7 +321,6 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["rollout", "last-layer", "grad-rollout"], default="rollout",
                    help="attention rollout (default), the last block's heads, or gradient-weighted rollout")
     p.add_argument("--class", dest="target", help="class to explain with grad-rollout (default: the predicted one)")
-    p.add_argument("--json", action="store_true")
 
 
 @command("explain")
@@ -351,7 +344,6 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data spec for the attention distances (default: the run's)")
     p.add_argument("--out", help="folder for inspect.png (default: RUN)")
     p.add_argument("--images", type=int, default=64, help="images to average attention distance over")
-    p.add_argument("--json", action="store_true")
 
 
 @command("inspect")
@@ -376,7 +368,6 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
 
 
 @command("bench")
@@ -411,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for p in [parser, *sub.choices.values()]:
         p.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    for p in sub.choices.values():  # every command can answer in JSON
+        p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     return parser
 
 

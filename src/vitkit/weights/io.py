@@ -109,6 +109,15 @@ def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
     kind = detect(state) if format == "auto" else format
     if "source_image_size" in hints:
         hints["image_size"] = hints.pop("source_image_size")
+    try:
+        return _convert(kind, state, config_json, hints, overrides, path)
+    except KeyError as e:  # a format named with --from / format= that the file is not in
+        raise ValueError(f"{path} is not in the {kind} format: it has no {e} weight (first keys: "
+                         f"{list(state)[:4]}); try format='auto'") from None
+
+
+def _convert(kind: str, state: dict[str, torch.Tensor], config_json: dict[str, Any] | None,
+             hints: dict[str, Any], overrides: dict[str, Any], path: Path) -> ViT:
     if kind == "hf":
         config, converted = hf.to_vitkit(state, config_json, hints)
     elif kind == "torchvision":
