@@ -60,7 +60,8 @@ def command_lines(draw, root):
     return args
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_cli_fails_cleanly(tiny, capsys, data):
     args = data.draw(command_lines(tiny))
@@ -75,9 +76,9 @@ def test_cli_fails_cleanly(tiny, capsys, data):
         assert err.strip(), args
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=True)
 @given(fields=st.fixed_dictionaries({}, optional={
-    "image_size": st.one_of(st.integers(-4, 70), st.tuples(st.integers(0, 40), st.integers(0, 40))),
+    "image_size": st.one_of(st.integers(-4, 32), st.tuples(st.integers(0, 24), st.integers(0, 24))),
     "patch_size": st.one_of(st.integers(-1, 20), st.tuples(st.integers(0, 9), st.integers(0, 9))),
     "dim": st.integers(-8, 96), "heads": st.integers(-1, 9), "depth": st.integers(-1, 3),
     "mlp_dim": st.integers(-1, 64), "head_dim": st.one_of(st.none(), st.integers(-1, 16)),

@@ -56,6 +56,8 @@ def explain(run: str | Path, images: list[str], out: str | Path | None = None, m
 
 def inspect(run: str | Path, data: str | None = None, out: str | Path | None = None, count: int = 64) -> dict:
     """The paper's Figure 7 for this model, and its numbers."""
+    if count < 1:
+        raise ValueError(f"--images must be at least 1, got {count}")
     loaded = open_run(run)
     model, config = loaded.model, loaded.model.config
     spec = data or loaded.data
