@@ -1,13 +1,21 @@
-"""torchrun with 2 CPU processes (gloo) computes what one process computes."""
+"""torchrun with 2 CPU processes (gloo): DDP and FSDP compute what one process computes, a
+checkpoint written by 2 processes resumes on 1, and a killed worker is restarted from the last
+checkpoint. Every run has the same seed and global batch, so all must end with the same weights."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
+COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3", "--precision", "fp32",
+          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--json"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 def make_data(root):
@@ -17,25 +25,64 @@ def make_data(root):
             Image.new("RGB", (16, 16), tuple(min(255, v + 5 * i) for v in colour)).save(root / c / f"{i}.png")
 
 
-def test_two_processes_equal_one(tmp_path):
-    make_data(tmp_path / "data")
-    common = [str(tmp_path / "data"), "--epochs", "2", "--batch-size", "8", "--workers", "0", "--seed", "3",
-              "--precision", "fp32", "--rotate", "10", "--val-split", "0.3", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "vitkit", "train", *common, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "vitkit", "train", *common, "--out", str(tmp_path / "two"),
-                          "--nproc", "2"], capture_output=True, text=True, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "2 processes" in two.stderr and two.stderr.count("epoch 2/2") == 1  # only rank 0 speaks
-    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    for key in a:
-        assert (a[key] - b[key]).abs().max().item() < 1e-5, key
-    ma = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    mb = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
-    assert abs(ma[-1]["train_loss"] - mb[-1]["train_loss"]) < 1e-5
-    # evaluation sharded exactly: the same number of validation images as one process scored
-    assert torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+def train(*args, env=None, launcher=(sys.executable, "-m", "vitkit")):
+    return subprocess.run([*launcher, "train", *args], capture_output=True, text=True, env={**ENV, **(env or {})})
 
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    """The reference: one process, uninterrupted."""
+    root = tmp_path_factory.mktemp("dist")
+    make_data(root / "data")
+    done = train(str(root / "data"), *COMMON, "--out", str(root / "one"))
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def assert_same_run(a, b):
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for key in wa:
+        assert (wa[key] - wb[key]).abs().max().item() < 1e-5, key
+    ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
+    for key in ("train_loss", "val_loss"):  # the same loss: evaluation sharded with no image lost or repeated
+        assert [round(m[key], 5) for m in ma] == [round(m[key], 5) for m in mb]
+
+
+def test_ddp_two_processes_equal_one(one):
+    two = train(str(one / "data"), *COMMON, "--out", str(one / "ddp"), "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stderr and two.stderr.count("epoch 3/3") == 1  # only rank 0 speaks
+    assert_same_run(one / "one", one / "ddp")
+
+
+def test_fsdp_two_processes_equal_one(one):
+    two = train(str(one / "data"), *COMMON, "--out", str(one / "fsdp"), "--nproc", "2", "--fsdp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_run(one / "one", one / "fsdp")
+    assert (one / "fsdp" / "checkpoint-shards").is_dir()  # torch.distributed.checkpoint, one shard per process
+
+
+def test_fsdp_checkpoint_of_two_processes_resumes_on_one(one):
+    run = one / "fsdp-killed"
+    killed = train(str(one / "data"), *COMMON, "--out", str(run), "--nproc", "2", "--fsdp",
+                   env={"VITKIT_KILL_AT": "0:2:3"})  # rank 0 dies at epoch 2, step 3; no restarts
+    assert killed.returncode == 2 and "a training process failed" in killed.stderr
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = train("--resume", str(run), "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 process" in resumed.stderr
+    assert_same_run(one / "one", run)
+    assert not (run / "checkpoint-shards").exists()  # the unsharded checkpoint replaced the shards
+
+
+def test_killed_worker_is_restarted_from_the_checkpoint(one):
+    run = one / "restarted"
+    done = train(str(one / "data"), *COMMON, "--out", str(run), env={"VITKIT_KILL_AT": "1:2:2"},
+                 launcher=(*TORCHRUN, "--max-restarts", "1", "-m", "vitkit"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exitcode: -9" in done.stderr  # rank 1 was SIGKILLed mid-epoch 2 ...
+    assert "resuming" in done.stderr and "at epoch 2, step 0" in done.stderr  # ... and epoch 2 was redone
+    assert json.loads(done.stdout)["epochs"] == 3
+    assert_same_run(one / "one", run)

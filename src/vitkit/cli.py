@@ -116,6 +116,8 @@ RECIPE_HELP = {
     "layer_decay": "layer-wise learning-rate decay for fine-tuning, e.g. 0.75",
     "freeze_backbone": "train only the head (linear probe)",
     "skip_nonfinite": "drop steps whose loss is NaN/inf instead of stopping",
+    "fsdp": "with several processes, shard parameters, gradients and optimizer state (FSDP2) instead "
+            "of replicating them (DDP): for models that do not fit one device",
 }
 
 
@@ -192,7 +194,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
         elif not arg.startswith("--nproc="):
             rest.append(arg)
     try:
-        torchrun(["--nproc-per-node", str(nproc), "-m", "vitkit", *rest])
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "vitkit", *rest])
     except Exception as e:  # torchrun's ChildFailedError: a worker's error was already printed
         raise UserError(f"a training process failed: {str(e).splitlines()[0]}") from None
     return 0

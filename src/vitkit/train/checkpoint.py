@@ -1,17 +1,37 @@
-"""Resumable checkpoints: written atomically, read without unpickling code."""
+"""Resumable checkpoints: written atomically, read without unpickling code, portable between
+process counts.
+
+Model and optimizer state are kept keyed by parameter name (torch.distributed.checkpoint's
+`get_state_dict`), so a checkpoint written by N processes resumes on M. One process writes
+`checkpoint.pt` whole; with FSDP every process writes its shard into a torch.distributed.checkpoint
+folder and `checkpoint.pt` names it, so the file that is renamed into place last decides what a
+resume sees: a kill at any moment leaves the previous complete checkpoint.
+"""
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from vitkit import atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SHARDS = "checkpoint-shards"  # FSDP: one torch.distributed.checkpoint folder per saved step
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,6 +62,61 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; was the run started with this --out?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything that could run code
         raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if saved.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} was written by another vitkit version (format "
+                         f"{saved.get('format_version')}, this one reads {FORMAT_VERSION}); start a new run")
+    return saved
+
+
+def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+                  extra: dict[str, Any], step: int, sharded: bool, rank: int) -> None:
+    """Every process calls this. Unsharded: rank 0 writes one file. Sharded (FSDP): each process
+    writes its shard to a new folder; then rank 0 points `checkpoint.pt` at it and deletes the old."""
+    if not sharded:
+        if rank == 0:
+            model_state, optim_state = get_state_dict(model, optimizer, options=FULL)
+            save(path, {**extra, "model": model_state, "optimizer": optim_state,
+                        "ema": ema.state_dict() if ema is not None else None})
+            shutil.rmtree(path.parent / SHARDS, ignore_errors=True)  # a sharded run resumed unsharded
+        return
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors = {"model": model_state, "optimizer": optim_state}
+    if ema is not None:
+        tensors["ema"] = ema.state_dict()
+    folder = f"{SHARDS}/step-{step}"
+    dcp.save(tensors, checkpoint_id=path.parent / folder)  # returns once every shard and the index are written
+    if rank == 0:
+        save(path, {**extra, "shards": folder})
+        for old in (path.parent / SHARDS).iterdir():
+            if old.name != f"step-{step}":
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_training(path: Path, saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                     ema: nn.Module | None) -> None:
+    """Load a checkpoint written by any number of processes into this process's model (sharded
+    or not): torch.distributed.checkpoint reshards named tensors on load."""
+    if "shards" in saved:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        tensors = {"model": model_state, "optimizer": optim_state}
+        if ema is not None:
+            tensors["ema"] = ema.state_dict()
+        dcp.load(tensors, checkpoint_id=path.parent / saved["shards"])
+        set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(tensors["ema"])
+        return
+    options = StateDictOptions(full_state_dict=True)
+    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
+                   options=options)
+    if ema is not None and saved.get("ema") is not None:
+        set_model_state_dict(ema, saved["ema"], options=options)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU; with FSDP a collective (every process calls it, rank 0
+    receives them)."""
+    return get_model_state_dict(model, options=FULL)

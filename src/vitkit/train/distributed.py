@@ -1,4 +1,4 @@
-"""Several processes (torchrun): PyTorch's own process group, DDP, and exact reductions.
+"""Several processes (torchrun): PyTorch's own process group, FSDP2 sharding, and exact reductions.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is a no-op and
 training runs in one process.
@@ -7,9 +7,18 @@ training runs in one process.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+try:
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+except ImportError:  # torch 2.4-2.5 kept FSDP2 under a private name
+    from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+
+T = TypeVar("T")
 
 
 def setup(device: str | None) -> tuple[int, int, torch.device]:
@@ -17,14 +26,25 @@ def setup(device: str | None) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", store=_attempt_store(rank, world),
+                                rank=rank, world_size=world)
     return dist.get_rank(), dist.get_world_size(), dev
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """torchrun's key-value store outlives a restart (--max-restarts), and with it the addresses
+    of the previous attempt's dead workers, which the new ones would try to connect to: each
+    attempt gets its own key prefix."""
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_hosts_it, multi_tenant=True)
+    return dist.PrefixStore(f"vitkit/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
@@ -35,13 +55,41 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_int(value: int) -> int:
-    """Rank 0's value everywhere (the epoch count chosen for a time budget)."""
+def all_max(value: int) -> int:
+    if not dist.is_initialized():
+        return value
+    box = torch.tensor([value])
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
+def any_true(flag: bool) -> bool:
+    """True on every process if it is true on one: all processes stop (or skip a step) together,
+    since one that went on alone would wait forever in the next collective."""
+    return bool(all_max(int(flag)))
+
+
+def broadcast(value: T) -> T:
+    """Rank 0's value everywhere (the epoch count chosen for a time budget, the run directory)."""
     if not dist.is_initialized():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def fully_shard_model(model: nn.Module) -> nn.Module:
+    """FSDP2: each encoder block, then the rest (embeddings, norm, head), becomes one unit whose
+    parameters, gradients and optimizer state are split across processes and gathered only while
+    that unit computes: a model that does not fit one device trains on several."""
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
 
 
 def barrier() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitkit.data.transforms import to_model_input
-from vitkit.train.distributed import all_sum
+from vitkit.train.distributed import all_max, all_sum, is_sharded
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -23,18 +23,23 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     """Accuracy and loss over every image the loader yields (bad files are counted, not scored)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, top5_hits, problems = 0.0, 0, []
+    loss_sum, top5_hits, problems, forwards = 0.0, 0, [], 0
     for images, labels, bad in loader:
         problems += bad
         if not len(labels):
             continue
         with autocast(device, bf16):
             logits = model(to_model_input(images.to(device), stats)).float().cpu()
+        forwards += 1
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         k = min(5, num_classes)
         top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
         confusion += torch.bincount(labels * num_classes + logits.argmax(1),
                                     minlength=num_classes**2).reshape(num_classes, num_classes)
+    if is_sharded(model):  # FSDP gathers weights in every forward: all processes run as many
+        for _ in range(all_max(forwards) - forwards):
+            with autocast(device, bf16):
+                model(torch.zeros(1, model.config.in_channels, *model.config.image_hw, device=device))
     # with several processes each evaluated its own shard: add them up (counts are exact)
     confusion = all_sum(confusion)
     loss_sum, top5_hits = all_sum(torch.tensor([loss_sum, top5_hits], dtype=torch.float64)).tolist()

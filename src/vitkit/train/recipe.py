@@ -53,6 +53,7 @@ class Recipe:
     layer_decay: float | None = None
     freeze_backbone: bool = False
     skip_nonfinite: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -36,7 +36,7 @@ from vitkit.model.vit import ViT
 from vitkit.train import checkpoint, distributed, plots
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.recipe import Recipe, auto_recipe
-from vitkit.weights.native import save_pretrained
+from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
 CALIBRATION_STEPS = (5, 25)  # time steps 5..24 to size an epoch under --time-budget
@@ -164,11 +164,13 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     if resume is None and restarted and out and RunPaths(out).checkpoint.exists():
         resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
-        log.warning("restart %s: resuming %s", os.environ["TORCHELASTIC_RESTART_COUNT"], out)
+        log.info("restart %s: resuming %s", os.environ["TORCHELASTIC_RESTART_COUNT"], out)
     if resume:
         saved = checkpoint.load(RunPaths(resume).checkpoint)
         _check_resume(saved, recipe, given)
-        recipe, data = Recipe(**saved["recipe"]), saved["data"]
+        # the run's own recipe; only how it is spread over processes may change on resume
+        recipe = Recipe(**{**saved["recipe"], **({"fsdp": recipe.fsdp} if "fsdp" in given else {})})
+        data = saved["data"]
     splits = data_spec.load(data, val_split=recipe.val_split, seed=recipe.seed)
     _check_data(splits, strict)
     if saved:
@@ -177,11 +179,21 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
         flip_ok = splits.name not in NO_FLIP and splits.channels == 3
         recipe, config = auto_recipe(recipe, given, splits.image_size, splits.channels,
                                      len(splits.classes), len(splits.train), flip_ok)
-    paths = RunPaths(resume or out or default_out(splits.name))
+    paths = RunPaths(resume or out or distributed.broadcast(default_out(splits.name)))
+    if restarted and not out and not resume:
+        log.warning("torchrun restarted the workers but this run has no --out: starting a new run in %s; "
+                    "pass --out DIR so that a restart resumes from DIR's checkpoint", paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
 
     model = _build_model(config, recipe).to(dev)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+        if recipe.ema else None
+    sharded = recipe.fsdp and world > 1
+    if sharded:  # the optimizer must see the sharded parameters, so this comes first
+        distributed.fully_shard_model(model)
+        if ema is not None:
+            distributed.fully_shard_model(ema.module)
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(dev)
                                           and (dev.type == "cuda" or config.dim >= 128))
     size = config.image_hw
@@ -214,19 +226,14 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     epochs = recipe.epochs
     schedule = Schedule(recipe.lr, recipe.min_lr, warmup, epochs * steps_per_epoch if epochs else None)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
-        if recipe.ema else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    forward = DistributedDataParallel(model) if world > 1 else model
+    forward = DistributedDataParallel(model) if world > 1 and not sharded else model
     forward = torch.compile(forward) if recipe.compile else forward
 
     history, start_epoch, skip, global_step, nonfinite = [], 0, 0, 0, 0
     skipped_files = dict(splits.skipped)
     if saved:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None and saved.get("ema") is not None:
-            ema.load_state_dict(saved["ema"])
+        checkpoint.restore_training(RunPaths(resume).checkpoint, saved, model, optimizer, ema)
         history, start_epoch, skip = saved["history"], saved["epoch"], saved["step_in_epoch"]
         global_step, nonfinite, epochs = saved["global_step"], saved["nonfinite"], saved["epochs"]
         schedule.total = epochs * steps_per_epoch
@@ -237,26 +244,21 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     meta = {"classes": splits.classes, "normalize": "half", "data": data, "recipe": recipe.to_dict()}
 
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
-        if rank:  # one process writes
-            return
-        checkpoint.save(paths.checkpoint, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
-            "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": epochs,
+        checkpoint.save_training(paths.checkpoint, model, optimizer, ema, {
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": epochs,
             "history": history, "nonfinite": nonfinite, "data": data, "recipe": recipe.to_dict(),
             "model_config": config.to_dict(), "classes": splits.classes,
-            "skipped_files": skipped_files})
+            "skipped_files": skipped_files}, global_step, sharded, rank)
 
     last_plot = 0.0
 
     def publish(final: bool) -> None:
         """The run's user-facing files, from the state the checkpoint holds."""
         nonlocal last_plot
+        weights = checkpoint.full_model_state(ema.module if ema is not None else model)  # all processes
         if rank:
             return
-        eval_model = ema.module if ema is not None else model
-        save_pretrained(eval_model.cpu() if dev.type != "cpu" else eval_model, paths.root, meta)
-        eval_model.to(dev)
+        save_weights(weights, config, paths.root, meta)
         atomic.write_text(paths.metrics, "".join(json.dumps(h) + "\n" for h in history))
         if final or time.time() - last_plot > PLOT_EVERY_S:
             plots.curves(history, paths.curves)
@@ -280,7 +282,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             tick = time.time()
             for images, labels, problems in loader:
                 load_wait += time.time() - tick
-                if stop.requested:
+                _inject_fault(rank, epoch, step)
+                if distributed.any_true(stop.requested):
                     save_checkpoint(epoch, step)
                     raise KeyboardInterrupt(f"checkpoint saved at epoch {epoch + 1}, step {step}; continue "
                                             f"with: vitkit train --resume {paths.root}")
@@ -304,7 +307,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 step += 1
                 step_times.append(time.time() - t0)
                 if epochs is None and len(step_times) == CALIBRATION_STEPS[1]:
-                    epochs = distributed.broadcast_int(_epochs_for_budget(recipe, started, step_times,
+                    epochs = distributed.broadcast(_epochs_for_budget(recipe, started, step_times,
                                                                           steps_per_epoch, len(splits.val)))
                     schedule.total = epochs * steps_per_epoch
                 bar.update(1)
@@ -316,7 +319,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             totals = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
             loss_sum, correct, seen = totals[0], int(totals[1]), int(totals[2])
             if epochs is None:  # epoch shorter than the calibration: size from the whole epoch
-                epochs = distributed.broadcast_int(
+                epochs = distributed.broadcast(
                     _epochs_for_budget(recipe, started, step_times, steps_per_epoch, len(splits.val)))
                 schedule.total = epochs * steps_per_epoch
             eval_model = ema.module if ema is not None else model
@@ -333,7 +336,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             }
             history.append(record)
             if recipe.time_budget and recipe.epochs is None and len(history) == 1 and not saved:  # re-plan
-                epochs = distributed.broadcast_int(
+                epochs = distributed.broadcast(
                     max(1, 1 + int((recipe.time_budget - record["elapsed"]) * 0.98 / record["seconds"])))
                 schedule.total = epochs * steps_per_epoch
             epoch += 1
@@ -386,7 +389,7 @@ def _step(forward, model, optimizer, schedule, criterion, geometry, mixer, image
         with autocast(dev, bf16), attention_backend(dev):
             logits = forward(x)
             loss = criterion(logits.float(), t) * (len(y) / len(labels))
-        if not torch.isfinite(loss):
+        if distributed.any_true(not torch.isfinite(loss).item()):  # every process skips, or none
             optimizer.zero_grad(set_to_none=True)
             if recipe.skip_nonfinite:
                 return None, 0
@@ -402,6 +405,16 @@ def _step(forward, model, optimizer, schedule, criterion, geometry, mixer, image
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total_loss, hits
+
+
+def _inject_fault(rank: int, epoch: int, step: int) -> None:
+    """Fault injection for the fault-tolerance tests: VITKIT_KILL_AT="RANK:EPOCH:STEP" makes that
+    process SIGKILL itself at that step (epoch counted from 1) of the first attempt only, as a
+    crashed machine would; torchrun's restart must then resume from the last checkpoint."""
+    spec = os.environ.get("VITKIT_KILL_AT")
+    if spec and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" \
+            and [int(v) for v in spec.split(":")] == [rank, epoch + 1, step]:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _epochs_for_budget(recipe: Recipe, started: float, step_times: list[float], steps_per_epoch: int,

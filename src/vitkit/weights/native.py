@@ -22,12 +22,18 @@ log = logging.getLogger("vitkit")
 
 def save_pretrained(model: ViT, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Save weights and config; `extra` (e.g. class names) is kept in config.json beside them."""
+    return save_weights(model.state_dict(), model.config, directory, extra)
+
+
+def save_weights(state: dict[str, torch.Tensor], config: ViTConfig, directory: str | Path,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """`save_pretrained` from a state dict (what FSDP gathers from its shards)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic.atomic_path(directory / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    meta = {"format": FORMAT_TAG, "vit": model.config.to_dict(), **(extra or {})}
+    meta = {"format": FORMAT_TAG, "vit": config.to_dict(), **(extra or {})}
     atomic.write_text(directory / CONFIG, json.dumps(meta, indent=2) + "\n")
     return directory
 
