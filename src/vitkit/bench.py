@@ -8,6 +8,7 @@ and the median of the repeats is reported.
 
 from __future__ import annotations
 
+import copy
 import resource
 import statistics
 import time
@@ -16,12 +17,12 @@ from contextlib import nullcontext
 
 import torch
 
+from vitkit.model.fast import DTYPES, for_inference, training_attention
 from vitkit.model.flops import flops
 from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
 
 PEERS = ("timm", "hf", "torchvision", "vit-pytorch")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -89,21 +90,23 @@ class _Logits(torch.nn.Module):
         return self.inner(pixel_values=x).logits
 
 
-def _runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool) -> Callable[[], None]:
-    """One timed unit of work. vitkit infers with bf16 weights; peers with bf16 autocast (their
-    documented mixed-precision path). Training always uses autocast with fp32 master weights."""
+def _runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
+            compile: bool = False) -> Callable[[], None]:
+    """One timed unit of work. vitkit runs its fast paths (bf16 weights for inference, the CPU
+    training attention backend, torch.compile if asked); peers their documented ones (bf16
+    autocast). Training always uses autocast with fp32 master weights."""
     device = batch.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     if mode == "infer":
-        model.eval()
-        if own and dtype == "bf16":
-            model.to(torch.bfloat16)
-            x = batch.to(torch.bfloat16)
+        if own:
+            model = for_inference(model, dtype, compile)
+            x = batch.to(DTYPES[dtype])
 
             def step():
                 with torch.inference_mode():
                     model(x)
             return step
+        model.eval()
 
         def step():
             with torch.inference_mode(), autocast:
@@ -112,29 +115,52 @@ def _runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.randint(0, 10, (len(batch),), device=device)
+    forward = torch.compile(model) if own and compile else model
 
     def step():
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(model(batch).float(), labels)
+        with autocast, training_attention(device) if own else nullcontext():
+            loss = torch.nn.functional.cross_entropy(forward(batch).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
 
 
+@torch.inference_mode()
+def agreement(model: ViT, dtype: str, compile: bool, images: int, batch: int, device: torch.device) -> dict:
+    """How far vitkit's fast path is from the fp32 reference on random images: top-1 agreement
+    and the largest logit difference."""
+    reference = model.eval().to(device)
+    fast = for_inference(copy.deepcopy(model), dtype, compile)
+    same, worst, done = 0, 0.0, 0
+    generator = torch.Generator().manual_seed(1)
+    while done < images:
+        n = min(batch, images - done)
+        x = torch.randn(n, model.config.in_channels, *model.config.image_hw, generator=generator).to(device)
+        want, got = reference(x), fast(x.to(DTYPES[dtype])).float()
+        same += (want.argmax(1) == got.argmax(1)).sum().item()
+        worst = max(worst, (want - got).abs().max().item())
+        done += n
+    return {"images": images, "top1_agreement": same / images, "max_abs_error": worst}
+
+
 def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int = 16, dtype: str = "bf16",
           mode: str = "infer", compare: tuple[str, ...] = (), repeats: int = 5, iters: int = 2,
-          device: str | None = None) -> dict:
+          device: str | None = None, compile: bool = False, agreement_images: int = 0) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     overrides = {"image_size": image_size} if image_size else {}
     config = get_config(model_name, num_classes=10, **overrides)
     torch.manual_seed(0)
     ours = ViT(config)
+    # a random head: the training init (zeros) gives all-zero logits, which would hide any error
+    torch.nn.init.normal_(ours.head.weight, std=config.dim**-0.5)
     models = {"vitkit": ours}
     for name in compare:
         models[name] = _peer(name, ours)
     x = torch.randn(batch, config.in_channels, *config.image_hw, device=dev)
-    steps = {name: _runner(m.to(dev), mode, dtype, x, name == "vitkit") for name, m in models.items()}
+    check = agreement(ours, dtype, compile, agreement_images, batch, dev) if agreement_images and mode == "infer" \
+        else None
+    steps = {name: _runner(m.to(dev), mode, dtype, x, name == "vitkit", compile) for name, m in models.items()}
     for step in steps.values():  # warm-up: allocator, kernels, first-call costs
         for _ in range(2):
             step()
@@ -161,5 +187,6 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     memory = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"model": model_name, "image_size": list(config.image_hw), "batch": batch, "dtype": dtype, "mode": mode,
-            "device": str(dev), "threads": torch.get_num_threads(), "gmacs_per_image": flops(config) / 1e9,
-            "matmul_peak_tflops": peak / 1e12, "peak_memory_bytes": memory, "results": rows}
+            "device": str(dev), "threads": torch.get_num_threads(), "compile": compile,
+            "gmacs_per_image": flops(config) / 1e9, "matmul_peak_tflops": peak / 1e12, "peak_memory_bytes": memory,
+            "agreement_with_fp32": check, "results": rows}

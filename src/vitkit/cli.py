@@ -370,6 +370,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device")
+    p.add_argument("--compile", action="store_true", help="torch.compile vitkit's model (with freezing for "
+                   "inference); the compile time is not timed")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also compare the fast path with the fp32 model on N random images (infer mode)")
 
 
 @command("bench")
@@ -379,8 +383,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     compare = tuple(c for c in args.compare.split(",") if c)
+    if args.agreement < 0:
+        raise UserError(f"--agreement is a number of images, 0 or more; got {args.agreement}")
     r = bench(args.model, args.image_size, args.batch, args.dtype, args.mode, compare, args.repeats,
-              device=args.device)
+              device=args.device, compile=args.compile, agreement_images=args.agreement)
     if args.json:
         emit_json(r)
         return 0
@@ -392,6 +398,10 @@ def run_bench(args: argparse.Namespace) -> int:
         speedup = f"{row['vitkit_speedup']:.2f}" if "vitkit_speedup" in row else "-"
         print(f"{name:<12} {row['img_per_s']:>9.1f} {row['latency_median_s']:>9.4f} {row['latency_p90_s']:>9.4f} "
               f"{row['gflop_per_s']:>9.0f} {100 * row['fraction_of_peak']:>7.1f}% {speedup:>9}")
+    if r["agreement_with_fp32"]:
+        a = r["agreement_with_fp32"]
+        print(f"vitkit {r['dtype']} against the fp32 model on {a['images']} random images: top-1 agreement "
+              f"{100 * a['top1_agreement']:.1f}%, largest logit difference {a['max_abs_error']:.3g}")
     return 0
 
 
