@@ -86,3 +86,11 @@ def test_killed_worker_is_restarted_from_the_checkpoint(one):
     assert "resuming" in done.stderr and "at epoch 2, step 0" in done.stderr  # ... and epoch 2 was redone
     assert json.loads(done.stdout)["epochs"] == 3
     assert_same_run(one / "one", run)
+
+
+def test_nonfinite_steps_are_skipped_by_every_process_together(one):
+    done = train(str(one / "data"), "--epochs", "1", "--batch-size", "8", "--workers", "0", "--lr", "1e30",
+                 "--clip-grad", "0", "--warmup-epochs", "0", "--precision", "fp32", "--skip-nonfinite", "--json",
+                 "--out", str(one / "nonfinite"), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]  # no process left waiting in a collective
+    assert json.loads(done.stdout)["nonfinite_steps"] > 0
