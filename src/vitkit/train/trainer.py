@@ -282,7 +282,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 step_times.append(time.time() - t0)
                 if epochs is None and len(step_times) == CALIBRATION_STEPS[1]:
                     epochs = distributed.broadcast(_epochs_for_budget(recipe, started, step_times,
-                                                                          steps_per_epoch, len(splits.val)))
+                                                                      steps_per_epoch, len(splits.val)))
                     schedule.total = epochs * steps_per_epoch
                 bar.update(1)
                 if seen:
