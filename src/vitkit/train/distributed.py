@@ -12,6 +12,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 try:
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -78,13 +79,15 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
-def fully_shard_model(model: nn.Module) -> nn.Module:
+def fully_shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     """FSDP2: each encoder block, then the rest (embeddings, norm, head), becomes one unit whose
     parameters, gradients and optimizer state are split across processes and gathered only while
-    that unit computes: a model that does not fit one device trains on several."""
+    that unit computes: a model that does not fit one device trains on several. `model` may be
+    on the CPU; each process's shards are moved to `device`."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

@@ -181,14 +181,15 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     paths.root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
 
-    model = _build_model(config, recipe).to(dev)
+    sharded = recipe.fsdp and world > 1
+    model = _build_model(config, recipe)  # on the CPU: with FSDP only each process's shard moves to dev
+    model = model if sharded else model.to(dev)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
         if recipe.ema else None
-    sharded = recipe.fsdp and world > 1
     if sharded:  # the optimizer must see the sharded parameters, so this comes first
-        distributed.fully_shard_model(model)
+        distributed.fully_shard_model(model, dev)
         if ema is not None:
-            distributed.fully_shard_model(ema.module)
+            distributed.fully_shard_model(ema.module, dev)
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(dev)
                                           and (dev.type == "cuda" or config.dim >= 128))
     feed = data_pipeline(splits, recipe, config, rank, world)
