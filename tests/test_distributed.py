@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3", "--precision", "fp32",
-          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--json"]
+          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--json"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 

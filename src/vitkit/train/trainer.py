@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -403,8 +404,9 @@ def _step(forward, model, optimizer, schedule, criterion, geometry, mixer, image
         group["lr"] = schedule.lr(global_step) * group["lr_scale"]
     pieces = max(1, min(recipe.accum_steps, len(labels)))
     total_loss, hits = 0.0, 0
-    for x, t, y in zip(images.chunk(pieces), targets.chunk(pieces), labels.chunk(pieces), strict=True):
-        with autocast(dev, bf16), training_attention(dev):
+    chunks = list(zip(images.chunk(pieces), targets.chunk(pieces), labels.chunk(pieces), strict=True))
+    for i, (x, t, y) in enumerate(chunks):
+        with autocast(dev, bf16), training_attention(dev), _gradient_sync(forward, model, i == len(chunks) - 1):
             logits = forward(x)
             loss = criterion(logits.float(), t) * (len(y) / len(labels))
         if distributed.any_true(not torch.isfinite(loss).item()):  # every process skips, or none
@@ -423,6 +425,16 @@ def _step(forward, model, optimizer, schedule, criterion, geometry, mixer, image
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total_loss, hits
+
+
+def _gradient_sync(forward: nn.Module, model: nn.Module, on: bool):
+    """Accumulation pieces before the last keep their gradients local: one all-reduce (DDP) or
+    reduce-scatter (FSDP) per optimizer step instead of one per piece. DDP decides in forward."""
+    if distributed.is_sharded(model):
+        model.set_requires_gradient_sync(on)
+    elif isinstance(forward, DistributedDataParallel) and not on:
+        return forward.no_sync()
+    return nullcontext()
 
 
 def _inject_fault(rank: int, epoch: int, step: int) -> None:
