@@ -2,6 +2,7 @@
 benchmark, not a test)."""
 
 import json
+import sys
 
 from vitkit.cli import main
 
@@ -22,3 +23,10 @@ def test_bench_training_step_bf16(capsys):
     assert main(["bench", "--model", "vit_ti4_32", "--batch", "4", "--mode", "train", "--compare", "timm",
                  "--repeats", "1"]) == 0
     assert "vitkit/x" in capsys.readouterr().out
+
+
+def test_a_missing_peer_library_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
+    monkeypatch.setitem(sys.modules, "timm.models.vision_transformer", None)
+    assert main(["bench", "--model", "vit_ti16", "--image-size", "32", "--batch", "2", "--compare", "timm"]) == 2
+    assert "pip install 'vitkit[peers]'" in capsys.readouterr().err

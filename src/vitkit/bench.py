@@ -17,6 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
+from vitkit.extras import require
 from vitkit.model.fast import DTYPES, for_inference, training_attention
 from vitkit.model.flops import flops
 from vitkit.model.presets import get_config
@@ -49,17 +50,15 @@ def _peer(name: str, model: ViT) -> torch.nn.Module:
     format allows: timm and Hugging Face)."""
     c = model.config
     if name == "timm":
-        from timm.models.vision_transformer import VisionTransformer
-
         from vitkit.weights import timm as timm_format
 
+        timm_vit = require("timm.models.vision_transformer", "peers", "--compare timm")
         state, kwargs = timm_format.from_vitkit(model)
-        peer = VisionTransformer(**kwargs)
+        peer = timm_vit.VisionTransformer(**kwargs)
         peer.load_state_dict(state)
         return peer
     if name == "hf":
-        import transformers
-
+        transformers = require("transformers", "peers", "--compare hf")
         from vitkit.weights import hf as hf_format
 
         state, config = hf_format.from_vitkit(model)
@@ -73,8 +72,7 @@ def _peer(name: str, model: ViT) -> torch.nn.Module:
         return torchvision.models.VisionTransformer(c.image_hw[0], c.patch_hw[0], c.depth, c.heads, c.dim,
                                                     c.mlp_dim, num_classes=c.num_classes)
     if name == "vit-pytorch":
-        import vit_pytorch
-
+        vit_pytorch = require("vit_pytorch", "peers", "--compare vit-pytorch")
         return vit_pytorch.ViT(image_size=c.image_size, patch_size=c.patch_size, num_classes=c.num_classes,
                                dim=c.dim, depth=c.depth, heads=c.heads, mlp_dim=c.mlp_dim,
                                channels=c.in_channels, dim_head=c.dim // c.heads)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from vitkit import atomic
+from vitkit.extras import require
 from vitkit.model.vit import ViT
 
 OPSET = 18
@@ -46,8 +47,8 @@ def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: boo
             with torch.no_grad():
                 errors = [_check("pt2", expected[b], loaded(x)) for b, x in inputs.items()]
         else:
-            import onnxruntime
-
+            onnxruntime = require("onnxruntime", "onnx", "ONNX export")
+            require("onnxscript", "onnx", "ONNX export")
             torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
                               opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=False,
                               verbose=False)
