@@ -442,5 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as e:
-        print(f"vitkit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says so
+            print(f"vitkit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vitkit import atomic
+from vitkit.train import distributed
 
 FORMAT_VERSION = 2
-SHARDS = "checkpoint-shards"  # FSDP: one torch.distributed.checkpoint folder per saved step
+SHARDS = "checkpoint-shards"  # FSDP: one torch.distributed.checkpoint folder per save
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -86,12 +88,14 @@ def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     tensors = {"model": model_state, "optimizer": optim_state}
     if ema is not None:
         tensors["ema"] = ema.state_dict()
-    folder = f"{SHARDS}/step-{step}"
-    dcp.save(tensors, checkpoint_id=path.parent / folder)  # returns once every shard and the index are written
+    # a new folder every time, never the one checkpoint.pt names (a stop right after an epoch's
+    # checkpoint saves the same step again)
+    name = f"step-{step}-{distributed.broadcast(uuid.uuid4().hex[:8])}"
+    dcp.save(tensors, checkpoint_id=path.parent / SHARDS / name)  # returns once every shard and the index are written
     if rank == 0:
-        save(path, {**extra, "shards": folder})
+        save(path, {**extra, "shards": f"{SHARDS}/{name}"})
         for old in (path.parent / SHARDS).iterdir():
-            if old.name != f"step-{step}":
+            if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
 
