@@ -94,3 +94,16 @@ def test_nonfinite_steps_are_skipped_by_every_process_together(one):
                  "--out", str(one / "nonfinite"), "--nproc", "2")
     assert done.returncode == 0, done.stderr[-3000:]  # no process left waiting in a collective
     assert json.loads(done.stdout)["nonfinite_steps"] > 0
+
+
+def test_a_stop_signal_to_one_process_stops_all_at_the_same_step(one):
+    run = one / "stopped"
+    stopped = train(str(one / "data"), *COMMON, "--out", str(run), "--nproc", "2", "--fsdp",
+                    env={"VITKIT_KILL_AT": "1:2:2:TERM"})  # only rank 1 is told to stop, mid-epoch 2
+    assert stopped.returncode == 2
+    assert stopped.stderr.count("checkpoint saved at epoch 2, step 2") == 1  # both stopped there; rank 0 says so
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
+    resumed = train("--resume", str(run), "--json")  # the mid-epoch shards, resumed on 1 process
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(one / "one", run)

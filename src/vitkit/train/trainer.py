@@ -206,11 +206,12 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     forward = DistributedDataParallel(model) if world > 1 and not sharded else model
     forward = torch.compile(forward) if recipe.compile else forward
 
-    history, start_epoch, skip, global_step, nonfinite = [], 0, 0, 0, 0
+    history, start_epoch, skip, global_step, nonfinite, progress = [], 0, 0, 0, 0, None
     skipped_files = dict(splits.skipped)
     if saved:
         checkpoint.restore_training(RunPaths(resume).checkpoint, saved, model, optimizer, ema)
         history, start_epoch, skip = saved["history"], saved["epoch"], saved["step_in_epoch"]
+        progress = saved.get("epoch_progress") if rank == 0 else None  # one process carries the totals
         global_step, nonfinite, epochs = saved["global_step"], saved["nonfinite"], saved["epochs"]
         schedule.total = epochs * steps_per_epoch
         skipped_files.update(saved.get("skipped_files", {}))
@@ -219,12 +220,12 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
 
     meta = {"classes": splits.classes, "normalize": "half", "data": data, "recipe": recipe.to_dict()}
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_progress: list[float] | None = None) -> None:
         checkpoint.save_training(paths.checkpoint, model, optimizer, ema, {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": epochs,
             "history": history, "nonfinite": nonfinite, "data": data, "recipe": recipe.to_dict(),
             "model_config": config.to_dict(), "classes": splits.classes,
-            "skipped_files": skipped_files}, global_step, sharded, rank)
+            "skipped_files": skipped_files, "epoch_progress": epoch_progress}, global_step, sharded, rank)
 
     last_plot = 0.0
 
@@ -251,7 +252,10 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
         while epochs is None or epoch < epochs:
             sampler.set_epoch(epoch, skip)
             model.train()
-            epoch_start, seen, correct, loss_sum, load_wait = time.time(), 0, 0, 0.0, 0.0
+            # a run stopped mid-epoch carries on the epoch's sums, so its metrics cover the whole epoch
+            loss_sum, correct, seen, done_s, load_wait = progress or (0.0, 0, 0, 0.0, 0.0)
+            seen, correct, progress = int(seen), int(correct), None
+            epoch_start = time.time() - done_s
             bar = tqdm(total=steps_per_epoch, initial=skip, disable=not show_bar, leave=False,
                        desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), file=sys.stderr)
             step = skip
@@ -260,7 +264,8 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 load_wait += time.time() - tick
                 _inject_fault(rank, epoch, step)
                 if distributed.any_true(stop.requested):
-                    save_checkpoint(epoch, step)
+                    sums = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
+                    save_checkpoint(epoch, step, [*sums, time.time() - epoch_start, load_wait])
                     raise KeyboardInterrupt(f"checkpoint saved at epoch {epoch + 1}, step {step}; continue "
                                             f"with: vitkit train --resume {paths.root}")
                 for name, reason in problems:
@@ -438,13 +443,16 @@ def _gradient_sync(forward: nn.Module, model: nn.Module, on: bool):
 
 
 def _inject_fault(rank: int, epoch: int, step: int) -> None:
-    """Fault injection for the fault-tolerance tests: VITKIT_KILL_AT="RANK:EPOCH:STEP" makes that
-    process SIGKILL itself at that step (epoch counted from 1) of the first attempt only, as a
-    crashed machine would; torchrun's restart must then resume from the last checkpoint."""
+    """Fault injection for the fault-tolerance tests: VITKIT_KILL_AT="RANK:EPOCH:STEP[:SIGNAL]"
+    sends that process SIGNAL (default KILL: a crashed machine; TERM: a scheduler's stop) at that
+    step (epoch counted from 1) of the first attempt only."""
     spec = os.environ.get("VITKIT_KILL_AT")
-    if spec and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" \
-            and [int(v) for v in spec.split(":")] == [rank, epoch + 1, step]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    parts = spec.split(":")
+    name = parts.pop() if len(parts) == 4 else "KILL"
+    if [int(v) for v in parts] == [rank, epoch + 1, step]:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 def _epochs_for_budget(recipe: Recipe, started: float, step_times: list[float], steps_per_epoch: int,
