@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record, this_command
-from vitkit.bench import _runner
+from vitkit.bench import step_runner
 from vitkit.data import spec as data_spec
 from vitkit.model.vit import ViT
 from vitkit.train.recipe import Recipe, auto_recipe
@@ -44,7 +44,7 @@ def loader_rate(splits, recipe: Recipe, config, batches: int) -> float:
 def model_rate(config, recipe: Recipe, repeats: int = 3) -> float:
     torch.manual_seed(0)
     x = torch.randn(recipe.batch_size, config.in_channels, *config.image_hw)
-    step = _runner(ViT(config), "train", "bf16", x, own=True)
+    step = step_runner(ViT(config), "train", "bf16", x, own=True)
     step()
     start = time.perf_counter()
     for _ in range(repeats):

@@ -88,7 +88,7 @@ class _Logits(torch.nn.Module):
         return self.inner(pixel_values=x).logits
 
 
-def _runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
+def step_runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
             compile: bool = False) -> Callable[[], None]:
     """One timed unit of work. vitkit runs its fast paths (bf16 weights for inference, the CPU
     training attention backend, torch.compile if asked); peers their documented ones (bf16
@@ -158,7 +158,7 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     x = torch.randn(batch, config.in_channels, *config.image_hw, device=dev)
     check = agreement(ours, dtype, compile, agreement_images, batch, dev) if agreement_images and mode == "infer" \
         else None
-    steps = {name: _runner(m.to(dev), mode, dtype, x, name == "vitkit", compile) for name, m in models.items()}
+    steps = {name: step_runner(m.to(dev), mode, dtype, x, name == "vitkit", compile) for name, m in models.items()}
     for step in steps.values():  # warm-up: allocator, kernels, first-call costs
         for _ in range(2):
             step()

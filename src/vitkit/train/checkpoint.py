@@ -84,10 +84,7 @@ def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                         "ema": ema.state_dict() if ema is not None else None})
             shutil.rmtree(path.parent / SHARDS, ignore_errors=True)  # a sharded run resumed unsharded
         return
-    model_state, optim_state = get_state_dict(model, optimizer)
-    tensors = {"model": model_state, "optimizer": optim_state}
-    if ema is not None:
-        tensors["ema"] = ema.state_dict()
+    tensors = _sharded_tensors(model, optimizer, ema)
     # a new folder every time, never the one checkpoint.pt names (a stop right after an epoch's
     # checkpoint saves the same step again)
     name = f"step-{step}-{distributed.broadcast(uuid.uuid4().hex[:8])}"
@@ -104,10 +101,7 @@ def restore_training(path: Path, saved: dict[str, Any], model: nn.Module, optimi
     """Load a checkpoint written by any number of processes into this process's model (sharded
     or not): torch.distributed.checkpoint reshards named tensors on load."""
     if "shards" in saved:
-        model_state, optim_state = get_state_dict(model, optimizer)
-        tensors = {"model": model_state, "optimizer": optim_state}
-        if ema is not None:
-            tensors["ema"] = ema.state_dict()
+        tensors = _sharded_tensors(model, optimizer, ema)
         dcp.load(tensors, checkpoint_id=path.parent / saved["shards"])
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
         if ema is not None:
@@ -118,6 +112,15 @@ def restore_training(path: Path, saved: dict[str, Any], model: nn.Module, optimi
                    options=options)
     if ema is not None and saved.get("ema") is not None:
         set_model_state_dict(ema, saved["ema"], options=options)
+
+
+def _sharded_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> dict:
+    """What torch.distributed.checkpoint saves from, and loads into in place: each process's shards."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors = {"model": model_state, "optimizer": optim_state}
+    if ema is not None:
+        tensors["ema"] = ema.state_dict()
+    return tensors
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -220,7 +220,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
 
     meta = {"classes": splits.classes, "normalize": "half", "data": data, "recipe": recipe.to_dict()}
 
-    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_progress: list[float] | None = None) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_progress: dict | None = None) -> None:
         checkpoint.save_training(paths.checkpoint, model, optimizer, ema, {
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": epochs,
             "history": history, "nonfinite": nonfinite, "data": data, "recipe": recipe.to_dict(),
@@ -253,9 +253,9 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
             sampler.set_epoch(epoch, skip)
             model.train()
             # a run stopped mid-epoch carries on the epoch's sums, so its metrics cover the whole epoch
-            loss_sum, correct, seen, done_s, load_wait = progress or (0.0, 0, 0, 0.0, 0.0)
-            seen, correct, progress = int(seen), int(correct), None
-            epoch_start = time.time() - done_s
+            progress = progress or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "load_wait": 0.0}
+            loss_sum, correct, seen, load_wait = (progress[k] for k in ("loss_sum", "correct", "seen", "load_wait"))
+            epoch_start, progress = time.time() - progress["seconds"], None
             bar = tqdm(total=steps_per_epoch, initial=skip, disable=not show_bar, leave=False,
                        desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), file=sys.stderr)
             step = skip
@@ -264,8 +264,9 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 load_wait += time.time() - tick
                 _inject_fault(rank, epoch, step)
                 if distributed.any_true(stop.requested):
-                    sums = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
-                    save_checkpoint(epoch, step, [*sums, time.time() - epoch_start, load_wait])
+                    total_loss, total_correct, total_seen = _all_processes(loss_sum, correct, seen)
+                    save_checkpoint(epoch, step, {"loss_sum": total_loss, "correct": total_correct, "seen": total_seen,
+                                                  "seconds": time.time() - epoch_start, "load_wait": load_wait})
                     raise KeyboardInterrupt(f"checkpoint saved at epoch {epoch + 1}, step {step}; continue "
                                             f"with: vitkit train --resume {paths.root}")
                 for name, reason in problems:
@@ -297,8 +298,7 @@ def train(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
                 tick = time.time()
             bar.close()
             train_seconds = time.time() - epoch_start
-            totals = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
-            loss_sum, correct, seen = totals[0], int(totals[1]), int(totals[2])
+            loss_sum, correct, seen = _all_processes(loss_sum, correct, seen)
             if epochs is None:  # epoch shorter than the calibration: size from the whole epoch
                 epochs = distributed.broadcast(
                     _epochs_for_budget(recipe, started, step_times, steps_per_epoch, len(splits.val)))
@@ -384,6 +384,12 @@ def data_pipeline(splits: data_spec.DataSplits, recipe: Recipe, config: ViTConfi
     val_loader = eval_loader(splits.val, eval_tf, 256, workers, shard(len(splits.val), rank, world))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
     return Pipeline(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers)
+
+
+def _all_processes(loss_sum: float, correct: int, seen: int) -> tuple[float, int, int]:
+    """An epoch's (loss sum, correct, seen), added up over the processes."""
+    total = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
+    return total[0], int(total[1]), int(total[2])
 
 
 def shard(size: int, rank: int, world: int) -> list[int] | None:
