@@ -89,7 +89,7 @@ class _Logits(torch.nn.Module):
 
 
 def step_runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
-            compile: bool = False) -> Callable[[], None]:
+                compile: bool = False) -> Callable[[], None]:
     """One timed unit of work. vitkit runs its fast paths (bf16 weights for inference, the CPU
     training attention backend, torch.compile if asked); peers their documented ones (bf16
     autocast). Training always uses autocast with fp32 master weights."""

@@ -33,7 +33,8 @@ def setup(device: str | None) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if cuda else "gloo", store=_attempt_store(rank, world),
+        # NCCL for the model's GPU tensors, gloo for the small CPU tensors of metrics and decisions
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=_attempt_store(rank, world),
                                 rank=rank, world_size=world)
     return dist.get_rank(), dist.get_world_size(), dev
 
