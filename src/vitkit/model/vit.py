@@ -248,6 +248,22 @@ class ViT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # -- what an optimizer needs to know (timm's no_weight_decay / group_matcher) ----------------
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that weight decay must not pull to zero: norms, biases, the position
+        embedding and the learned tokens."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or name == "pos_embed" or name.endswith("_token")}
+
+    def param_layer(self, name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: 0 for the embeddings and tokens,
+        i + 1 for block i, depth + 1 for the final norm and the head."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith(("patch_embed", "pos_embed", "norm_pre")) or name.endswith("_token"):
+            return 0
+        return self.config.depth + 1
+
     def extra_repr(self) -> str:
         return json.dumps({k: v for k, v in self.config.to_dict().items()
                            if v != getattr(ViTConfig, k, None)})
