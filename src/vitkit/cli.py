@@ -405,6 +405,48 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve -------------------------------------------------------------------------------------
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a web page",
+                       description="POST /predict, POST /explain, GET / (a page to drop images on), GET /info, "
+                                   "GET /health. Requests that arrive together are classified in one batch.")
+    p.add_argument("run", metavar="RUN|WEIGHTS", help="a run directory or any weights vitkit.load reads")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed at start)")
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="weights of the fast path (auto: bf16 where the CPU/GPU runs it fast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fast path (compiled before serving)")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch's first image waits for others to arrive")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="larger requests get 413")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+
+
+@command("serve")
+def run_serve(args: argparse.Namespace) -> int:
+    from vitkit.serve import require_serve_extra
+
+    require_serve_extra()
+    from vitkit.serve import app
+
+    settings = app.Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
+                            decode_threads=args.decode_threads)
+    settings.check()
+    engine = app.load_engine(args.run, args.device, args.dtype, args.compile)
+    sock = app.listen(args.host, args.port)
+    started = {"url": app.url(sock), "port": sock.getsockname()[1], "classes": len(engine.classes),
+               "dtype": engine.dtype, "device": str(engine.device)}
+    if args.json:
+        print(json.dumps(started), flush=True)
+    else:
+        print(f"serving {args.run} ({started['classes']} classes, {engine.dtype} on {engine.device}) at "
+              f"{started['url']}  (Ctrl-C stops)", flush=True)
+    app.run(engine, settings, sock, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -420,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_explain, add_inspect,
-          add_bench]
+          add_bench, add_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
