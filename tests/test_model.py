@@ -85,6 +85,8 @@ def test_parameter_count_equals_live_timm():
     ("vit_b16", {"image_size": 64, "representation_size": 768}),
     ("vit_ti4_32", {"pool": "mean", "class_token": False}),
     ("vit_ti4_28", {"patch_embed": "linear-ln", "head_dim": 96}),
+    ("vit_ti16", {"image_size": 64, "depth": 1, "pool": "map", "class_token": False, "reg_tokens": 4}),
+    ("vit_ti16", {"image_size": 64, "depth": 1, "distilled": True}),
 ])
 def test_flops_agree_with_flop_counter(name, overrides):
     config = vitkit.get_config(name, **overrides)
@@ -102,6 +104,9 @@ CONFIG_FAMILIES = [
     dict(pool="mean", class_token=False, pos_embed="sincos2d", fc_norm=True),
     dict(patch_embed="linear-ln", pool="mean-all", qkv_bias=False, head_dim=8),
     dict(image_size=(16, 32), representation_size=24, act="gelu-tanh"),
+    dict(reg_tokens=2, no_embed_class=True, init_values=0.1, qk_norm=True, pre_norm=True),
+    dict(pool="map", class_token=False),
+    dict(distilled=True, reg_tokens=1),
 ]
 
 
@@ -172,6 +177,10 @@ def test_dynamic_size_resamples_like_loading_at_that_size():
     (dict(dim=100, heads=3), ["heads=3", "dim=100"]),
     (dict(class_token=False, pool="cls"), ["class_token"]),
     (dict(depth=10**6), ["depth"]),
+    (dict(distilled=True, pool="mean"), ["distilled", "pool='cls'"]),
+    (dict(pool="map", dim=100, heads=3, head_dim=20), ["pool='map'", "heads=3"]),
+    (dict(init_values=-1.0), ["init_values"]),
+    (dict(reg_tokens=-1), ["reg_tokens"]),
 ])
 def test_bad_configs_are_explained(kwargs, words):
     with pytest.raises(ValueError) as e:
@@ -238,3 +247,77 @@ def test_output_shapes(heads, head_width, depth, patch, grid, channels, classes,
     tokens = grid[0] * grid[1] + config.num_prefix_tokens
     assert attentions[0].shape == (batch, heads, tokens, tokens)
     assert model.forward_tokens(x)[0].shape == (batch, tokens, dim)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    config = vitkit.ViTConfig(image_size=32, patch_size=8, dim=32, depth=3, heads=4, mlp_dim=64, num_classes=5,
+                              dropout=0.1, drop_path=0.2, init_values=0.5, reg_tokens=1)
+    model = randomize(vitkit.ViT(config)).train()
+    calls = []
+    model.blocks[1].register_forward_pre_hook(lambda *_: calls.append(1))
+    x = torch.randn(4, 3, 32, 32)
+
+    def gradients(checkpointed: bool) -> list[torch.Tensor]:
+        model.set_grad_checkpointing(checkpointed)
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(1)  # the same dropout masks; checkpointing replays them in backward
+        model(x).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients(False)
+    assert len(calls) == 1
+    checkpointed = gradients(True)
+    assert len(calls) == 2  # the block ran again in backward
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def timm_reg4(**kwargs):
+    """A small timm ViT with registers (DINOv2-reg layout) and the same weights in vitkit."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    theirs = randomize(VisionTransformer(img_size=(32, 48), patch_size=8, embed_dim=32, depth=4, num_heads=4,
+                                         num_classes=3, reg_tokens=4, no_embed_class=True, init_values=1e-5,
+                                         **kwargs))
+    ours = vitkit.ViT(vitkit.ViTConfig(image_size=(32, 48), patch_size=8, dim=32, depth=4, heads=4, mlp_dim=128,
+                                       num_classes=3, reg_tokens=4, no_embed_class=True, init_values=1e-5))
+    ours.load_state_dict(theirs.state_dict())
+    return ours.eval(), theirs
+
+
+@pytest.mark.parametrize("layers", [None, 2, [0, -1]])
+@pytest.mark.parametrize("output", ["tokens", "nchw"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_forward_intermediates_match_timm(layers, output, norm):
+    ours, theirs = timm_reg4()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        got = ours.forward_intermediates(x, layers=layers, output=output, norm=norm)
+        want = theirs.forward_intermediates(x, indices=layers, norm=norm, return_prefix_tokens=True,
+                                            output_fmt="NCHW" if output == "nchw" else "NLC",
+                                            intermediates_only=True)
+    assert len(got.features) == len(want) and got.attentions == []
+    for features, prefix, (their_features, their_prefix) in zip(got.features, got.prefix, want, strict=True):
+        assert features.shape == their_features.shape and prefix.shape == (2, 5, 32)
+        assert max_rel_diff(features, their_features) < 1e-5
+        assert max_rel_diff(prefix, their_prefix) < 1e-5
+
+
+def test_intermediate_attention_only_for_chosen_blocks():
+    ours, _ = timm_reg4()
+    calls, asked = [], []
+    ours.blocks[3].register_forward_hook(lambda *_: calls.append(1))
+    ours.blocks[1].attn.register_forward_pre_hook(lambda _, args: asked.append(args[1]))
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        got = ours.forward_intermediates(x, layers=[2, 0], attention=True)
+        _, every = ours(x, return_attention=True)
+    assert calls == [1]  # only the full forward ran the last block: intermediates stop early
+    assert asked == [False, True]  # block 1 kept the fused kernel in forward_intermediates
+    assert len(got.attentions) == 2
+    for mine, block in zip(got.attentions, [0, 2], strict=True):
+        assert mine.shape == (2, 4, 5 + 24, 5 + 24)
+        torch.testing.assert_close(mine, every[block])
+    with pytest.raises(ValueError, match="block indices"):
+        ours.forward_intermediates(x, layers=[4])

@@ -11,14 +11,14 @@ from typing import Any, Literal
 Size = int | tuple[int, int]
 
 PATCH_EMBEDS = ("conv", "linear-ln")
-POOLS = ("cls", "mean", "mean-all")
+POOLS = ("cls", "mean", "mean-all", "map")
 POS_EMBEDS = ("learned", "sincos2d")
 ACTIVATIONS = ("gelu", "gelu-tanh")
 
 # Far beyond any ViT ever trained; they stop a hostile or mistyped config.json from asking for
 # terabytes before a single tensor is allocated.
 LIMITS = {"dim": 16384, "depth": 512, "heads": 1024, "mlp_dim": 131072, "num_classes": 1_000_000,
-          "image": 16384, "in_channels": 512, "tokens": 1_000_000}
+          "image": 16384, "in_channels": 512, "tokens": 1_000_000, "reg_tokens": 1024}
 
 
 def pair(value: Size) -> tuple[int, int]:
@@ -30,11 +30,25 @@ class ViTConfig:
     """The architecture. Defaults are ViT-B/16 at 224 px with 1000 classes, as in the paper.
 
     `pool`: "cls" reads the class token; "mean" averages the patch tokens (timm, big_vision);
-    "mean-all" averages every token including the class token (the write-up's / vit-pytorch's code).
+    "mean-all" averages every token including the class token (the write-up's / vit-pytorch's code);
+    "map" is attention pooling: a learned probe attends to the patch tokens (big_vision's MAPHead,
+    SigLIP).
     `fc_norm`: apply the final LayerNorm after pooling instead of to every token (timm with
     global average pooling, MAE).
     `representation_size`: the paper's pre-logits layer (Linear + tanh) before the head.
     `head_dim`: per-head width; default dim // heads. vit-pytorch allows heads * head_dim != dim.
+
+    The paper's descendants, each off by default:
+    `reg_tokens`: extra learned tokens after the class token that the head ignores ("Vision
+    Transformers Need Registers"; DINOv2-reg).
+    `distilled`: DeiT's distillation token after the class token, read by a second head.
+    `no_embed_class`: the position table has rows for the patches only; prefix tokens get none
+    (timm's name; DINOv2, DeiT III, current big_vision).
+    `init_values`: layer scale, a learned per-channel scale on each residual branch, starting
+    at this value (CaiT, DINOv2).
+    `qk_norm`: LayerNorm on each head's queries and keys.
+    `pre_norm`: LayerNorm after the embeddings, before the blocks (CLIP); like CLIP, the patch
+    projection then has no bias.
     """
 
     image_size: Size = 224
@@ -48,7 +62,13 @@ class ViTConfig:
     head_dim: int | None = None
     patch_embed: Literal["conv", "linear-ln"] = "conv"
     class_token: bool = True
-    pool: Literal["cls", "mean", "mean-all"] = "cls"
+    pool: Literal["cls", "mean", "mean-all", "map"] = "cls"
+    reg_tokens: int = 0
+    distilled: bool = False
+    no_embed_class: bool = False
+    init_values: float | None = None
+    qk_norm: bool = False
+    pre_norm: bool = False
     pos_embed: Literal["learned", "sincos2d"] = "learned"
     fc_norm: bool = False
     representation_size: int | None = None
@@ -89,7 +109,13 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens before the patches: class, distillation, registers (in that order)."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
+    def pos_prefix_rows(self) -> int:
+        """Rows of the position table for the prefix tokens (none with `no_embed_class`)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
 
     @property
     def inner_dim(self) -> int:
@@ -140,6 +166,7 @@ class ViTConfig:
         _choice("act", self.act, ACTIVATIONS)
         for name in ("in_channels", "dim", "depth", "heads", "mlp_dim"):
             _bounded(name, getattr(self, name), 1, LIMITS.get(name))
+        self._validate_descendants()
         _bounded("num_classes", self.num_classes, 0, LIMITS["num_classes"])
         for name in ("head_dim", "representation_size"):
             if getattr(self, name) is not None:
@@ -175,6 +202,26 @@ class ViTConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
         if not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
             raise ValueError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
+
+
+    def _validate_descendants(self) -> None:
+        """The fields of the paper's descendants (registers, DeiT, layer scale, MAP)."""
+        _bounded("reg_tokens", self.reg_tokens, 0, LIMITS["reg_tokens"])
+        for name in ("distilled", "no_embed_class", "qk_norm", "pre_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.distilled and (not self.class_token or self.pool != "cls" or self.fc_norm
+                               or self.representation_size):
+            raise ValueError("distilled=True (DeiT) reads the class and distillation tokens: it needs "
+                             "class_token=True, pool='cls', no fc_norm and no representation_size")
+        if self.init_values is not None and (isinstance(self.init_values, bool)
+                                             or not isinstance(self.init_values, (int, float))
+                                             or not 0 < self.init_values <= 1e3):
+            raise ValueError(f"init_values (layer scale) must be a positive number or None, "
+                             f"got {self.init_values!r}")
+        if self.pool == "map" and self.dim % self.heads:
+            raise ValueError(f"pool='map' splits dim={self.dim} over heads={self.heads}; "
+                             "choose heads that divide dim")
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:

@@ -23,5 +23,8 @@ def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None) ->
     attention = tokens * dim * 3 * inner + 2 * tokens * tokens * inner + tokens * inner * dim
     mlp_macs = 2 * tokens * dim * mlp
     pre_logits = dim * config.representation_size if config.representation_size else 0
-    head = config.feature_dim * config.num_classes
-    return embed + config.depth * (attention + mlp_macs) + pre_logits + head
+    head = config.feature_dim * config.num_classes * (2 if config.distilled else 1)
+    # attention pooling: one query (q, proj) over the patches (k, v, two products), then an MLP
+    map_head = 2 * dim * dim + patches * dim * 2 * dim + 2 * patches * dim + 2 * dim * mlp
+    pooling = map_head if config.pool == "map" else 0
+    return embed + config.depth * (attention + mlp_macs) + pooling + pre_logits + head

@@ -3,16 +3,23 @@
 Read top to bottom: an image is cut into patches, each patch becomes a token, a class token is
 prepended, position embeddings are added, pre-norm Transformer blocks mix the tokens, and a linear
 head classifies the pooled result. Everything is configured by one `ViTConfig`.
+
+The paper's descendants are a line or two each, off by default: register tokens and DeiT's
+distillation token (more prefix tokens), layer scale (`LayerScale`), qk-norm (in `Attention`), a
+pre-norm before the blocks (CLIP), and attention pooling (`MAPHead`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from vitkit.model import position
@@ -31,8 +38,9 @@ class PatchEmbed(nn.Module):
         self.kind = config.patch_embed
         self.patch = config.patch_hw
         patch_dim = config.in_channels * self.patch[0] * self.patch[1]
-        if self.kind == "conv":
-            self.proj = nn.Conv2d(config.in_channels, config.dim, self.patch, stride=self.patch)
+        if self.kind == "conv":  # CLIP's pre-norm models have no bias here
+            self.proj = nn.Conv2d(config.in_channels, config.dim, self.patch, stride=self.patch,
+                                  bias=not config.pre_norm)
         else:
             self.norm_in = nn.LayerNorm(patch_dim, eps=config.norm_eps)
             self.proj = nn.Linear(patch_dim, config.dim)
@@ -60,6 +68,9 @@ class Attention(nn.Module):
         self.heads = config.heads
         self.head_dim = config.inner_dim // config.heads
         self.qkv = nn.Linear(config.dim, 3 * config.inner_dim, bias=config.qkv_bias)
+        qk_norm = config.qk_norm
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=config.norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(config.inner_dim, config.dim)
         self.attn_dropout = config.attn_dropout
         self.proj_drop = nn.Dropout(config.dropout)
@@ -69,6 +80,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        q, k = self.q_norm(q), self.k_norm(k)
         dropout = self.attn_dropout if self.training else 0.0
         probs = None
         if return_attention:
@@ -92,30 +104,82 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch, starting small so that deep models start
+    close to the identity (CaiT; DINOv2)."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm encoder block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm encoder block: x + Attention(LN(x)), then x + MLP(LN(x)) (each branch scaled by
+    a LayerScale if `init_values` is set)."""
 
     def __init__(self, config: ViTConfig, drop_path: float):
         super().__init__()
+        scale = config.init_values
         self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.attn = Attention(config)
+        self.ls1 = LayerScale(config.dim, scale) if scale else nn.Identity()
         self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.mlp = MLP(config)
+        self.ls2 = LayerScale(config.dim, scale) if scale else nn.Identity()
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, probs = self.attn(self.norm1(x), return_attention)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(y))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, probs
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling (big_vision's MAPHead; timm's AttentionPoolLatent, whose names
+    these are): one learned query attends to the tokens, then a residual MLP refines the result.
+    A learned summary instead of the class token or a plain mean (SigLIP)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, config.dim))  # the probe
+        self.q = nn.Linear(config.dim, config.dim)
+        self.kv = nn.Linear(config.dim, 2 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q = self.q(self.latent).reshape(1, 1, self.heads, d // self.heads).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b, 1, d))
+        out = out + self.mlp(self.norm(out))
+        return out[:, 0]
+
+
+class Intermediates(NamedTuple):
+    """What `ViT.forward_intermediates` returns, one entry per chosen block."""
+
+    features: list[torch.Tensor]  # patch tokens (B, patches, dim), or a map (B, dim, rows, cols)
+    prefix: list[torch.Tensor]  # the class/distillation/register tokens (B, prefix, dim)
+    attentions: list[torch.Tensor]  # (B, heads, tokens, tokens) if asked for, else empty
 
 
 class ViT(nn.Module):
     """Vision Transformer. `model(images)` gives logits, or features when num_classes=0.
 
     `model(images, return_attention=True)` gives (logits, [per-layer attention probabilities of
-    shape (batch, heads, tokens, tokens)]).
+    shape (batch, heads, tokens, tokens)]). A distilled (DeiT) model in training mode gives the
+    pair (class-token logits, distillation-token logits) instead of logits, for a distillation
+    loss; in eval mode their average, as DeiT does.
     """
 
     def __init__(self, config: ViTConfig | None = None, **overrides):
@@ -124,21 +188,29 @@ class ViT(nn.Module):
         self.config = config
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim)) if config.class_token else None
-        tokens = config.num_prefix_tokens + config.num_patches
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, config.dim)) if config.distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, config.dim)) if config.reg_tokens else None
+        tokens = config.pos_prefix_rows + config.num_patches
         if config.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, tokens, config.dim))
         else:  # fixed, so not saved with the weights
             self.register_buffer("pos_embed", self._sincos(config.grid), persistent=False)
         self.pos_drop = nn.Dropout(config.emb_dropout)
+        self.norm_pre = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else nn.Identity()
+        self.grad_checkpointing = False
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)  # deeper drops more
         self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.fc_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.fc_norm else nn.Identity()
+        self.attn_pool = MAPHead(config) if config.pool == "map" else None
         if config.representation_size:
             self.pre_logits = nn.Sequential(nn.Linear(config.dim, config.representation_size), nn.Tanh())
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(config.feature_dim, config.num_classes) if config.num_classes else nn.Identity()
+        self.head_dist = None
+        if config.distilled:  # DeiT's second head, on the distillation token
+            self.head_dist = nn.Linear(config.dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
 
     # -- initialisation (big_vision's choices; the head starts at zero) ---------------------------
@@ -151,61 +223,147 @@ class ViT(nn.Module):
             elif isinstance(module, nn.Conv2d):
                 fan_in = module.weight[0].numel()
                 nn.init.trunc_normal_(module.weight, std=fan_in**-0.5)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, LayerScale):
+                nn.init.constant_(module.gamma, module.init_values)
+            elif isinstance(module, MAPHead):
+                nn.init.trunc_normal_(module.latent, std=module.latent.shape[-1] ** -0.5)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        for token in (self.dist_token, self.reg_token):  # random: equal ones would stay equal
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         tokens, attentions = self.forward_tokens(x, return_attention)
-        logits = self.head(self.pool(tokens))
+        logits = self.forward_head(tokens)
         return (logits, attentions) if return_attention else logits
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images -> the tokens the first block sees (B, prefix + patches, dim), and the grid."""
+        grid = self._check_input(x)
+        x = self.patch_embed(x)
+        prefix = [t.expand(x.shape[0], -1, -1).to(x.dtype)
+                  for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        x = torch.cat([*prefix, x], dim=1)
+        pos = self.position_embedding(grid).to(x.dtype)
+        if self.config.no_embed_class:  # the prefix tokens get no position
+            pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
+        return self.norm_pre(self.pos_drop(x + pos)), grid
 
     def forward_tokens(self, x: torch.Tensor, return_attention: bool = False
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All output tokens after the final norm (B, prefix + patches, dim), and attentions."""
-        grid = self._check_input(x)
-        x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = self.pos_drop(x + self.position_embedding(grid).to(x.dtype))
+        x, _ = self.embed(x)
         attentions = []
         for block in self.blocks:
-            x, probs = block(x, return_attention)
+            x, probs = self._block(block, x, return_attention)
             if return_attention:
                 attentions.append(probs)
         return self.norm(x), attentions
 
+    def _block(self, block: Block, x: torch.Tensor, return_attention: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One block; under gradient checkpointing its activations are recomputed in backward."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, return_attention, use_reentrant=False)
+        return block(x, return_attention)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input in training and recompute the rest in backward: memory
+        for about one more forward pass. No effect in eval mode or without gradients."""
+        self.grad_checkpointing = enable
+
+    def forward_head(self, tokens: torch.Tensor):
+        """Final tokens -> logits. DeiT's two heads: see the class docstring."""
+        if self.head_dist is None or not self.config.num_classes:
+            return self.head(self.pool(tokens))
+        logits, dist = self.head(tokens[:, 0]), self.head_dist(tokens[:, 1])
+        return (logits, dist) if self.training else (logits + dist) / 2
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens -> one feature vector per image (what the head classifies)."""
-        if self.config.pool == "cls":
+        patches = tokens[:, self.config.num_prefix_tokens:]
+        if self.config.distilled:  # class and distillation tokens, as DeiT's pre-logits
+            pooled = (tokens[:, 0] + tokens[:, 1]) / 2
+        elif self.config.pool == "cls":
             pooled = tokens[:, 0]
         elif self.config.pool == "mean":
-            pooled = tokens[:, self.config.num_prefix_tokens:].mean(dim=1)
+            pooled = patches.mean(dim=1)
+        elif self.config.pool == "map":
+            pooled = self.attn_pool(patches)
         else:
             pooled = tokens.mean(dim=1)
         return self.pre_logits(self.fc_norm(pooled))
+
+    def forward_intermediates(self, x: torch.Tensor, layers: int | Sequence[int] | None = None,
+                              output: Literal["tokens", "nchw"] = "tokens", norm: bool = False,
+                              attention: bool = False) -> Intermediates:
+        """The outputs of chosen blocks, for dense prediction and probing.
+
+        `layers`: None for every block, an int n for the last n, or block indices (negative ones
+        count from the end). `output`: "tokens" gives the patch tokens (B, patches, dim), "nchw"
+        a 2-D map (B, dim, rows, cols). `norm`: pass each through the final norm. The prefix
+        tokens come separately. `attention`: also the attention probabilities of the chosen blocks
+        only; the others keep the fused kernel, which stores no tokens x tokens matrix. Blocks
+        after the last chosen one are not run.
+        """
+        if output not in ("tokens", "nchw"):
+            raise ValueError(f"output={output!r}: use 'tokens' or 'nchw'")
+        chosen = self._layer_indices(layers)
+        x, (rows, cols) = self.embed(x)
+        prefix = self.config.num_prefix_tokens
+        found = Intermediates([], [], [])
+        for i, block in enumerate(self.blocks[: chosen[-1] + 1]):
+            x, probs = self._block(block, x, attention and i in chosen)
+            if i not in chosen:
+                continue
+            y = self.norm(x) if norm else x
+            patches = y[:, prefix:]
+            if output == "nchw":
+                patches = patches.transpose(1, 2).reshape(y.shape[0], y.shape[2], rows, cols)
+            found.features.append(patches)
+            found.prefix.append(y[:, :prefix])
+            if attention:
+                found.attentions.append(probs)
+        return found
+
+    def _layer_indices(self, layers: int | Sequence[int] | None) -> list[int]:
+        depth = self.config.depth
+        if layers is None:
+            return list(range(depth))
+        if isinstance(layers, int):
+            if not 1 <= layers <= depth:
+                raise ValueError(f"layers={layers}: the last n blocks needs 1 <= n <= {depth}")
+            return list(range(depth - layers, depth))
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad or not layers:
+            raise ValueError(f"layers {list(layers)}: block indices must lie in [-{depth}, {depth - 1}]")
+        return sorted({i % depth for i in layers})
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """The (1, prefix + patches, dim) table for a patch grid, resampled if it is not native."""
         if grid == self.config.grid:
             return self.pos_embed
         if isinstance(self.pos_embed, nn.Parameter):
-            return position.resample(self.pos_embed, grid, self.config.num_prefix_tokens,
+            return position.resample(self.pos_embed, grid, self.config.pos_prefix_rows,
                                      old_grid=self.config.grid)
         return self._sincos(grid).to(self.pos_embed.device)
 
     def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
         table = position.sincos_2d(grid, self.config.dim)
-        prefix = torch.zeros(self.config.num_prefix_tokens, self.config.dim)
+        prefix = torch.zeros(self.config.pos_prefix_rows, self.config.dim)
         return torch.cat([prefix, table])[None]
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
@@ -236,7 +394,7 @@ class ViT(nn.Module):
                 and state_dict[key].shape != self.pos_embed.shape
                 and state_dict[key].shape[-1] == self.pos_embed.shape[-1]):
             state_dict[key] = position.resample(state_dict[key], self.config.grid,
-                                                self.config.num_prefix_tokens)
+                                                self.config.pos_prefix_rows)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
