@@ -27,11 +27,13 @@ from vitkit.bench import step_runner
 from vitkit.data import spec as data_spec
 from vitkit.model.vit import ViT
 from vitkit.train.recipe import Recipe, auto_recipe
-from vitkit.train.trainer import NO_FLIP, data_pipeline
+from vitkit.train.distributed import World
+from vitkit.train.feed import build_feed
+from vitkit.train.trainer import NO_FLIP
 
 
 def loader_rate(splits, recipe: Recipe, config, batches: int) -> float:
-    feed = data_pipeline(splits, recipe, config)
+    feed = build_feed(splits, recipe, config, World())
     feed.sampler.set_epoch(0)
     stream = iter(feed.loader)
     next(stream)  # workers started, first batch in

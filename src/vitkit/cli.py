@@ -84,9 +84,10 @@ RECIPE_HELP = {
     "epochs": "number of epochs; default: chosen for the data",
     "time_budget": "wall-clock seconds for the whole run; sizes the epochs to fit",
     "batch_size": "global batch size",
-    "lr": "peak learning rate (AdamW)",
+    "optimizer": "adamw, or sgd (momentum 0.9)",
+    "lr": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
-    "weight_decay": "AdamW weight decay (never on norms, biases, position embedding, class token)",
+    "weight_decay": "decoupled weight decay (never on norms, biases, position embedding, learned tokens)",
     "warmup_epochs": "linear warm-up length in epochs",
     "label_smoothing": "label smoothing of the cross-entropy targets",
     "clip_grad": "clip the gradient norm to this value (0 = off)",
@@ -132,6 +133,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("--nproc", type=int, help="train with N processes on this machine (launches torchrun; "
                    "--batch-size stays the global batch)")
     for field in dataclasses.fields(Recipe):
@@ -165,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and (args.data or args.data_pos):
         raise UserError("--resume continues the run's own data; drop --data")
     result = train(data, Recipe(**given), set(given), out=args.out, resume=args.resume,
-                   strict=args.strict, device=args.device)
+                   strict=args.strict, device=args.device, progress=args.progress)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
         return 0
     if args.json:

@@ -17,7 +17,7 @@ from vitkit.data import spec
 from vitkit.data.loader import train_loader
 from vitkit.data.transforms import train_transform
 
-TIMING = ("seconds", "elapsed", "img_per_s", "loader_wait_s")
+from vitkit.train.trainer import TIMING_KEYS as TIMING
 
 
 def make_data(root, per_class=30):

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import resize
 
 from vitkit.data.decode import BadImage, read_image
 from vitkit.data.folder import FileTree
+from vitkit.data.transforms import Fit
 
 Sample = tuple[torch.Tensor | None, int, tuple[str, str] | None]
 
@@ -64,7 +64,7 @@ class ArrayImages(Dataset):
         """All images resized once, up front, so no per-image work is left for the loader."""
         if tuple(self.images.shape[-2:]) == tuple(size):
             return self
-        return ArrayImages(resize(self.images, list(size), antialias=True), self.labels)
+        return ArrayImages(Fit(size)(self.images), self.labels)
 
 
 class FileImages(Dataset):
@@ -101,8 +101,7 @@ class FileImages(Dataset):
             if problem:
                 problems.append(problem)
                 continue
-            same = tuple(image.shape[-2:]) == tuple(size)
-            images.append(image if same else resize(image, list(size), antialias=True))
+            images.append(Fit(size)(image))
             labels.append(label)
         return ArrayImages(torch.stack(images), torch.tensor(labels)), problems
 

@@ -63,9 +63,9 @@ def load(spec: str, val_split: float = 0.1, seed: int = 0, channels: int | None 
     (stratified, fixed by `seed`). `channels` forces 1 or 3 channels for image folders."""
     kind, path = parse(spec)
     if kind == "digits":
-        train, test, classes = arrays.digits()
-        return DataSplits("digits", classes, 1, (8, 8), ArrayImages(*train), ArrayImages(*test),
-                          ArrayImages(*test))
+        train, test, classes = arrays.digits()  # the recipe is chosen on val; test is scored once, at the end
+        tr, va = ArrayImages(*train).split(val_split, seed)
+        return DataSplits("digits", classes, 1, (8, 8), tr, va, ArrayImages(*test))
     if kind in ("mnist", "fashion-mnist"):
         train, test = arrays.idx_split(path, "train"), arrays.idx_split(path, "test")
         classes = arrays.FASHION_CLASSES if kind == "fashion-mnist" else arrays.MNIST_CLASSES

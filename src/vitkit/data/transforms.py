@@ -34,11 +34,28 @@ def to_model_input(images: torch.Tensor, stats: str = "half") -> torch.Tensor:
     return (x - mean) / std
 
 
+class Fit:
+    """Resize so that the image covers `size` with its aspect ratio kept, then centre-crop: the one
+    way every command (train, eval, predict, explain) brings an image to the model's size, from a
+    folder or an archive alike, so that nothing is squashed. Works on one image or a batch."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        (h, w), (ih, iw) = self.size, image.shape[-2:]
+        if (ih, iw) != (h, w):
+            scale = max(h / ih, w / iw)
+            covering = [max(h, round(ih * scale)), max(w, round(iw * scale))]
+            image = v2.functional.center_crop(v2.functional.resize(image, covering, antialias=True), [h, w])
+        return image
+
+
 def train_transform(size: tuple[int, int], *, crop: str, min_scale: float, augment: str, magnitude: int,
                     erasing: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (C, H, W) of any size -> uint8 (C, *size), with the per-image random operations."""
     steps: list = [v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)
-                   if crop == "random-resized" else v2.Resize(size, antialias=True)]
+                   if crop == "random-resized" else Fit(size)]
     if augment == "randaugment":
         steps.append(v2.RandAugment(num_ops=2, magnitude=magnitude))
     elif augment == "trivialaugment":
@@ -49,10 +66,8 @@ def train_transform(size: tuple[int, int], *, crop: str, min_scale: float, augme
 
 
 def eval_transform(size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Square models: resize the shorter side and centre-crop; others: resize to `size`. uint8 out."""
-    if size[0] == size[1]:
-        return v2.Compose([v2.Resize(size[0], antialias=True), v2.CenterCrop(size)])
-    return v2.Resize(size, antialias=True)
+    """uint8 (C, H, W) of any size -> uint8 (C, *size), centred (see `Fit`)."""
+    return Fit(size)
 
 
 class GeometricAugment:

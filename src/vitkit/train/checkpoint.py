@@ -11,6 +11,7 @@ resume sees: a kill at any moment leaves the previous complete checkpoint.
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -29,10 +30,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vitkit import atomic
-from vitkit.train import distributed
+from vitkit.train.distributed import World
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SHARDS = "checkpoint-shards"  # FSDP: one torch.distributed.checkpoint folder per save
+SHARD_NAME = re.compile(r"step-\d+-[0-9a-f]{8}")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -74,11 +76,11 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
-                  extra: dict[str, Any], step: int, sharded: bool, rank: int) -> None:
+                  extra: dict[str, Any], step: int, sharded: bool, world: World) -> None:
     """Every process calls this. Unsharded: rank 0 writes one file. Sharded (FSDP): each process
     writes its shard to a new folder; then rank 0 points `checkpoint.pt` at it and deletes the old."""
     if not sharded:
-        if rank == 0:
+        if world.main:
             model_state, optim_state = get_state_dict(model, optimizer, options=FULL)
             save(path, {**extra, "model": model_state, "optimizer": optim_state,
                         "ema": ema.state_dict() if ema is not None else None})
@@ -87,10 +89,10 @@ def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     tensors = _sharded_tensors(model, optimizer, ema)
     # a new folder every time, never the one checkpoint.pt names (a stop right after an epoch's
     # checkpoint saves the same step again)
-    name = f"step-{step}-{distributed.broadcast(uuid.uuid4().hex[:8])}"
+    name = f"step-{step}-{world.broadcast(uuid.uuid4().hex[:8])}"
     dcp.save(tensors, checkpoint_id=path.parent / SHARDS / name)  # returns once every shard and the index are written
-    if rank == 0:
-        save(path, {**extra, "shards": f"{SHARDS}/{name}"})
+    if world.main:
+        save(path, {**extra, "shards": name})
         for old in (path.parent / SHARDS).iterdir():
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -102,7 +104,7 @@ def restore_training(path: Path, saved: dict[str, Any], model: nn.Module, optimi
     or not): torch.distributed.checkpoint reshards named tensors on load."""
     if "shards" in saved:
         tensors = _sharded_tensors(model, optimizer, ema)
-        dcp.load(tensors, checkpoint_id=path.parent / saved["shards"])
+        dcp.load(tensors, checkpoint_id=shard_folder(path, saved["shards"]))
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
         if ema is not None:
             ema.load_state_dict(tensors["ema"])
@@ -112,6 +114,16 @@ def restore_training(path: Path, saved: dict[str, Any], model: nn.Module, optimi
                    options=options)
     if ema is not None and saved.get("ema") is not None:
         set_model_state_dict(ema, saved["ema"], options=options)
+
+
+def shard_folder(path: Path, name: Any) -> Path:
+    """The run's own shard folder named by `checkpoint.pt`, and nothing else: the reader of
+    torch.distributed.checkpoint unpickles the folder's `.metadata`, so a hostile checkpoint.pt
+    must not be able to point it at a file elsewhere."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ValueError(f"checkpoint {path} names shards {name!r}, which are not this run's own "
+                         f"{SHARDS}/step-N-XXXXXXXX folder; refusing to read them")
+    return path.parent / SHARDS / name
 
 
 def _sharded_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> dict:

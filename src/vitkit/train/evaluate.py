@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitkit.data.transforms import to_model_input
-from vitkit.train.distributed import all_max, all_sum, is_sharded
+from vitkit.train.distributed import World, is_sharded
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -19,8 +19,10 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-             bf16: bool = False, stats: str = "half") -> dict:
-    """Accuracy and loss over every image the loader yields (bad files are counted, not scored)."""
+             bf16: bool = False, stats: str = "half", world: World | None = None) -> dict:
+    """Accuracy and loss over every image the loader yields (bad files are counted, not scored).
+    With several processes each evaluates its own shard and the counts are added up (exactly)."""
+    world = world or World(device=device)
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loss_sum, top5_hits, problems, forwards = 0.0, 0, [], 0
@@ -37,12 +39,11 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         confusion += torch.bincount(labels * num_classes + logits.argmax(1),
                                     minlength=num_classes**2).reshape(num_classes, num_classes)
     if is_sharded(model):  # FSDP gathers weights in every forward: all processes run as many
-        for _ in range(all_max(forwards) - forwards):
+        for _ in range(world.max(forwards) - forwards):
             with autocast(device, bf16):
                 model(torch.zeros(1, model.config.in_channels, *model.config.image_hw, device=device))
-    # with several processes each evaluated its own shard: add them up (counts are exact)
-    confusion = all_sum(confusion)
-    loss_sum, top5_hits = all_sum(torch.tensor([loss_sum, top5_hits], dtype=torch.float64)).tolist()
+    confusion = world.sum(confusion)
+    loss_sum, top5_hits = world.sum(torch.tensor([loss_sum, top5_hits], dtype=torch.float64)).tolist()
     return summarize(confusion, loss_sum, int(top5_hits), problems)
 
 

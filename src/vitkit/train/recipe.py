@@ -21,7 +21,8 @@ class Recipe:
     epochs: int | None = None
     time_budget: float | None = None  # seconds of wall time for the whole run
     batch_size: int = 128
-    lr: float = 1e-3  # for the global batch; AdamW
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # for the global batch
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0

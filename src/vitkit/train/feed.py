@@ -1,0 +1,103 @@
+"""What feeds the model: the loaders, and the batch-level work done on the training device.
+
+Per image, in the loader (worker processes when there is per-image work): decoding, bringing each
+image to the model's size, RandomResizedCrop, RandAugment, erasing. Per batch, on the device:
+crop-with-padding, flips and affine warps (one `grid_sample`), normalisation, MixUp/CutMix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from vitkit.data import transforms
+from vitkit.data.datasets import ArrayImages, FileImages
+from vitkit.data.loader import EpochSampler, default_workers, eval_loader, mix_seed, train_loader
+from vitkit.data.spec import DataSplits
+from vitkit.model.config import ViTConfig
+from vitkit.train.distributed import World
+from vitkit.train.recipe import Recipe
+
+EVAL_BATCH = 256
+
+
+@dataclasses.dataclass
+class Batch:
+    """One process's share of a global batch, ready for the model. `weights` is 0 for a stand-in
+    image (a process whose images all failed to decode still takes part in the step)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor  # class indices, or class probabilities after MixUp/CutMix
+    labels: torch.Tensor
+    weights: torch.Tensor
+
+
+@dataclasses.dataclass
+class Feed:
+    recipe: Recipe  # its batch size clamped to the data
+    loader: DataLoader
+    sampler: EpochSampler
+    val_loader: DataLoader
+    eval_tf: Callable | None
+    geometry: transforms.GeometricAugment
+    mixer: Callable | None
+    workers: int
+    config: ViTConfig
+    world: World
+    normalize: str = "half"
+
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int) -> Batch:
+        """uint8 images -> augmented, normalised float images (and mixed targets) on the device.
+        Crop, flip and warp parameters are drawn for the whole global batch, so every image is
+        augmented as it would be in one process."""
+        dev, recipe = self.world.device, self.recipe
+        weights = torch.ones(len(labels), device=dev)
+        if not len(labels):
+            images = torch.zeros(1, self.config.in_channels, *self.config.image_hw, dtype=torch.uint8)
+            labels, weights = torch.zeros(1, dtype=torch.long), torch.zeros(1, device=dev)
+        x = images.to(dev, non_blocking=True).float() / 255.0
+        labels = labels.to(dev, non_blocking=True)
+        if self.geometry.active:
+            per_rank = recipe.batch_size // self.world.size
+            g = torch.Generator().manual_seed(mix_seed(recipe.seed, epoch, step, 2))
+            x = self.geometry(x, g, start=self.world.rank * per_rank, total=recipe.batch_size)
+        x = transforms.to_model_input(x, self.normalize)
+        targets = labels
+        if self.mixer is not None:
+            x, targets = self.mixer(x, labels)
+        return Batch(x, targets, labels, weights)
+
+    def test_loader(self, splits: DataSplits) -> DataLoader:
+        return eval_loader(splits.test, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(splits.test)))
+
+
+def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, world: World) -> Feed:
+    """The training and validation loaders for `splits` at the model's image size."""
+    size = config.image_hw
+    if isinstance(splits.train, ArrayImages):  # resized once, up front
+        splits.train, splits.val = splits.train.resized(size), splits.val.resized(size)
+        splits.test = splits.test.resized(size) if splits.test is not None else None
+    train_tf = transforms.train_transform(size, crop=recipe.crop, min_scale=recipe.min_scale,
+                                          augment=recipe.augment, magnitude=recipe.magnitude,
+                                          erasing=recipe.erasing)
+    geometry = transforms.GeometricAugment(recipe.padding if recipe.crop == "pad" else 0, recipe.flip,
+                                           recipe.rotate, recipe.translate, recipe.scale_jitter)
+    eval_tf = transforms.eval_transform(size)
+    per_image_work = isinstance(splits.train, FileImages) or recipe.crop == "random-resized" \
+        or recipe.augment != "none" or recipe.erasing > 0
+    if not per_image_work:  # arrays already at the model's size: fetched a batch at a time
+        train_tf = eval_tf = None
+    workers = recipe.workers if recipe.workers is not None else default_workers() if per_image_work else 0
+    if len(splits.train) < recipe.batch_size:
+        recipe = dataclasses.replace(recipe, batch_size=max(1, len(splits.train)))
+    if recipe.batch_size % world.size:
+        raise ValueError(f"--batch-size {recipe.batch_size} is the global batch and must divide among "
+                         f"{world.size} processes; use a multiple of {world.size}")
+    loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
+                                   world.rank, world.size)
+    val_loader = eval_loader(splits.val, eval_tf, EVAL_BATCH, workers, world.shard(len(splits.val)))
+    mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
+    return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, world)

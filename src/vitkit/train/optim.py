@@ -1,0 +1,58 @@
+"""The optimizer and its learning-rate schedule.
+
+Which parameters decay and which layer each belongs to is the model's to say
+(`ViT.no_weight_decay`, `ViT.param_layer`); here those answers become parameter groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vitkit.train.recipe import Recipe
+
+
+def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """Groups of (weight decay, lr scale): no decay where the model says so, and with
+    --layer-decay a learning rate that shrinks by that factor per layer below the head."""
+    no_decay, top = model.no_weight_decay(), model.config.depth + 1
+    groups: dict[tuple[float, float], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = recipe.layer_decay ** (top - model.param_layer(name)) if recipe.layer_decay else 1.0
+        decay = 0.0 if name in no_decay else recipe.weight_decay
+        group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9 (the paper's fine-tuning optimizer); fused kernels where
+    the device has them."""
+    groups = param_groups(model, recipe)
+    fused = device.type == "cuda"
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=fused or None)
+
+
+class Schedule:
+    """Linear warm-up, then cosine decay to min_lr; the length may be set late (time budgets)."""
+
+    def __init__(self, base_lr: float, min_lr: float, warmup: int, total: int | None = None):
+        self.base_lr, self.min_lr, self.warmup, self.total = base_lr, min_lr, warmup, total
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup
+        if self.total is None:
+            return self.base_lr
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr(step) * group["lr_scale"]
