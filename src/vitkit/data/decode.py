@@ -7,7 +7,10 @@ cannot read raises `BadImage` with the reason, so callers can skip and report it
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,12 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# A 10000x10000 photo is a legitimate input; PIL's bomb guard (89 Mpx) would call it an attack.
-Image.MAX_IMAGE_PIXELS = 400_000_000
+# vitkit's own decompression-bomb guard. A 10000x10000 photo is a legitimate input, which PIL's
+# default guard (Image.MAX_IMAGE_PIXELS, 89 Mpx: a warning, an error above 179 Mpx) would flag. PIL
+# keeps that limit in a process-wide global that belongs to the host program, so vitkit never sets
+# it for good: it checks each image's size itself, from the header, before decoding any pixels.
+MAX_PIXELS = 400_000_000
+_PIL_LIMIT = threading.Lock()
 
 
 class BadImage(Exception):
@@ -32,15 +39,34 @@ def read_image(source: str | Path | bytes, channels: int = 3, max_side: int | No
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency and EXIF chatter
+            warnings.simplefilter("ignore")  # palette-transparency, EXIF and PIL's own bomb warnings
             stream = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(stream) as img:
+            with _open(stream) as img:
+                if img.width * img.height > MAX_PIXELS:  # only the header has been read so far
+                    raise BadImage(f"{img.width}x{img.height} pixels is more than vitkit decodes "
+                                   f"({MAX_PIXELS:,} pixels; vitkit.data.decode.MAX_PIXELS): a decompression bomb?")
                 if max_side and img.format == "JPEG":
                     img.draft("RGB" if channels == 3 else "L", (max_side, max_side))
                 img.load()
                 return pil_to_tensor(_convert(img, channels))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImage(_reason(e)) from None
+
+
+@contextmanager
+def _open(stream) -> Iterator[Image.Image]:
+    """`Image.open` with PIL's global bomb limit lifted to vitkit's for the header parse only, then
+    restored: vitkit's limit applies to vitkit's decoding, the host's to everything else."""
+    with _PIL_LIMIT:
+        host_limit = Image.MAX_IMAGE_PIXELS
+        if host_limit is not None:
+            Image.MAX_IMAGE_PIXELS = max(host_limit, MAX_PIXELS // 2)  # PIL raises above twice this
+        try:
+            img = Image.open(stream)
+        finally:
+            Image.MAX_IMAGE_PIXELS = host_limit
+    with img:
+        yield img
 
 
 def _convert(img: Image.Image, channels: int) -> Image.Image:
