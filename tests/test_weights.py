@@ -3,6 +3,7 @@ peer's own model is the oracle for the logits."""
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from helpers import randomize
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """fp32 logits agree to a relative 1e-5 (a wrong activation or a dropped weight is far above)."""
     assert ours.shape == theirs.shape
     scale = theirs.abs().max().item()
-    assert (ours - theirs).abs().max().item() < 1e-4 * max(scale, 1.0)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(scale, 1.0)
 
 
 TIMM_CONFIGS = [
@@ -195,6 +197,8 @@ def test_jax_npz(tmp_path, representation, big_vision):
     source = randomize(torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=5,
         representation_size=representation))
+    for layer in source.encoder.layers:  # flax's nn.gelu is the tanh approximation
+        layer.mlp[1] = torch.nn.GELU(approximate="tanh")
     flax_npz(source, 4, tmp_path / "vit.npz", big_vision)
     ours = vitkit.load(tmp_path / "vit.npz").eval()
     assert ours.config.heads == 4
@@ -203,7 +207,7 @@ def test_jax_npz(tmp_path, representation, big_vision):
         close(ours(x), source(x))
     if representation is None and not big_vision:  # timm's own npz loader reads the same file
         theirs = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-                                   mlp_ratio=2, num_classes=5).eval()
+                                   mlp_ratio=2, num_classes=5, act_layer="gelu_tanh").eval()
         theirs.load_pretrained(str(tmp_path / "vit.npz"))
         with torch.no_grad():
             close(ours(x), theirs(x))
@@ -262,3 +266,239 @@ def test_wrong_format_named_by_the_user_is_explained(tmp_path):
     for fmt in ("jax", "hf", "torchvision", "vit-pytorch"):
         with pytest.raises(ValueError, match=f"not (in the|a) {fmt}|config.json"):
             vitkit.load(tmp_path / "w.pth", format=fmt, heads=4, image_size=32)
+
+
+# -- the ViT family from timm: registers, DeiT, CLIP, SigLIP, layer scale, qk-norm -------------------
+TINY = dict(embed_dim=32, depth=2, num_heads=4, num_classes=3)
+TIMM_FAMILY = [  # (timm model name or None for VisionTransformer, kwargs, image size)
+    pytest.param("vit_small_patch14_reg4_dinov2", {}, 28, id="dinov2-reg4"),
+    pytest.param("vit_base_patch16_reg4_gap_256", {}, 32, id="reg4-gap-no-class-token"),
+    pytest.param("deit_tiny_distilled_patch16_224", {}, 32, id="deit-distilled"),
+    pytest.param("vit_base_patch16_clip_224", {}, 32, id="clip-pre-norm-eps-1e-5"),
+    pytest.param("vit_base_patch16_siglip_224", {}, 32, id="siglip-map"),
+    pytest.param("vit_base_patch32_siglip_256", {}, 64, id="siglip-gelu-tanh-by-name"),
+    pytest.param(None, dict(patch_size=8, qk_norm=True, init_values=0.1), 32, id="qk-norm-layer-scale"),
+    pytest.param(None, dict(patch_size=8, act_layer="gelu_tanh", pre_norm=True), 32, id="gelu-tanh-pre-norm"),
+    pytest.param(None, dict(patch_size=8, global_pool="map", reg_tokens=2, no_embed_class=True), (32, 48),
+                 id="map-with-class-and-registers-non-square"),
+    pytest.param(None, dict(patch_size=8, global_pool="avg", fc_norm=False), 32, id="avg-without-fc-norm"),
+]
+
+
+def timm_model(name, kwargs, image_size):
+    """A timm model with random weights: from its own factory by name, or VisionTransformer. The
+    embeddings are small, so that a wrong LayerNorm eps shows in the logits."""
+    if name:
+        model = randomize(timm.create_model(name, pretrained=False, img_size=image_size, **TINY, **kwargs))
+    else:
+        model = randomize(VisionTransformer(img_size=image_size, **TINY, **kwargs))
+    with torch.no_grad():
+        for p in model.patch_embed.parameters():
+            p.mul_(1e-3)
+        model.pos_embed.mul_(1e-3)
+    if name:
+        return model
+    model.pretrained_cfg = {"architecture": "vit_custom", "input_size": [3, *timm.layers.to_2tuple(image_size)]}
+    return model
+
+
+@pytest.mark.parametrize(("name", "kwargs", "image_size"), TIMM_FAMILY)
+def test_timm_family(tmp_path, name, kwargs, image_size):
+    from timm.models._hub import save_for_hf
+
+    theirs = timm_model(name, kwargs, image_size)
+    save_for_hf(theirs, tmp_path, model_args={**TINY, **kwargs})  # what timm writes, as timm writes it
+    ours = vitkit.load(tmp_path).eval()
+    x = torch.randn(2, 3, *timm.layers.to_2tuple(image_size))
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize(("name", "kwargs", "image_size"), [p for p in TIMM_FAMILY if "clip" not in p.id])
+def test_timm_family_round_trip(tmp_path, name, kwargs, image_size):
+    """vitkit -> timm: the written kwargs build timm's model, which loads the file strictly and computes
+    the same logits; and back."""
+    from safetensors.torch import load_file
+    from timm.models._hub import save_for_hf
+    from timm.models.deit import VisionTransformerDistilled
+
+    source = timm_model(name, kwargs, image_size)
+    save_for_hf(source, tmp_path / "source", model_args={**TINY, **kwargs})
+    model = vitkit.load(tmp_path / "source").eval()
+    path = vitkit.save(model, tmp_path / "timm", format="timm")
+    written = json.loads(path.with_name("config.json").read_text())
+    cls = VisionTransformerDistilled if written["architecture"].endswith("distilled") else VisionTransformer
+    theirs = cls(**written["model_args"]).eval()
+    theirs.load_state_dict(load_file(path))
+    x = torch.randn(2, 3, *timm.layers.to_2tuple(image_size))
+    with torch.no_grad():
+        close(model(x), theirs(x))
+        close(model(x), source(x))
+    back = vitkit.load(tmp_path / "timm")
+    assert back.config == model.config
+
+
+def test_deit_training_mode_gives_both_logits(tmp_path):
+    from timm.models._hub import save_for_hf
+
+    theirs = timm_model("deit_tiny_distilled_patch16_224", {}, 32)
+    save_for_hf(theirs, tmp_path)
+    ours = vitkit.load(tmp_path).train()
+    theirs.set_distilled_training(True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        (logits, dist), (their_logits, their_dist) = ours(x), theirs.train()(x)
+    close(logits, their_logits)
+    close(dist, their_dist)
+
+
+@pytest.mark.parametrize(("config", "pool"), [
+    ({"global_pool": "avg"}, "mean"), ({"model_args": {"global_pool": "map"}}, "map"),
+    ({"global_pool": "avg", "model_args": {"global_pool": "token"}}, "cls"),
+])
+def test_timm_pooling_is_read_not_guessed(config, pool):
+    from vitkit.weights.timm import hints_from_config
+
+    assert hints_from_config(config)["pool"] == pool
+
+
+@pytest.mark.parametrize("pool", ["avgmax", "", "max"])
+def test_timm_pooling_vitkit_cannot_express_is_refused(tmp_path, pool):
+    from timm.models._hub import save_for_hf
+
+    theirs = timm_model(None, dict(patch_size=8, global_pool=pool), 32)
+    save_for_hf(theirs, tmp_path, model_args={**TINY, "global_pool": pool})
+    with pytest.raises(ValueError, match=f"global_pool='{pool}'"):
+        vitkit.load(tmp_path)
+
+
+def test_non_square_timm_at_its_own_size(tmp_path):
+    """No config.json: the grid of the size asked for has as many positions, so it is the source's."""
+    theirs = randomize(VisionTransformer(img_size=(48, 80), patch_size=16, **TINY))
+    torch.save(theirs.state_dict(), tmp_path / "w.pth")
+    ours = vitkit.load(tmp_path / "w.pth", image_size=(48, 80), heads=4).eval()
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+    with pytest.raises(ValueError, match="source_image_size"):  # 15 positions: 3x5 or 5x3? not guessed
+        vitkit.load(tmp_path / "w.pth", image_size=(96, 160), heads=4)
+
+
+def test_non_square_grid_is_resampled_from_the_recorded_size(tmp_path):
+    """A 5x3 grid (80x48 images) to 96x160: the old aspect-ratio guess took the source for 3x5."""
+    from timm.models._hub import save_for_hf
+
+    theirs = timm_model(None, dict(patch_size=16, reg_tokens=1), (80, 48))
+    save_for_hf(theirs, tmp_path, model_args=TINY)
+    ours = vitkit.load(tmp_path, image_size=(96, 160)).eval()
+    theirs.set_input_size((96, 160))  # timm resamples from its own grid
+    torch.testing.assert_close(ours.pos_embed, theirs.pos_embed)
+    x = torch.randn(2, 3, 96, 160)
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+
+
+def big_vision_npz(model: VisionTransformer, path) -> None:
+    """Write a timm ViT in big_vision's layout: `params/`, Flax kernels, a top-level position table
+    without a class-token row, `MAPHead_0` for attention pooling."""
+    s = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    dim, heads = s["patch_embed.proj.weight"].shape[0], model.blocks[0].attn.num_heads
+    out = {"embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+           "embedding/bias": s["patch_embed.proj.bias"], "pos_embedding": s["pos_embed"],
+           "Transformer/encoder_norm/scale": s["norm.weight"], "Transformer/encoder_norm/bias": s["norm.bias"],
+           "head/kernel": s["head.weight"].T, "head/bias": s["head.bias"]}
+    if "cls_token" in s:
+        out["cls"] = s["cls_token"]
+
+    def attention(dst, names, weight, bias, proj):
+        for name, w, b in zip(names, np.split(weight, len(names)), np.split(bias, len(names)), strict=True):
+            out[f"{dst}/{name}/kernel"] = w.T.reshape(dim, heads, dim // heads)
+            out[f"{dst}/{name}/bias"] = b.reshape(heads, dim // heads)
+        out[f"{dst}/out/kernel"] = s[proj + ".weight"].T.reshape(heads, dim // heads, dim)
+        out[f"{dst}/out/bias"] = s[proj + ".bias"]
+
+    def layer(dst, src, to="scale"):
+        out[f"{dst}/{to}"], out[f"{dst}/bias"] = s[src + ".weight"].T, s[src + ".bias"]
+
+    for i in range(len(model.blocks)):
+        src, dst = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        attention(dst + "MultiHeadDotProductAttention_0", ("query", "key", "value"), s[src + "attn.qkv.weight"],
+                  s[src + "attn.qkv.bias"], src + "attn.proj")
+        layer(dst + "LayerNorm_0", src + "norm1")
+        layer(dst + "LayerNorm_1", src + "norm2")
+        layer(dst + "MlpBlock_0/Dense_0", src + "mlp.fc1", "kernel")
+        layer(dst + "MlpBlock_0/Dense_1", src + "mlp.fc2", "kernel")
+    if model.attn_pool is not None:
+        out["MAPHead_0/probe"] = s["attn_pool.latent"]
+        attention("MAPHead_0/MultiHeadDotProductAttention_0", ("query",), s["attn_pool.q.weight"],
+                  s["attn_pool.q.bias"], "attn_pool.proj")
+        attention("MAPHead_0/MultiHeadDotProductAttention_0", ("key", "value"), s["attn_pool.kv.weight"],
+                  s["attn_pool.kv.bias"], "attn_pool.proj")
+        layer("MAPHead_0/LayerNorm_0", "attn_pool.norm")
+        layer("MAPHead_0/MlpBlock_0/Dense_0", "attn_pool.mlp.fc1", "kernel")
+        layer("MAPHead_0/MlpBlock_0/Dense_1", "attn_pool.mlp.fc2", "kernel")
+    np.savez(path, **{"params/" + k: v for k, v in out.items()})
+
+
+@pytest.mark.parametrize(("kwargs", "image_size"), [
+    pytest.param(dict(global_pool="token", no_embed_class=True), 32, id="tok-no-class-row"),
+    pytest.param(dict(global_pool="avg", fc_norm=False, class_token=False), 32, id="gap"),
+    pytest.param(dict(global_pool="map", class_token=False), 32, id="map"),
+    pytest.param(dict(global_pool="map", class_token=False), (32, 48), id="map-non-square"),
+])
+def test_big_vision_npz(tmp_path, kwargs, image_size):
+    theirs = randomize(VisionTransformer(img_size=image_size, patch_size=8, **TINY, act_layer="gelu_tanh", **kwargs))
+    big_vision_npz(theirs, tmp_path / "bv.npz")
+    check = VisionTransformer(img_size=image_size, patch_size=8, **TINY, act_layer="gelu_tanh", **kwargs)
+    check.load_pretrained(str(tmp_path / "bv.npz"))  # timm's big_vision reader gets the same weights back
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(check.state_dict()[key], value), key
+    if isinstance(image_size, tuple):
+        with pytest.raises(ValueError, match="source_image_size"):
+            vitkit.load(tmp_path / "bv.npz")
+    ours = vitkit.load(tmp_path / "bv.npz", source_image_size=image_size).eval()
+    assert ours.config.act == "gelu-tanh"
+    x = torch.randn(2, 3, *timm.layers.to_2tuple(image_size))
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+
+
+def with_extra_key(tmp_path, fmt):
+    """A valid file of each format plus one weight that no converter knows; the load arguments."""
+    if fmt == "hf":
+        config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+        transformers.ViTForImageClassification(config).save_pretrained(tmp_path)
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(tmp_path / "model.safetensors")
+        save_file({**state, "vit.encoder.layer.0.surprise.weight": torch.ones(2)}, tmp_path / "model.safetensors")
+        return tmp_path, {}, "vit.encoder.layer.0.surprise.weight"
+    if fmt == "vit-pytorch":
+        import vit_pytorch
+
+        state = vit_pytorch.ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=4,
+                                mlp_dim=64).state_dict()
+        args = {"heads": 4, "image_size": 32}
+    elif fmt == "jax":
+        source = torchvision.models.VisionTransformer(32, 8, 1, 4, 32, 64, num_classes=3)
+        flax_npz(source, 4, tmp_path / "w.npz")
+        state = dict(np.load(tmp_path / "w.npz"))
+        extra = "Transformer/encoderblock_0/LayerScale_0/scale"
+        np.savez(tmp_path / "w.npz", **state, **{extra: np.ones(32, np.float32)})
+        return tmp_path / "w.npz", {}, extra
+    elif fmt == "torchvision":
+        state = torchvision.models.VisionTransformer(32, 8, 1, 4, 32, 64, num_classes=3).state_dict()
+        args = {"heads": 4}
+    else:
+        state = VisionTransformer(img_size=32, patch_size=8, **TINY).state_dict()
+        args = {"heads": 4}
+    torch.save({**state, "surprise": torch.ones(2)}, tmp_path / "w.pth")
+    return tmp_path / "w.pth", args, "surprise"
+
+
+@pytest.mark.parametrize("fmt", ["timm", "hf", "torchvision", "jax", "vit-pytorch"])
+def test_every_weight_is_converted_or_the_load_fails(tmp_path, fmt):
+    path, args, extra = with_extra_key(tmp_path, fmt)
+    with pytest.raises(ValueError, match=re.escape(repr(extra))):
+        vitkit.load(path, **args)

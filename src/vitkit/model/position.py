@@ -26,16 +26,12 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()
 
 
-def infer_grid(num_patches: int, like: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The grid a flat position table was trained on: square, or of the same shape as `like`."""
+def infer_grid(num_patches: int) -> tuple[int, int]:
+    """The grid a flat position table was trained on, when nothing recorded it: only a square can
+    be told from the count (a non-square one could be either way round, so it is never guessed)."""
     side = math.isqrt(num_patches)
     if side * side == num_patches:
         return side, side
-    if like is not None:
-        scale = math.sqrt(num_patches / (like[0] * like[1]))
-        gh, gw = round(like[0] * scale), round(like[1] * scale)
-        if gh * gw == num_patches:
-            return gh, gw
     raise ValueError(
         f"cannot tell the 2-D grid of a position embedding with {num_patches} patch positions "
         "(not a square); pass the source grid explicitly (old_grid=(rows, cols))")
@@ -48,7 +44,7 @@ def resample(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix: int,
     This is how the paper fine-tunes at a higher resolution than it pre-trained at.
     """
     prefix, patches = pos[:, :num_prefix], pos[:, num_prefix:]
-    old_grid = old_grid or infer_grid(patches.shape[1], like=new_grid)
+    old_grid = old_grid or infer_grid(patches.shape[1])
     if tuple(old_grid) == tuple(new_grid):
         return pos
     dim = patches.shape[-1]

@@ -13,6 +13,7 @@ import torch
 
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
+from vitkit.weights.common import source_image_size
 
 ACTS = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh"}
 LAYER = "encoder.layer.{i}."
@@ -40,8 +41,10 @@ def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
     pooler = prefix + "pooler.dense.weight" in state and "classifier.weight" not in state
     num_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
     patch = hf_config["patch_size"]
+    image_size, _ = source_image_size(get("embeddings.position_embeddings").shape[1], 1, (patch, patch),
+                                      recorded=hints.get("image_size") or hf_config["image_size"], prefix_rows=True)
     config = ViTConfig(
-        image_size=hints.get("image_size") or hf_config["image_size"], patch_size=patch,
+        image_size=image_size, patch_size=patch,
         in_channels=hf_config.get("num_channels", 3), num_classes=num_classes, dim=hf_config["hidden_size"],
         depth=depth, heads=hf_config["num_attention_heads"], mlp_dim=hf_config["intermediate_size"],
         qkv_bias=hf_config.get("qkv_bias", True), act=ACTS[act], norm_eps=hf_config.get("layer_norm_eps", 1e-12),

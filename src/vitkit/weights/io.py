@@ -2,7 +2,8 @@
 
 Safety: safetensors first; other PyTorch files only through `torch.load(weights_only=True)`,
 which refuses pickles that would run code; `.npz` with `allow_pickle=False`. A file that does not
-convert completely raises an error naming the key and shapes; nothing is half-loaded.
+convert completely raises an error naming the key and shapes; nothing is half-loaded, and a file
+with weights that no converter read is refused (weights/common.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from vitkit import atomic
 from vitkit.model.vit import ViT
 from vitkit.weights import hf, jax, native, timm, torchvision, vit_pytorch
+from vitkit.weights.common import Source, check_consumed
 
 log = logging.getLogger("vitkit")
 FORMATS = ("auto", "vitkit", "timm", "hf", "torchvision", "vit-pytorch", "jax")
@@ -105,7 +107,8 @@ def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
         path, config_json = _files_in(path)
     elif path.with_name("config.json").is_file():
         config_json = json.loads(path.with_name("config.json").read_text())
-    state = read_tensors(path)
+    # the wrappers of DDP and of big_vision's parameter tree are no part of any weight's name
+    state = Source((k.removeprefix("module.").removeprefix("params/"), v) for k, v in read_tensors(path).items())
     kind = detect(state) if format == "auto" else format
     if "source_image_size" in hints:
         hints["image_size"] = hints.pop("source_image_size")
@@ -116,8 +119,9 @@ def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
                          f"{list(state)[:4]}); try format='auto'") from None
 
 
-def _convert(kind: str, state: dict[str, torch.Tensor], config_json: dict[str, Any] | None,
+def _convert(kind: str, state: Source, config_json: dict[str, Any] | None,
              hints: dict[str, Any], overrides: dict[str, Any], path: Path) -> ViT:
+    hints = {**hints, "target_image_size": overrides.get("image_size")}
     if kind == "hf":
         config, converted = hf.to_vitkit(state, config_json, hints)
     elif kind == "torchvision":
@@ -130,29 +134,12 @@ def _convert(kind: str, state: dict[str, torch.Tensor], config_json: dict[str, A
         return vit_pytorch.from_vit_pytorch(state, image_size=source, heads=hints.get("heads"),
                                             pool=hints.get("pool"), **rest)
     else:
-        config, converted = timm.to_vitkit(state, {**_timm_hints(config_json), **hints})
+        config, converted = timm.to_vitkit(state, {**timm.hints_from_config(config_json), **hints})
+    check_consumed(state, str(path))
     try:
         return native.build_with_state(config, converted, **overrides)
     except RuntimeError as e:  # load_state_dict's shape report
         raise ValueError(f"{path}: {str(e).splitlines()[-1].strip()}") from None
-
-
-def _timm_hints(config_json: dict[str, Any] | None) -> dict[str, Any]:
-    """What timm's hub config.json says: the model name (for heads) and the input size."""
-    if not config_json:
-        return {}
-    hints: dict[str, Any] = {}
-    if "architecture" in config_json:
-        hints["architecture"] = config_json["architecture"]
-    size = (config_json.get("pretrained_cfg") or {}).get("input_size")
-    if size:
-        hints["image_size"] = tuple(size[1:]) if size[1] != size[2] else size[1]
-    args = config_json.get("model_args") or {}
-    if "num_heads" in args:
-        hints["heads"] = args["num_heads"]
-    if args.get("global_pool") in ("avg", "token"):
-        hints["pool"] = "mean" if args["global_pool"] == "avg" else "cls"
-    return hints
 
 
 def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list[str] | None = None) -> Path:
@@ -180,7 +167,8 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
             else:
                 torch.save(state, tmp)
         c = model.config
-        timm_config = {"architecture": "vit_custom", "num_classes": c.num_classes, "model_args": kwargs,
+        architecture = "deit_custom_distilled" if c.distilled else "vit_custom"  # VisionTransformerDistilled
+        timm_config = {"architecture": architecture, "num_classes": c.num_classes, "model_args": kwargs,
                        "pretrained_cfg": {"input_size": [c.in_channels, *c.image_hw],
                                           "mean": [0.5] * c.in_channels, "std": [0.5] * c.in_channels}}
         atomic.write_text(path.with_name("config.json"), json.dumps(timm_config, indent=2))

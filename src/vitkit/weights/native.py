@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
+from vitkit.model import position
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
 
@@ -72,14 +73,18 @@ def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overri
     if fresh_head:
         log.warning("new head for %d classes (the weights have %d): it starts untrained",
                     target.num_classes, config.num_classes)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+    if target.grid != config.grid and target.pos_embed == "learned" and "pos_embed" in state:
+        # resample from the source's own grid: a non-square one cannot be told from the count
+        state = {**state, "pos_embed": position.resample(state["pos_embed"], target.grid, config.pos_prefix_rows,
+                                                         old_grid=config.grid)}
     expected = model.state_dict()
     for key, value in state.items():
         if key in expected and key != "pos_embed" and expected[key].shape != value.shape:
             raise ValueError(f"weight {key!r} has shape {tuple(value.shape)} but the model expects "
                              f"{tuple(expected[key].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (fresh_head and k.startswith("head."))]
+    missing = [k for k in missing if not (fresh_head and k.startswith(("head.", "head_dist.")))]
     if missing or unexpected:
         raise ValueError(f"weights do not match the architecture: missing {missing[:8]}, "
                          f"unexpected {unexpected[:8]}")

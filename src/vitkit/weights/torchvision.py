@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from vitkit.model.config import ViTConfig
-from vitkit.weights.timm import grid_for, heads_for
+from vitkit.weights.common import source_image_size
+from vitkit.weights.timm import heads_for
 
 LAYER = "encoder.layers.encoder_layer_{i}."
 
@@ -27,8 +28,10 @@ def to_vitkit(state: dict[str, torch.Tensor], hints: dict[str, Any]) -> tuple[Vi
     mlp = "mlp.0" if LAYER.format(i=0) + "mlp.0.weight" in state else "mlp.linear_1"
     mlp2 = "mlp.3" if mlp == "mlp.0" else "mlp.linear_2"
     pre_logits = "heads.pre_logits.weight" in state
+    image_size, _ = source_image_size(state["encoder.pos_embedding"].shape[1], 1, (ph, pw), prefix_rows=True,
+                                      recorded=hints.get("image_size"), target=hints.get("target_image_size"))
     config = ViTConfig(
-        image_size=grid_for(state["encoder.pos_embedding"].shape[1] - 1, hints.get("image_size"), (ph, pw)),
+        image_size=image_size,
         patch_size=ph if ph == pw else (ph, pw), in_channels=channels,
         num_classes=state["heads.head.weight"].shape[0] if "heads.head.weight" in state else 0, dim=dim,
         depth=depth, heads=heads_for(dim, None, hints.get("heads"), "torchvision"),

@@ -17,6 +17,7 @@ import torch
 
 from vitkit.model.config import ViTConfig, pair
 from vitkit.model.vit import ViT
+from vitkit.weights.common import Source, check_consumed
 from vitkit.weights.native import build_with_state
 
 VIT_PYTORCH_EPS = 1e-5
@@ -116,11 +117,12 @@ def from_vit_pytorch(state: dict[str, torch.Tensor], *, image_size: Any, heads: 
 
     >>> model = from_vit_pytorch(vp_model.state_dict(), image_size=256, heads=16)
     """
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = Source((k.removeprefix("module."), v) for k, v in state.items())
     try:
         config = config_from_state_dict(state, image_size=image_size, heads=heads, pool=pool,
                                         patch_size=patch_size)
         converted = convert_state_dict(state, config)
     except KeyError as e:
         raise ValueError(f"not a vit-pytorch ViT state_dict: key {e} is missing") from None
+    check_consumed(state, "vit-pytorch weights")
     return build_with_state(config, converted, **overrides)
