@@ -321,3 +321,27 @@ def test_intermediate_attention_only_for_chosen_blocks():
         torch.testing.assert_close(mine, every[block])
     with pytest.raises(ValueError, match="block indices"):
         ours.forward_intermediates(x, layers=[4])
+
+
+# The family presets against timm's models of the same name (parameter counts on the meta device).
+FAMILY_PRESETS = {"deit_b16_distilled": "deit_base_distilled_patch16_224",
+                  "vit_s14_reg4_dinov2": "vit_small_patch14_reg4_dinov2",
+                  "vit_b16_reg4_gap": "vit_base_patch16_reg4_gap_256",
+                  "vit_b16_siglip": "vit_base_patch16_siglip_224", "vit_l14_clip": "vit_large_patch14_clip_224"}
+
+
+@pytest.mark.parametrize(("name", "timm_name"), FAMILY_PRESETS.items())
+def test_family_presets_equal_timm(name, timm_name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ours = vitkit.create_model(name)
+        theirs = timm.create_model(timm_name, num_classes=ours.config.num_classes)
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+    assert ours.config.num_prefix_tokens == theirs.num_prefix_tokens
+    assert ours.config.norm_eps == theirs.blocks[0].norm1.eps
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones():
+    with pytest.raises(ValueError, match="augreg2_in21k_ft_in1k") as e:
+        vitkit.create_model("vit_b16", pretrained="in22k")
+    assert "\n" not in str(e.value)

@@ -502,3 +502,27 @@ def test_every_weight_is_converted_or_the_load_fails(tmp_path, fmt):
     path, args, extra = with_extra_key(tmp_path, fmt)
     with pytest.raises(ValueError, match=re.escape(repr(extra))):
         vitkit.load(path, **args)
+
+
+def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
+    """Offline: a Hugging Face Hub cache laid out as huggingface_hub keeps it, holding what timm uploads
+    for the repository that the name resolves to."""
+    import huggingface_hub.constants as hub
+    from timm.models._hub import save_for_hf
+
+    theirs = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    storage = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text("0" * 40)
+    save_for_hf(theirs, storage / "snapshots" / ("0" * 40), safe_serialization=True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    ours = vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+    assert vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k", num_classes=10).head.out_features == 10
+    tiny = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_s16", {"wrong": tiny})  # a table entry in error
+    with pytest.raises(ValueError, match="differ from the preset"):
+        vitkit.create_model("vit_s16", pretrained="wrong")

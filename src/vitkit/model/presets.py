@@ -1,4 +1,5 @@
-"""Named models, all derived from the paper's Table 1 and one `ViTConfig`."""
+"""Named models, all derived from the paper's Table 1 and one `ViTConfig`; pretrained weights by
+name, from the Hugging Face Hub (timm's ports, which vitkit reads)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,39 @@ PATCHES = (32, 16, 14, 8)
 # Small images (MNIST 28 px, CIFAR 32 px): patch 4 keeps a 7x7 or 8x8 grid of tokens.
 SMALL_IMAGES = {28: 10, 32: 10}
 SMALL_SIZES = ("ti", "s", "b")
+# The paper's descendants: name pattern -> (Table 1 sizes, the fields that make the family).
+FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "deit_{}16_distilled": (("ti", "s", "b"), dict(patch_size=16, distilled=True)),
+    "vit_{}14_reg4_dinov2": (("s", "b", "l"), dict(patch_size=14, image_size=518, reg_tokens=4, no_embed_class=True,
+                                                   init_values=1e-5, num_classes=0)),
+    "vit_{}16_reg4_gap": (("b",), dict(patch_size=16, image_size=256, class_token=False, reg_tokens=4,
+                                       no_embed_class=True, pool="mean", fc_norm=True)),
+    "vit_{}16_siglip": (("b",), dict(patch_size=16, class_token=False, pool="map", num_classes=0)),
+    "vit_{}16_clip": (("b",), dict(patch_size=16, pre_norm=True, norm_eps=1e-5, num_classes=0)),
+    "vit_{}14_clip": (("l",), dict(patch_size=14, pre_norm=True, norm_eps=1e-5, num_classes=0)),
+}
+# Weights by name: preset -> tag -> Hugging Face Hub repository. Tags are timm's.
+PRETRAINED: dict[str, dict[str, str]] = {
+    "vit_ti16": {"augreg_in21k_ft_in1k": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"},
+    "vit_s16": {"augreg_in21k_ft_in1k": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+                "augreg_in21k": "timm/vit_small_patch16_224.augreg_in21k"},
+    "vit_b16": {"augreg2_in21k_ft_in1k": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+                "augreg_in21k_ft_in1k": "timm/vit_base_patch16_224.augreg_in21k_ft_in1k",
+                "augreg_in21k": "timm/vit_base_patch16_224.augreg_in21k"},
+    "vit_b32": {"augreg_in21k_ft_in1k": "timm/vit_base_patch32_224.augreg_in21k_ft_in1k"},
+    "vit_l16": {"augreg_in21k_ft_in1k": "timm/vit_large_patch16_224.augreg_in21k_ft_in1k"},
+    "deit_ti16_distilled": {"fb_in1k": "timm/deit_tiny_distilled_patch16_224.fb_in1k"},
+    "deit_s16_distilled": {"fb_in1k": "timm/deit_small_distilled_patch16_224.fb_in1k"},
+    "deit_b16_distilled": {"fb_in1k": "timm/deit_base_distilled_patch16_224.fb_in1k"},
+    "vit_s14_reg4_dinov2": {"lvd142m": "timm/vit_small_patch14_reg4_dinov2.lvd142m"},
+    "vit_b14_reg4_dinov2": {"lvd142m": "timm/vit_base_patch14_reg4_dinov2.lvd142m"},
+    "vit_l14_reg4_dinov2": {"lvd142m": "timm/vit_large_patch14_reg4_dinov2.lvd142m"},
+    "vit_b16_siglip": {"webli": "timm/vit_base_patch16_siglip_224.webli",
+                       "v2_webli": "timm/vit_base_patch16_siglip_224.v2_webli"},
+}
+# What must agree between a preset and the weights its table names (the rest may be overridden).
+ARCHITECTURE = ("patch_size", "in_channels", "dim", "depth", "heads", "mlp_dim", "class_token", "reg_tokens",
+                "distilled", "pool", "pre_norm", "qk_norm")
 
 
 def _size(name: str, **fields: Any) -> ViTConfig:
@@ -32,6 +66,9 @@ def _build_table() -> dict[str, ViTConfig]:
         for s in SMALL_SIZES:
             table[f"vit_{s}4_{image}"] = _size(s, patch_size=4, image_size=image,
                                                num_classes=classes, in_channels=1 if image == 28 else 3)
+    for pattern, (sizes, fields) in FAMILIES.items():
+        for s in sizes:
+            table[pattern.format(s)] = _size(s, **{"image_size": 224, **fields})
     return table
 
 
@@ -47,9 +84,33 @@ def get_config(name: str, **overrides: Any) -> ViTConfig:
     return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]
 
 
-def create_model(name: str, **overrides: Any) -> ViT:
-    """Build a named model: create_model("vit_b16", num_classes=10, image_size=384)."""
-    return ViT(get_config(name, **overrides))
+def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> ViT:
+    """Build a named model: create_model("vit_b16", num_classes=10, image_size=384).
+
+    `pretrained="augreg2_in21k_ft_in1k"` (a tag of `PRETRAINED`) loads those weights from the
+    Hugging Face Hub, cached after the first download (HF_HUB_OFFLINE=1 reads only the cache);
+    overrides then adapt them, e.g. num_classes=10 gives a fresh head.
+    """
+    if pretrained is None:
+        return ViT(get_config(name, **overrides))
+    from vitkit.weights.io import load  # the weights package builds on this one
+
+    preset = get_config(name)
+    model = load(f"hf-hub:{pretrained_repo(name, pretrained)}", **overrides)
+    wrong = [f for f in ARCHITECTURE if getattr(model.config, f) != getattr(preset.replace(**overrides), f)]
+    if wrong:
+        raise ValueError(f"the weights {pretrained!r} of {name} differ from the preset in {wrong}")
+    return model
+
+
+def pretrained_repo(name: str, tag: str) -> str:
+    """The Hub repository of a preset's weights called `tag`."""
+    key = name.lower().replace("-", "_").replace("/", "")
+    tags = PRETRAINED.get(key, {})
+    if tag not in tags:
+        known = "; ".join(f"{n}: {', '.join(t)}" for n, t in PRETRAINED.items())
+        raise ValueError(f"no pretrained weights {tag!r} for {name}; known tags: {known}")
+    return tags[tag]
 
 
 def list_models() -> list[str]:

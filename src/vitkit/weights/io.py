@@ -182,4 +182,7 @@ def _download(repo: str) -> Path:
     except ImportError:
         raise ValueError("hf-hub: paths need huggingface_hub (pip install 'vitkit[hub]')") from None
     log.info("downloading %s from the Hugging Face hub", repo)
+    folder = Path(snapshot_download(repo, allow_patterns=["*.json", "model.safetensors"]))
+    if (folder / "model.safetensors").is_file():  # not also the same weights as .bin (or open_clip's)
+        return folder
     return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
