@@ -526,3 +526,46 @@ def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_s16", {"wrong": tiny})  # a table entry in error
     with pytest.raises(ValueError, match="differ from the preset"):
         vitkit.create_model("vit_s16", pretrained="wrong")
+
+
+# -- the family from Hugging Face transformers ---------------------------------------------------------
+HF_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+HF_FAMILY = [  # (model class, config), what the model computes that vitkit computes
+    pytest.param(transformers.DeiTForImageClassificationWithTeacher,
+                 transformers.DeiTConfig(**HF_SMALL, intermediate_size=64, num_labels=3), "logits", id="deit"),
+    pytest.param(transformers.Dinov2Model, transformers.Dinov2Config(**HF_SMALL), "pooler_output", id="dinov2"),
+    pytest.param(transformers.Dinov2WithRegistersModel,
+                 transformers.Dinov2WithRegistersConfig(**HF_SMALL, num_register_tokens=4), "pooler_output",
+                 id="dinov2-registers"),
+    pytest.param(transformers.SiglipVisionModel, transformers.SiglipVisionConfig(**HF_SMALL, intermediate_size=64),
+                 "pooler_output", id="siglip"),
+    pytest.param(transformers.CLIPVisionModel,
+                 transformers.CLIPVisionConfig(**HF_SMALL, intermediate_size=64, hidden_act="gelu"),
+                 "pooler_output", id="clip"),
+]
+
+
+@pytest.mark.parametrize(("cls", "config", "output"), HF_FAMILY)
+def test_hugging_face_family(tmp_path, cls, config, output):
+    theirs = randomize(cls(config))
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():  # small embeddings: a wrong LayerNorm eps shows
+            if "patch_embedding" in name or "position_embedding" in name:
+                p.mul_(1e-3)
+    theirs.save_pretrained(tmp_path)
+    ours = vitkit.load(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        close(ours(x), getattr(theirs(pixel_values=x), output))
+
+
+def test_siglip_image_tower_of_a_two_tower_model(tmp_path):
+    config = transformers.SiglipConfig(vision_config=dict(**HF_SMALL, intermediate_size=64),
+                                       text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                        intermediate_size=64, vocab_size=50))
+    theirs = randomize(transformers.SiglipModel(config))
+    theirs.save_pretrained(tmp_path)
+    ours = vitkit.load(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        close(ours(x), theirs.vision_model(pixel_values=x).pooler_output)

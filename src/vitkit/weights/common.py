@@ -32,6 +32,10 @@ class Source(dict):
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default  # noqa: SIM401 (self.get would recurse)
 
+    def set_aside(self, keys: list[str]) -> None:
+        """Count weights as used that are left out on purpose (the caller says why)."""
+        self.read.update(k for k in keys if k in self)
+
     def unread(self) -> list[str]:
         return sorted(k for k in self if k not in self.read)
 

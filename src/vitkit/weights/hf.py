@@ -2,7 +2,7 @@
 
 HF keeps q, k and v as three Linear layers (vitkit fuses them), uses LayerNorm eps 1e-12 by
 default, reads the class token for classification, and `ViTModel`'s pooler is Linear + tanh on
-the class token: the paper's pre-logits layer.
+the class token: the paper's pre-logits layer. Its descendants (DeiT, DINOv2, SigLIP, CLIP) are in hf_family.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
+from vitkit.weights import hf_family
 from vitkit.weights.common import source_image_size
 
 ACTS = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh"}
@@ -24,7 +25,8 @@ PAIRS = [  # (HF name inside a layer, vitkit name inside a block)
 
 
 def is_hf(state: dict[str, torch.Tensor]) -> bool:
-    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+    return any(k.endswith(("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight"))
+               for k in state)
 
 
 def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
@@ -32,6 +34,12 @@ def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
     if not hf_config:
         raise ValueError("Hugging Face ViT weights need the config.json saved beside them (heads, "
                          "LayerNorm eps and activation are not in the weights)")
+    kind = hf_config.get("model_type", "vit")
+    if kind in hf_family.FAMILIES:
+        return hf_family.FAMILIES[kind](state, hf_config, hints)
+    if kind != "vit":
+        raise ValueError(f"Hugging Face model_type={kind!r} is not a ViT that vitkit reads; it reads vit and "
+                         f"{', '.join(hf_family.FAMILIES)}")
     prefix = "vit." if "vit.embeddings.cls_token" in state else ""
     get = lambda name: state[prefix + name]  # noqa: E731
     depth = hf_config["num_hidden_layers"]
