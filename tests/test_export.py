@@ -35,11 +35,30 @@ def test_pt2_round_trip(tmp_path):
 
 def test_cli_convert_then_export(tmp_path, capsys):
     torchvision = pytest.importorskip("torchvision")
-    source = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
-                                                  hidden_dim=32, mlp_dim=64, num_classes=3)
+    # randomised: torchvision zero-initialises its head, and zeros would match any export
+    source = randomize(torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                            hidden_dim=32, mlp_dim=64, num_classes=3))
     torch.save(source.state_dict(), tmp_path / "tv.pth")
     assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "conv"), "--heads", "2"]) == 0
     assert main(["export", str(tmp_path / "conv"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert "matches PyTorch" in capsys.readouterr().out
+    # the file computes what the torchvision model computes: conversion and export together
+    x = torch.randn(2, 3, 32, 32)  # exported without --dynamic-batch: the example's batch of 2
+    with torch.no_grad():
+        want = source(x)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    tolerance = 1e-4 * want.abs().max().item()
+    assert want.std().item() > 100 * tolerance  # logits that differ between images and classes by far more
+    torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
     assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "x")]) == 2  # heads unknown
     assert not (tmp_path / "x").exists()
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    model = randomize(vitkit.create_model("vit_ti4_28", depth=1)).train().to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export(model, tmp_path / "m.pt2", "pt2")
+    assert model.training
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -8,6 +8,7 @@ the fused flash kernel's at ViT sizes. Each is tested to compute the reference f
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 
 import torch
@@ -18,9 +19,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def for_inference(model: nn.Module, dtype: str | torch.dtype = "fp32", compile: bool = False) -> nn.Module:
-    """`model` in eval mode with weights in `dtype`, compiled if asked. Call the result under
-    `torch.inference_mode()` with inputs in `dtype` (freezing assumes the weights never change)."""
-    model = model.eval().to(DTYPES.get(dtype, dtype))
+    """A copy of `model` in eval mode with weights in `dtype`, compiled if asked. Call the result
+    under `torch.inference_mode()` with inputs in `dtype` (freezing assumes the weights never
+    change). The caller's model keeps its dtype and training flag; the copy costs its memory once."""
+    model = copy.deepcopy(model).eval().to(DTYPES.get(dtype, dtype))
     if compile:
         model = torch.compile(model, options={"freezing": True})
     return model

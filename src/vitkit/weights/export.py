@@ -6,6 +6,7 @@ is written (atomically), so a file that exists is a file that computes the same 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -27,10 +28,11 @@ def _check(name: str, expected: torch.Tensor, got: torch.Tensor) -> float:
 
 
 def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: bool = False) -> dict:
-    """Export `model` to `out`; returns the batch sizes checked and the largest relative error."""
+    """Export `model` to `out`; returns the batch sizes checked and the largest relative error.
+    An fp32 eval-mode copy is exported: the caller's model keeps its dtype and training flag."""
     if format not in ("onnx", "pt2"):
         raise ValueError(f"export format {format!r}: use onnx or pt2")
-    model = model.eval().float()
+    model = copy.deepcopy(model).eval().float()
     c = model.config
     example = torch.randn(2, c.in_channels, *c.image_hw)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
