@@ -11,7 +11,7 @@ from PIL import Image
 import vitkit
 from helpers import randomize
 from vitkit.cli import main
-from vitkit.explain import maps
+from vitkit.explain import figures, maps, report
 
 
 def test_rollout_of_identity_is_identity():
@@ -104,3 +104,35 @@ def test_inspect_command(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 6 and len(result["mean_attention_distance"]) == 2
     assert Image.open(result["png"]).size[0] > 800
+
+
+def test_grad_rollout_leaves_the_model_as_it_was():
+    model = randomize(vitkit.create_model("vit_ti4_32", depth=2)).train()
+    heat = maps.grad_rollout(model, torch.randn(2, 3, 32, 32), target=1)
+    assert torch.allclose(heat.sum((1, 2)), torch.ones(2))
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+    with torch.no_grad():  # it takes its own gradients even where the caller turned them off
+        torch.testing.assert_close(maps.grad_rollout(model, torch.randn(2, 3, 32, 32), target=1).sum((1, 2)),
+                                   torch.ones(2))
+    for p in model.parameters():  # frozen weights: the gradient still reaches the attention maps
+        p.requires_grad_(False)
+    torch.testing.assert_close(maps.grad_rollout(model, torch.randn(2, 3, 32, 32), target=1).sum((1, 2)),
+                               torch.ones(2))
+    maps.rollout(model, torch.randn(1, 3, 32, 32))
+    assert model.training
+
+
+def test_explain_names_each_images_own_class_once(tmp_path, monkeypatch):
+    model = randomize(vitkit.create_model("vit_ti4_32", depth=2, num_classes=3))
+    model.save_pretrained(tmp_path / "run", {"classes": ["a", "b", "c"]})
+    for name, colour in (("red", (200, 30, 30)), ("blue", (20, 30, 220)), ("grey", (90, 90, 90))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{name}.png")
+    captions = []
+    monkeypatch.setattr(figures, "explanation", lambda image, heat, top, method, note, png: captions.append(
+        (note, top[0][0])))
+    results = report.explain(tmp_path / "run", [str(tmp_path / f"{n}.png") for n in ("red", "blue", "grey")],
+                             tmp_path / "out", "grad-rollout")
+    assert len(results) == len(captions) == 3
+    for note, predicted in captions:
+        assert note == f" for class {predicted}"

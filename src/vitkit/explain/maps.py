@@ -8,15 +8,28 @@ same function that predicts, so the pictures show the model that classifies.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
 from vitkit.model.vit import ViT
 
 
-def _attentions(model: ViT, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+@contextmanager
+def _evaluating(model: ViT) -> Iterator[ViT]:
+    """The model in eval mode (no dropout in the maps), back in the caller's mode afterwards."""
+    training = model.training
     model.eval()
-    with torch.no_grad():
+    try:
+        yield model
+    finally:
+        model.train(training)
+
+
+def _attentions(model: ViT, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    with _evaluating(model), torch.no_grad():
         logits, attentions = model(images, return_attention=True)
     return logits, attentions
 
@@ -58,18 +71,20 @@ def rollout(model: ViT, images: torch.Tensor, residual: bool = True) -> torch.Te
 
 def grad_rollout(model: ViT, images: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
     """Rollout with each layer's attention weighted by its gradient for the target class
-    (the predicted one by default): mean over heads of relu(grad * attention)."""
-    model.eval()
-    logits, attentions = model(images, return_attention=True)
-    for a in attentions:
-        a.retain_grad()
-    if target is None:
-        target = logits.argmax(dim=1)
-    target = torch.as_tensor(target, device=logits.device).expand(len(images))
-    logits.gather(1, target[:, None]).sum().backward()
+    (the predicted one by default): mean over heads of relu(grad * attention).
+
+    The gradients are taken for the attention maps only (torch.autograd.grad), so no `.grad` is
+    left on the model's parameters, and the model is left in the mode it was in."""
+    with _evaluating(model), torch.enable_grad():
+        x = images.detach().requires_grad_(True)  # a graph even when every weight is frozen
+        logits, attentions = model(x, return_attention=True)
+        if target is None:
+            target = logits.argmax(dim=1)
+        target = torch.as_tensor(target, device=logits.device).expand(len(images))
+        grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), attentions)
     joint = None
-    for a in attentions:
-        w = (a.grad * a).clamp_min(0).mean(dim=1).detach()
+    for a, grad in zip(attentions, grads, strict=True):
+        w = (grad * a).clamp_min(0).mean(dim=1).detach()
         w = w + torch.eye(w.shape[-1], device=w.device)  # the residual; also keeps empty rows valid
         w = w / w.sum(dim=-1, keepdim=True)
         joint = w if joint is None else w @ joint

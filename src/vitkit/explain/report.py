@@ -40,6 +40,7 @@ def explain(run: str | Path, images: list[str], out: str | Path | None = None, m
             probs = model(x).softmax(-1)[0]
         values, idx = probs.topk(min(3, len(loaded.classes)))
         top = [(loaded.classes[i], v) for v, i in zip(values.tolist(), idx.tolist(), strict=True)]
+        caption = note  # per image: the class explained is this image's
         if method == "rollout":
             heat = maps.rollout(model, x)[0]
         elif method == "last-layer":
@@ -47,9 +48,9 @@ def explain(run: str | Path, images: list[str], out: str | Path | None = None, m
         else:
             cls = loaded.classes.index(target) if target else None
             heat = maps.grad_rollout(model, x, cls)[0]
-            note += f" for class {target or top[0][0]}"
+            caption += f" for class {target or top[0][0]}"
         png = out / f"{path.stem}-{method}.png"
-        figures.explanation(image, heat, top, method, note, png)
+        figures.explanation(image, heat, top, method, caption, png)
         results.append({"image": str(path), "png": str(png), "top": [{"class": n, "probability": p} for n, p in top]})
     return results
 
