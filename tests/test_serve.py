@@ -249,6 +249,31 @@ def test_batcher_takes_what_waits_up_to_the_batch_size_and_answers_in_order():
     assert sizes == [4, 4, 2]
 
 
+def test_batcher_waits_for_images_still_being_decoded_but_not_for_nobody():
+    sizes = []
+
+    def same(items):
+        sizes.append(len(items))
+        return items
+
+    async def decoding(value):
+        await asyncio.sleep(0.1)
+        return value
+
+    async def scenario():
+        batcher = Batcher(same, max_batch=8, max_wait_s=30)
+        batcher.start()
+        try:
+            alone = await asyncio.wait_for(batcher.submit(1), 10)  # a 30 s wait would time out
+            together = await asyncio.wait_for(asyncio.gather(batcher.submit(2), batcher.submit(decoding(3))), 10)
+            return alone, together
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == (1, [2, 3])
+    assert sizes == [1, 2]
+
+
 def test_batcher_a_failed_batch_fails_its_callers_and_the_next_batch_runs():
     def fragile(items):
         if -1 in items:

@@ -70,7 +70,10 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     """The ASGI app for one engine; `uvicorn` serves it, tests call it through TestClient."""
     settings.check()
     service = Service(engine, settings, Batcher(engine.probabilities, settings.max_batch, settings.max_wait_ms / 1000),
-                      ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitkit-decode"),
+                      # one core per decode thread: their resizes are torch ops, which would otherwise each
+                      # start a team of OpenMP threads as large as the model's, all busy on the same cores
+                      ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitkit-decode",
+                                         initializer=torch.set_num_threads, initargs=(1,)),
                       ThreadPoolExecutor(1, thread_name_prefix="vitkit-explain"))
 
     @asynccontextmanager
@@ -138,8 +141,7 @@ async def predict(request: Request, topk: int = Query(5, ge=1, le=1000)) -> dict
     """Top-k classes for each image, in the order sent; concurrent requests share batches."""
     service: Service = request.app.state.service
     uploads = await read_uploads(request, service.settings.max_images)
-    images = await asyncio.gather(*(decode(service, name, data) for name, data in uploads))
-    rows = await asyncio.gather(*(service.batcher.submit(image) for image in images))
+    rows = await asyncio.gather(*(service.batcher.submit(decode(service, name, data)) for name, data in uploads))
     return {"predictions": [{"image": name, "top": service.engine.top(row, topk)}
                             for (name, _), row in zip(uploads, rows, strict=True)]}
 

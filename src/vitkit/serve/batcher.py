@@ -1,19 +1,24 @@
 """Requests that arrive together run through the model together.
 
-A model forward pass on 32 images costs far less than 32 passes on one image (the weights are
-read once, the matmuls are larger), so the server queues each decoded image and one task takes
-whatever is waiting: up to `max_batch` images, waiting at most `max_wait_s` after the first for
-more to arrive. The model runs in one worker thread, off the event loop, which keeps accepting
-and decoding requests meanwhile; those pile up and make the next batch.
+A model forward pass on 32 images costs less than 32 passes on one image (the weights are read
+once, the matmuls are larger and keep every core busy), so the server queues each decoded image
+and one task takes whatever is waiting: up to `max_batch` images, waiting at most `max_wait_s`
+after the first for more. It waits only while other images are still being decoded: with
+nothing on its way, waiting would only add latency (a lone client would pay it on every request).
+The model runs in one worker thread, off the event loop, which keeps accepting and decoding
+requests meanwhile; those pile up and make the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
+
+import torch
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -25,6 +30,7 @@ class Batcher(Generic[Item, Result]):
     def __init__(self, run_batch: Callable[[list[Item]], list[Result]], max_batch: int, max_wait_s: float):
         self.run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
         self.batches = self.images = 0  # served so far, for /health and the tests
+        self.incoming = 0  # items still being prepared (decoded) by their submitters
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
         self._worker: ThreadPoolExecutor | None = None
@@ -36,7 +42,9 @@ class Batcher(Generic[Item, Result]):
     def start(self) -> None:
         """Call from the event loop that will submit (the server's lifespan)."""
         self._queue = asyncio.Queue()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vitkit-model")
+        # a new thread starts with OpenMP's default team size, not torch.set_num_threads' choice
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vitkit-model", initializer=torch.set_num_threads,
+                                          initargs=(torch.get_num_threads(),))
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     async def stop(self) -> None:
@@ -47,15 +55,23 @@ class Batcher(Generic[Item, Result]):
         if self._worker:
             self._worker.shutdown(wait=True)
 
-    async def submit(self, item: Item) -> Result:
+    async def submit(self, item: Item | Awaitable[Item]) -> Result:
+        """The answer for `item`; an awaitable (a decode in progress) counts as on its way until it
+        gives the item, so a batch with room waits for it (at most `max_wait_s`)."""
         if self._queue is None:
             raise RuntimeError("Batcher.start() was not called")
+        if inspect.isawaitable(item):
+            self.incoming += 1
+            try:
+                item = await item
+            finally:
+                self.incoming -= 1  # no await between this and the put: the batcher sees one or the other
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
 
     async def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
-        """The first waiting item, then whatever else arrives within the wait, up to the size."""
+        """The first waiting item, then what else is waiting or arrives within the wait, up to the size."""
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         deadline = loop.time() + self.max_wait_s
@@ -64,7 +80,7 @@ class Batcher(Generic[Item, Result]):
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self.incoming:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
