@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import threading
 import typing
 from pathlib import Path
 
@@ -64,13 +63,12 @@ class Engine:
         self.config = loaded.model.config
         self.classes = loaded.classes
         self.fit = eval_transform(self.config.image_hw)
-        for p in loaded.model.parameters():  # explain's gradients flow from the input, not into weights
+        for p in loaded.model.parameters():  # nothing here trains: no autograd graph through the weights
             p.requires_grad_(False)
         # for_inference casts in place: keep the fp32 model for /explain when the fast path differs
         same = dtype == "fp32" and not compile
         self.fast = for_inference(loaded.model if same else copy.deepcopy(loaded.model), dtype, compile)
         self.input_dtype = next(self.fast.parameters()).dtype
-        self._explain_lock = threading.Lock()  # one backward pass at a time on the shared model
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Uploaded bytes -> uint8 (C, H, W) at the model's size. Raises BadImage with the reason;
@@ -104,16 +102,15 @@ class Engine:
             raise ValueError(f"class {target!r} is not one of the model's classes")
         model = self.loaded.model
         x = to_model_input(image[None].to(self.device), self.loaded.normalize)
-        with self._explain_lock:
-            with torch.no_grad():
-                probs = model(x).float().softmax(-1)[0].cpu()
-            explained = target or self.classes[int(probs.argmax())]
-            if method == "rollout":
-                heat = maps.rollout(model, x)[0]
-            elif method == "last-layer":
-                heat = maps.last_layer(model, x)[0]
-            else:
-                heat = maps.grad_rollout(model, x.requires_grad_(), self.classes.index(explained))[0]
+        with torch.no_grad():
+            probs = model(x).float().softmax(-1)[0].cpu()
+        explained = target or self.classes[int(probs.argmax())]
+        if method == "rollout":
+            heat = maps.rollout(model, x)[0]
+        elif method == "last-layer":
+            heat = maps.last_layer(model, x)[0]
+        else:
+            heat = maps.grad_rollout(model, x, self.classes.index(explained))[0]
         heat = heat.detach().float().cpu().nan_to_num(0.0)  # an untrained head's gradients are all 0: 0/0
         return {"map": heat, "probabilities": probs,
                 "class": explained if method == "grad-rollout" else None}
