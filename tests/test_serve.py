@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -295,19 +296,18 @@ def test_batcher_a_failed_batch_fails_its_callers_and_the_next_batch_runs():
 
 
 # -- the command -------------------------------------------------------------------------------
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "zero-batch"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "zero-batch", "port-taken"])
 def test_serve_refuses_to_start_with_a_one_line_error(problem, run_dir, tmp_path, capsys, monkeypatch):
     from vitkit.serve import app
 
     monkeypatch.setattr(app, "run", lambda *a, **k: pytest.fail("the server started"))
-    if problem == "missing":
-        argv = ["serve", str(tmp_path / "no-such-run")]
-    elif problem == "corrupt":
-        (tmp_path / "model.safetensors").write_bytes(b"not weights")
-        argv = ["serve", str(tmp_path / "model.safetensors")]
-    else:
-        argv = ["serve", str(run_dir), "--max-batch", "0"]
-    assert main(argv) == 2
+    argv = {"missing": ["serve", str(tmp_path / "no-such-run")],
+            "corrupt": ["serve", str(tmp_path / "model.safetensors")],
+            "zero-batch": ["serve", str(run_dir), "--max-batch", "0"]}.get(problem)
+    (tmp_path / "model.safetensors").write_bytes(b"not weights")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        argv = argv or ["serve", str(run_dir), "--port", str(taken.getsockname()[1])]
+        assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitkit serve: error: ") and "\n" not in err
 

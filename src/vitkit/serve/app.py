@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -209,7 +210,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family)
     except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
 
 
 def run(engine: Engine, settings: Settings, sock: socket.socket, log_level: str = "warning") -> None:
