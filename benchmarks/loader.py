@@ -26,9 +26,9 @@ from common import record, this_command
 from vitkit.bench import step_runner
 from vitkit.data import spec as data_spec
 from vitkit.model.vit import ViT
-from vitkit.train.recipe import Recipe, auto_recipe
 from vitkit.train.distributed import World
 from vitkit.train.feed import build_feed
+from vitkit.train.recipe import Recipe, auto_recipe
 from vitkit.train.trainer import NO_FLIP
 
 

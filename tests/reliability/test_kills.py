@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from vitkit.data import spec
 from vitkit.data.loader import train_loader
 from vitkit.data.transforms import train_transform
-
 from vitkit.train.trainer import TIMING_KEYS as TIMING
 
 

@@ -21,6 +21,7 @@ except ImportError:  # torch 2.4-2.5 kept FSDP2 under a private name
     from torch.distributed._composable.fsdp import FSDPModule, fully_shard
 
 T = TypeVar("T")
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class World:
 
     rank: int = 0
     size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
 
     @classmethod
     def setup(cls, device: str | None = None) -> World:

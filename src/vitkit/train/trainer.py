@@ -38,8 +38,8 @@ from vitkit.model.config import ViTConfig
 from vitkit.model.fast import training_attention
 from vitkit.model.vit import ViT
 from vitkit.train import checkpoint, plots
-from vitkit.train.budget import CALIBRATION_STEPS, BudgetPlanner
-from vitkit.train.distributed import World, fully_shard_model, is_sharded, restarted
+from vitkit.train.budget import BudgetPlanner
+from vitkit.train.distributed import World, fully_shard_model, restarted
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.feed import Feed, build_feed
 from vitkit.train.optim import Schedule, build_optimizer
