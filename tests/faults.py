@@ -1,15 +1,28 @@
-"""The vitkit command with a fault injected, for the fault-tolerance tests:
+"""The vitkit command with a fault injected or a probe installed, for the tests:
 
     python tests/faults.py RANK:EPOCH:STEP[:SIGNAL] train ...     (or under torchrun)
 
 sends the process of that rank SIGNAL (default KILL: a crashed machine; TERM: a scheduler's stop)
 just before that training step (epoch counted from 1, step from 0), in torchrun's first attempt
 only. The fault comes from a hook installed here, not from code in the training loop.
+
+    python tests/faults.py draws:FOLDER train ...
+
+writes FOLDER/rank-R.json: for each step, four numbers drawn from torch's random stream just
+before the model's forward pass, i.e. the stream that dropout, drop-path and MixUp/CutMix use.
+
+    python tests/faults.py heartbeat:FILE train ...
+
+writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from outside).
 """
 
+import json
 import os
 import signal
 import sys
+from pathlib import Path
+
+import torch
 
 from vitkit.cli import main
 from vitkit.train import trainer
@@ -28,6 +41,28 @@ def install(spec: str) -> None:
     trainer.STEP_HOOKS.append(fault)
 
 
+def record_draws(folder: str) -> None:
+    draws: list[list[float]] = []
+
+    def probe(run: trainer.Run) -> None:
+        if not draws and not hasattr(run, "_probed"):
+            model_forward, run._probed = run.forward, True
+
+            def forward(x):
+                draws.append(torch.rand(4).tolist())
+                Path(folder, f"rank-{run.world.rank}.json").write_text(json.dumps(draws))
+                return model_forward(x)
+
+            run.forward = forward
+
+    trainer.STEP_HOOKS.append(probe)
+
+
+def heartbeat(path: str) -> None:
+    trainer.STEP_HOOKS.append(lambda run: Path(path).write_text(f"{run.progress.epoch} {run.progress.step}"))
+
+
 if __name__ == "__main__":
-    install(sys.argv[1])
+    kind, _, rest = sys.argv[1].partition(":")
+    {"draws": record_draws, "heartbeat": heartbeat}.get(kind, lambda _: install(sys.argv[1]))(rest)
     sys.exit(main(sys.argv[2:]))

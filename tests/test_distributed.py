@@ -13,6 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vitkit.data import spec
+from vitkit.data.loader import EpochSampler
+
 COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3", "--precision", "fp32",
           "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--json"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -113,3 +116,50 @@ def test_a_stop_signal_to_one_process_stops_all_at_the_same_step(one):
     resumed = train("--resume", str(run), "--json")  # the mid-epoch shards, resumed on 1 process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(one / "one", run)
+
+
+def test_unreadable_images_never_hang_a_process_and_the_gradient_is_the_global_mean(tmp_path):
+    """Half the files are broken: some steps give one process no readable image at all, and the
+    processes' shares differ in size. Two processes must still compute what one does."""
+    data = tmp_path / "data"
+    make_data(data)
+    for c in ("red", "green", "blue"):
+        for i in range(21):
+            (data / c / f"broken{i}.jpg").write_bytes(b"not an image")
+    args = [str(data), "--epochs", "2", "--batch-size", "4", "--workers", "0", "--seed", "5",
+            "--precision", "fp32", "--val-split", "0.3", "--json"]
+    splits = spec.load(str(data), val_split=0.3, seed=5)
+    empty_steps = 0
+    for rank in (0, 1):  # the steps where this rank's two images are both broken
+        sampler = EpochSampler(len(splits.train), 4, 5, rank, 2)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            names = [splits.train.names[i] for i, _ in sampler]
+            empty_steps += sum(all("broken" in n for n in names[j:j + 2]) for j in range(0, len(names), 2))
+    assert empty_steps > 0, "the data should give some process a step without a readable image"
+    assert train(*args, "--out", str(tmp_path / "one")).returncode == 0
+    two = subprocess.run([*TORCHRUN, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_each_process_draws_its_own_noise_with_the_default_photo_recipe(tmp_path):
+    """Dropout, drop-path and MixUp/CutMix draw from a stream seeded by (seed, epoch, step, rank):
+    processes do not apply the same masks to different images."""
+    data = tmp_path / "photos"
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (data / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (96, 80), tuple(min(255, v + 9 * i) for v in colour)).save(data / c / f"{i}.jpg")
+    draws = tmp_path / "draws"
+    draws.mkdir()
+    done = subprocess.run([*TORCHRUN, FAULTS, f"draws:{draws}", "train", str(data), "--epochs", "1",
+                           "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "run"), "--json"],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recipe = json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]
+    assert recipe["mixup"] > 0 and recipe["cutmix"] > 0 and recipe["drop_path"] > 0  # the photo defaults
+    rank0, rank1 = (json.loads((draws / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) >= 2
+    assert all(a != b for a, b in zip(rank0, rank1, strict=True))

@@ -72,8 +72,10 @@ def test_cli_fails_cleanly(tiny, capsys, data):
     err = capsys.readouterr().err
     assert code in (0, 2), (args, code, err)
     assert "Traceback" not in err, (args, err)
-    if code == 2:
-        assert err.strip(), args
+    if code == 2:  # one line that says what is wrong (after argparse's usage line, or training's log)
+        lines = err.strip().splitlines()
+        assert lines and lines[-1].startswith("vitkit") and ": error: " in lines[-1], (args, err)
+        assert sum(": error: " in line for line in lines) == 1, (args, err)
 
 
 @settings(max_examples=80, deadline=None, derandomize=True)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -17,6 +18,8 @@ from vitkit.data import spec
 from vitkit.data.loader import train_loader
 from vitkit.data.transforms import train_transform
 from vitkit.train.trainer import TIMING_KEYS as TIMING
+
+FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a heartbeat hook
 
 
 def make_data(root, per_class=30):
@@ -31,32 +34,44 @@ def metrics(run):
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def progress_of(beat, steps_per_epoch: int) -> int | None:
+    """How many steps the run has reached, from the heartbeat the hook writes before each step."""
+    try:
+        epoch, step = map(int, beat.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return epoch * steps_per_epoch + step
+
+
 def test_five_kills_then_bitwise_equal(tmp_path):
     make_data(tmp_path / "data")
-    args = [sys.executable, "-m", "vitkit", "train", str(tmp_path / "data"), "--epochs", "6", "--batch-size", "4",
-            "--workers", "1", "--seed", "7", "--ema", "0.9", "--mixup", "0.2", "--precision", "fp32"]
+    args = ["train", str(tmp_path / "data"), "--epochs", "6", "--batch-size", "4", "--workers", "1", "--seed", "7",
+            "--ema", "0.9", "--mixup", "0.2", "--precision", "fp32"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run([*args, "--out", str(tmp_path / "whole")], check=True, env=env, capture_output=True)
-
-    run, rng, kills = tmp_path / "killed", random.Random(0), 0
-    command = [*args, "--out", str(run)]
-    while kills < 5:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        done_before = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
-        deadline = time.time() + 60  # wait for progress, then kill at a random moment of the next stretch
-        while time.time() < deadline and proc.poll() is None and not (run / "checkpoint.pt").exists():
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.2))
-        if proc.poll() is not None:
-            break  # finished before the kill: nothing more to interrupt
+    subprocess.run([sys.executable, "-m", "vitkit", *args, "--out", str(tmp_path / "whole")], check=True, env=env,
+                   capture_output=True)
+    steps_per_epoch = 81 // 4  # 90 images, 9 held out for validation, batch 4
+    run, beat, rng = tmp_path / "killed", tmp_path / "heartbeat", random.Random(0)
+    command, kills = [*args, "--out", str(run)], 0
+    for _ in range(5):
+        saved = torch.load(run / "checkpoint.pt", weights_only=True)["progress"] if run.exists() else None
+        resume_point = saved["epoch"] * steps_per_epoch + saved["step"] if saved else 0
+        beat.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, FAULTS, f"heartbeat:{beat}", *command], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = min(resume_point + rng.randint(2, 2 * steps_per_epoch), 6 * steps_per_epoch - 2)  # next 2 epochs
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and (progress_of(beat, steps_per_epoch) or 0) < target:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before the kill: kill earlier"
+        assert progress_of(beat, steps_per_epoch) > resume_point  # training steps are running
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        command = [sys.executable, "-m", "vitkit", "train", "--resume", str(run)]
-        assert done_before <= 6
+        command = ["train", "--resume", str(run)]
     subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run)], check=True, env=env,
                    capture_output=True)
-    assert kills >= 3, "the kills should land before the run ends"
+    assert kills == 5
     assert metrics(run) == metrics(tmp_path / "whole")
     ours, theirs = load_file(run / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vitkit.cli import main
-from vitkit.train import checkpoint
+from vitkit.train import checkpoint, trainer
 
 
 def make_good(root, per_class=6):
@@ -81,19 +81,25 @@ def test_unreadable_file_is_skipped(tmp_path):
     assert "locked.png: permission denied" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_nonfinite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path, capsys):
+def explode_from_epoch_2(run) -> None:
+    """From the second epoch on, a learning rate that sends the weights (and the loss) to inf."""
+    if run.progress.epoch == 1:
+        run.schedule.base_lr, run.recipe.clip_grad = 1e30, None
+
+
+def test_nonfinite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
     make_good(tmp_path / "data", per_class=20)
-    common = ["train", str(tmp_path / "data"), "--batch-size", "4", "--workers", "0", "--lr", "1e30",
-              "--clip-grad", "0", "--warmup-epochs", "0", "--precision", "fp32"]
-    code = main([*common, "--epochs", "2", "--out", str(tmp_path / "nan")])
+    common = ["train", str(tmp_path / "data"), "--batch-size", "4", "--workers", "0", "--warmup-epochs", "0",
+              "--precision", "fp32"]
+    monkeypatch.setattr(trainer, "STEP_HOOKS", [explode_from_epoch_2])
+    code = main([*common, "--epochs", "3", "--out", str(tmp_path / "nan")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "epoch 1, step" in err and "--lr" in err and "--precision fp32" in err and "--skip-nonfinite" in err
-    saved = tmp_path / "nan" / "checkpoint.pt"
-    if saved.exists():  # whatever was saved holds only finite, good weights
-        state = torch.load(saved, weights_only=True)["model"]
-        assert all(torch.isfinite(v).all() for v in state.values())
-    code = main([*common, "--epochs", "1", "--out", str(tmp_path / "skip"), "--skip-nonfinite", "--json"])
+    assert "at epoch 2, step" in err and "--lr" in err and "--precision fp32" in err and "--skip-nonfinite" in err
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert saved["progress"]["epoch"] == 1  # the last good checkpoint: after epoch 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    code = main([*common, "--epochs", "2", "--out", str(tmp_path / "skip"), "--skip-nonfinite", "--json"])
     out = capsys.readouterr().out
     assert code == 0 and json.loads(out)["nonfinite_steps"] > 0
 

@@ -199,7 +199,8 @@ class Run:
         saved = self.saved
         checkpoint.restore_training(self.paths.checkpoint, saved, self.model, self.optimizer, self.ema)
         progress = dict(saved["progress"])
-        totals = EpochTotals(**progress.pop("totals")) if self.world.main else EpochTotals()  # one process carries them
+        totals = EpochTotals(**progress.pop("totals"))
+        totals = totals if self.world.main else EpochTotals()  # the epoch's sums so far: one process carries them
         self.progress = Progress(**progress, totals=totals)
         if self.progress.epochs:
             self.schedule.total = self.progress.epochs * self.steps_per_epoch
@@ -450,8 +451,9 @@ def bf16_supported(device: torch.device) -> bool:
 
 def resumed_recipe(saved: dict, recipe: Recipe, given: set[str], run: str | Path) -> Recipe:
     """The run's own recipe, with only how it computes changed (--workers, --compile, --fsdp);
-    any other flag would silently change what the run computes, so it is refused."""
-    refused = sorted(given - CHANGEABLE_ON_RESUME)
+    a flag that would change what the run computes is refused (the same value is fine: torchrun's
+    restarts and a re-run command repeat the original flags)."""
+    refused = sorted(k for k in given - CHANGEABLE_ON_RESUME if getattr(recipe, k) != saved["recipe"].get(k))
     if refused:
         flag = "--" + refused[0].replace("_", "-")
         raise ValueError(f"{flag} cannot change when resuming (the run keeps its recipe: "
