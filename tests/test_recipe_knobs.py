@@ -1,0 +1,199 @@
+"""Each training knob does what its flag says: observed in the run's data, model and optimizer
+during one step, against the same run without the knob."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vitkit.train.recipe import Recipe
+from vitkit.train.trainer import Run, StopFlag
+
+BASE = dict(epochs=2, batch_size=8, workers=0, precision="fp32", crop="none", flip=False, val_split=0.25)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("knobs")
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir()
+        for i in range(8):
+            pixels = (torch.rand(16, 16, 3, generator=g) * 200 + 40).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    return str(root)
+
+
+def run_with(data: str, **knobs) -> Run:
+    fields = {**BASE, **knobs}
+    run = Run(data, Recipe(**fields), set(fields), out=None)
+    run.stop = StopFlag()  # what fit() would install
+    run.feed.sampler.set_epoch(0)
+    return run
+
+
+def first_batch(run: Run):
+    images, labels, _ = next(iter(run.feed.loader))
+    return images, labels
+
+
+def probe_forward(run: Run) -> list:
+    """Record (input, output) of every training forward."""
+    calls, forward = [], run.forward
+
+    def recorded(x):
+        out = forward(x)
+        calls.append((x.detach(), out))
+        return out
+
+    run.forward = recorded
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+
+
+@pytest.mark.parametrize("knob", [dict(augment="randaugment"), dict(crop="random-resized", min_scale=0.3),
+                                  dict(erasing=0.9)])
+def test_per_image_augmentations_change_the_loaded_images(data, knob):
+    plain, augmented = first_batch(run_with(data))[0], first_batch(run_with(data, **knob))[0]
+    assert plain.shape == augmented.shape
+    changed = (plain != augmented).flatten(1).any(1).float().mean()
+    assert changed > 0.5
+    if "erasing" in knob:  # an erased rectangle is black; the images have no black pixel
+        assert (augmented == 0).all(1).flatten(1).any(1).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("knob", [dict(crop="pad", padding=4), dict(flip=True), dict(rotate=30.0),
+                                  dict(translate=0.2), dict(scale_jitter=0.3)])
+def test_batch_augmentations_change_the_model_input(data, knob):
+    plain, augmented = run_with(data), run_with(data, **knob)
+    images, labels = first_batch(plain)
+    x0 = plain.feed.prepare(images, labels, 0, 0).images
+    x1 = augmented.feed.prepare(images, labels, 0, 0).images
+    assert (x0 != x1).flatten(1).any(1).float().mean() > 0.2
+    if "flip" in knob:  # a flip is exact: some images are mirrored, the rest untouched
+        for a, b in zip(x0, x1, strict=True):
+            assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
+
+
+@pytest.mark.parametrize("knob", [dict(mixup=0.8), dict(cutmix=1.0)])
+def test_mixing_makes_soft_targets(data, knob):
+    run = run_with(data, **knob)
+    images, labels = first_batch(run)
+    batch = run.feed.prepare(images, labels, 0, 0)
+    assert batch.targets.shape == (len(labels), 3)
+    assert torch.allclose(batch.targets.sum(1), torch.ones(len(labels)))
+    assert (batch.targets.max(1).values < 1).any()  # some targets are mixtures of two classes
+
+
+@pytest.mark.parametrize("knob", [dict(drop_path=0.5), dict(dropout=0.5)])
+def test_stochastic_regularisers_make_training_forwards_random(data, knob):
+    for run, random in ((run_with(data), False), (run_with(data, **knob), True)):
+        run.model.train()
+        x = torch.randn(4, 3, 16, 16)
+        torch.manual_seed(1)
+        a = run.model.forward_tokens(x)[0]
+        b = run.model.forward_tokens(x)[0]
+        assert (not torch.equal(a, b)) == random
+
+
+def test_accumulation_splits_the_step_into_pieces(data):
+    run = run_with(data, accum_steps=2)
+    calls = probe_forward(run)
+    run.step(*first_batch(run), 0.0)
+    assert [len(x) for x, _ in calls] == [4, 4]
+
+
+def test_bf16_precision_computes_in_bf16(data):
+    run = run_with(data, precision="bf16")
+    calls = probe_forward(run)
+    run.step(*first_batch(run), 0.0)
+    assert calls[0][1].dtype == torch.bfloat16
+    run = run_with(data)
+    calls = probe_forward(run)
+    run.step(*first_batch(run), 0.0)
+    assert calls[0][1].dtype == torch.float32
+
+
+def test_label_smoothing_enters_the_loss(data):
+    run = run_with(data, label_smoothing=0.3)
+    with torch.no_grad():
+        run.model.head.weight.normal_()  # a head that is not zero, so smoothing changes the loss
+    calls = probe_forward(run)
+    images, labels = first_batch(run)
+    run.step(images, labels, 0.0)
+    logits = calls[0][1].float()
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.3, reduction="sum").item()
+    assert run.progress.totals.loss_sum == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(F.cross_entropy(logits, labels, reduction="sum").item(), rel=1e-3)
+
+
+def grad_norm_at_optimizer_step(run: Run) -> list[float]:
+    norms, real_step = [], run.optimizer.step
+
+    def step():
+        norms.append(torch.cat([p.grad.flatten() for p in run.model.parameters() if p.grad is not None]).norm().item())
+        real_step()
+
+    run.optimizer.step = step
+    return norms
+
+
+def test_gradient_clipping_bounds_the_step(data):
+    for clip in (1e-3, None):
+        run = run_with(data, clip_grad=clip)
+        with torch.no_grad():
+            run.model.head.weight.normal_()
+        norms = grad_norm_at_optimizer_step(run)
+        run.step(*first_batch(run), 0.0)
+        assert (norms[0] <= 1.001e-3) == (clip is not None)
+
+
+def test_warmup_and_min_lr_shape_the_schedule(data):
+    run = run_with(data, lr=0.01, warmup_epochs=1, min_lr=1e-4)
+    steps = run.steps_per_epoch
+    assert run.schedule.lr(0) == pytest.approx(0.01 / steps)
+    assert run.schedule.lr(steps - 1) == pytest.approx(0.01)
+    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)
+    run.step(*first_batch(run), 0.0)
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / steps)
+
+
+def test_weight_decay_spares_norms_biases_and_tokens(data):
+    run = run_with(data, weight_decay=0.1)
+    decay = {id(p): g["weight_decay"] for g in run.optimizer.param_groups for p in g["params"]}
+    for name, p in run.model.named_parameters():
+        spared = p.ndim <= 1 or name in ("pos_embed", "cls_token")
+        assert decay[id(p)] == (0.0 if spared else 0.1), name
+
+
+def test_layer_decay_lowers_the_lr_of_earlier_layers(data):
+    run = run_with(data, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in run.optimizer.param_groups for p in g["params"]}
+    depth = run.config.depth
+    assert scale[id(run.model.head.weight)] == 1.0
+    assert scale[id(run.model.blocks[depth - 1].mlp.fc1.weight)] == 0.5
+    assert scale[id(run.model.patch_embed.proj.weight)] == pytest.approx(0.5 ** (depth + 1))
+
+
+def test_ema_keeps_an_average_of_the_weights(data):
+    run = run_with(data, ema=0.5, lr=0.1)
+    before = run.model.head.bias.detach().clone()
+    run.step(*first_batch(run), 0.0)
+    after = run.model.head.bias.detach().clone()
+    assert not torch.equal(before, after)
+    assert torch.allclose(run.eval_model.head.bias, after)  # the first update copies the weights
+    run.step(*first_batch(run), 0.0)
+    latest = run.model.head.bias.detach()
+    assert torch.allclose(run.eval_model.head.bias, 0.5 * after + 0.5 * latest, atol=1e-6)
+
+
+def test_sgd_optimizer_is_sgd_with_momentum(data):
+    run = run_with(data, optimizer="sgd", lr=0.1)
+    assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
+    assert not math.isnan(run.optimizer.param_groups[0]["lr"])
