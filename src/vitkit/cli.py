@@ -113,7 +113,10 @@ RECIPE_HELP = {
     "workers": "data-loading worker processes (default: up to 2)",
     "val_split": "fraction of the training images held out when the data has no validation split",
     "image_size": "train at this image size (pixels)",
-    "init": "fine-tune from these weights (any format vitkit.load reads)",
+    "init": "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); the model keeps "
+            "their architecture and gets a new head",
+    "normalize": "input normalization: imagenet, half, none, MEAN,STD or M1,M2,M3,S1,S2,S3 (default: the "
+                 "weights' own with --init, else half)",
     "layer_decay": "layer-wise learning-rate decay for fine-tuning, e.g. 0.75",
     "freeze_backbone": "train only the head (linear probe)",
     "skip_nonfinite": "drop steps whose loss is NaN/inf instead of stopping",
@@ -135,6 +138,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a ViTConfig field for a new model (e.g. depth=8), or for --init what the weights do not "
+                        "record (heads=12, pool=mean, source_image_size=384); repeatable")
     p.add_argument("--nproc", type=int, help="train with N processes on this machine (launches torchrun; "
                    "--batch-size stays the global batch)")
     for field in dataclasses.fields(Recipe):
@@ -160,6 +166,8 @@ def run_train(args: argparse.Namespace) -> int:
         return launch_torchrun(args.nproc, args.raw_argv)
     names = {f.name for f in dataclasses.fields(Recipe)}
     given = {k: v for k, v in vars(args).items() if k in names}
+    if args.model_option:
+        given["model_overrides"] = parse_options(args.model_option)
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
     if args.data and args.data_pos and args.data != args.data_pos:
@@ -182,6 +190,20 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"results in {result['run']} (model, checkpoint, metrics.jsonl, curves.png); next: "
               f"vitkit eval {result['run']}  /  vitkit predict {result['run']} IMAGE")
     return 0
+
+
+def parse_options(options: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; values are read as JSON where they parse (numbers, true, [224, 320])."""
+    parsed: dict[str, object] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-option {option!r} is not KEY=VALUE, e.g. --model-option depth=8")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:

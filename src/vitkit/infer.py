@@ -12,6 +12,7 @@ from vitkit.data import transforms
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.loader import default_workers, eval_loader
+from vitkit.data.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
 from vitkit.train import plots
 from vitkit.train.evaluate import evaluate
@@ -24,7 +25,7 @@ class LoadedRun:
     model: ViT
     classes: list[str]
     data: str | None  # the data spec it was trained on, if known
-    normalize: str
+    normalize: Normalization
     root: Path
 
 
@@ -39,7 +40,7 @@ def open_run(run: str | Path, device: torch.device | None = None) -> LoadedRun:
     model = load(root).eval().to(device or "cpu")
     meta = read_meta(root)
     classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
-    return LoadedRun(model, classes, meta.get("data"), meta.get("normalize", "half"), root)
+    return LoadedRun(model, classes, meta.get("data"), model.normalization or HALF, root)
 
 
 def _device(name: str | None) -> torch.device:
@@ -63,7 +64,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str | None = N
     if isinstance(dataset, ArrayImages):
         dataset, tf = dataset.resized(config.image_hw), None
     loader = eval_loader(dataset, tf, batch_size, default_workers() if workers is None else workers)
-    result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False, stats=loaded.normalize)
+    result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False, normalization=loaded.normalize)
     result["skipped"] = [list(s) for s in skipped] + result["skipped"]
     png = loaded.root / f"confusion-{split}.png"
     plots.confusion(result["confusion"], loaded.classes, png,
@@ -98,7 +99,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5, device: str | Non
     def flush():
         if not batch:
             return
-        x = transforms.to_model_input(torch.stack(batch).to(dev), loaded.normalize)
+        x = loaded.normalize(torch.stack(batch).to(dev), config.in_channels)
         probs = loaded.model(x).float().softmax(-1).cpu()
         for name, p in zip(names, probs, strict=True):
             values, idx = p.topk(k)

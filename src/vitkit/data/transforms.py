@@ -20,18 +20,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-MEAN_STD = {"half": ((0.5,), (0.5,)),  # maps [0, 1] to [-1, 1], as big_vision and timm's augreg
-            "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+from vitkit.data.normalization import Normalization
 
 
-def to_model_input(images: torch.Tensor, stats: str = "half") -> torch.Tensor:
-    """uint8 or [0, 1] float (B, C, H, W) -> normalised float32, as the model was trained."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean, std = MEAN_STD[stats]
-    channels = x.shape[1]
-    mean = torch.tensor(mean * (channels // len(mean)), device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(std * (channels // len(std)), device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+def to_model_input(images: torch.Tensor, normalization: Normalization | str | dict = "half",
+                   channels: int | None = None) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, C, H, W) -> the normalised float32 input the model was trained on."""
+    return Normalization.parse(normalization)(images, channels)
 
 
 class Fit:

@@ -35,7 +35,7 @@ def explain(run: str | Path, images: list[str], out: str | Path | None = None, m
         except BadImage as e:
             results.append({"image": str(path), "error": str(e)})
             continue
-        x = to_model_input(image[None], loaded.normalize)
+        x = to_model_input(image[None], loaded.normalize, loaded.model.config.in_channels)
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]
         values, idx = probs.topk(min(3, len(loaded.classes)))
@@ -75,7 +75,7 @@ def inspect(run: str | Path, data: str | None = None, out: str | Path | None = N
             picked.append(fit(image))
     if not picked:
         raise ValueError(f"no readable images in {spec}")
-    x = to_model_input(torch.stack(picked), loaded.normalize)
+    x = to_model_input(torch.stack(picked), loaded.normalize, loaded.model.config.in_channels)
     distances = maps.attention_distance(model, x)
     similarity = maps.position_similarity(model)
     components = maps.embedding_components(model)

@@ -198,6 +198,7 @@ class ViT(nn.Module):
         self.pos_drop = nn.Dropout(config.emb_dropout)
         self.norm_pre = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else nn.Identity()
         self.grad_checkpointing = False
+        self.normalization = None  # the input normalization the weights expect; vitkit.load sets it
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)  # deeper drops more
         self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(config.dim, eps=config.norm_eps)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitkit.data.normalization import Normalization
 from vitkit.data.transforms import to_model_input
 from vitkit.train.distributed import World, is_sharded
 
@@ -19,7 +20,7 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-             bf16: bool = False, stats: str = "half", world: World | None = None) -> dict:
+             bf16: bool = False, normalization: Normalization | str = "half", world: World | None = None) -> dict:
     """Accuracy and loss over every image the loader yields (bad files are counted, not scored).
     With several processes each evaluates its own shard and the counts are added up (exactly)."""
     world = world or World(device=device)
@@ -31,7 +32,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         if not len(labels):
             continue
         with autocast(device, bf16):
-            logits = model(to_model_input(images.to(device), stats)).float().cpu()
+            logits = model(to_model_input(images.to(device), normalization, model.config.in_channels)).float().cpu()
         forwards += 1
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         k = min(5, num_classes)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from vitkit.data import transforms
 from vitkit.data.datasets import ArrayImages, FileImages
 from vitkit.data.loader import EpochSampler, default_workers, eval_loader, mix_seed, train_loader
+from vitkit.data.normalization import Normalization
 from vitkit.data.spec import DataSplits
 from vitkit.model.config import ViTConfig
 from vitkit.train.distributed import World
@@ -46,8 +47,8 @@ class Feed:
     mixer: Callable | None
     workers: int
     config: ViTConfig
+    normalization: Normalization
     world: World
-    normalize: str = "half"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int) -> Batch:
         """uint8 images -> augmented, normalised float images (and mixed targets) on the device.
@@ -64,7 +65,7 @@ class Feed:
             per_rank = recipe.batch_size // self.world.size
             g = torch.Generator().manual_seed(mix_seed(recipe.seed, epoch, step, 2))
             x = self.geometry(x, g, start=self.world.rank * per_rank, total=recipe.batch_size)
-        x = transforms.to_model_input(x, self.normalize)
+        x = self.normalization(x, self.config.in_channels)
         targets = labels
         if self.mixer is not None:
             x, targets = self.mixer(x, labels)
@@ -74,7 +75,8 @@ class Feed:
         return eval_loader(splits.test, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(splits.test)))
 
 
-def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, world: World) -> Feed:
+def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, normalization: Normalization,
+               world: World) -> Feed:
     """The training and validation loaders for `splits` at the model's image size."""
     size = config.image_hw
     if isinstance(splits.train, ArrayImages):  # resized once, up front
@@ -100,4 +102,4 @@ def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, world: Wor
                                    world.rank, world.size)
     val_loader = eval_loader(splits.val, eval_tf, EVAL_BATCH, workers, world.shard(len(splits.val)))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
-    return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, world)
+    return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, normalization, world)

@@ -8,11 +8,16 @@ augmentation strong enough to stand in for the missing prior. `auto_recipe` pick
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from vitkit.model.config import ViTConfig
 from vitkit.model.presets import get_config
+
+
+# What --model-option may set: a ViTConfig field, or what --init weights may not record.
+MODEL_OPTIONS = {f.name for f in dataclasses.fields(ViTConfig)} | {"source_image_size"}
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Recipe:
     val_split: float = 0.1
     image_size: int | None = None
     init: str | None = None  # weights to fine-tune from
+    normalize: str | None = None  # input normalization; default: the weights' own (half for a new model)
     layer_decay: float | None = None
     freeze_backbone: bool = False
     skip_nonfinite: bool = False
@@ -82,6 +88,9 @@ class Recipe:
             raise ValueError(f"--clip-grad must not be negative (0 turns it off), got {self.clip_grad}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must not be negative, got {self.workers}")
+        unknown = sorted(set(self.model_overrides) - MODEL_OPTIONS)
+        if unknown:
+            raise ValueError(f"--model-option {unknown[0]} is not a model field; choose among {sorted(MODEL_OPTIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,19 +116,45 @@ LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
 )
 
 
+# Fine-tuning (--init): the paper's recipe (Appendix B.1.1): SGD with momentum 0.9, no weight
+# decay, a short warm-up then cosine decay, the gradient clipped at norm 1, no mixing or stochastic
+# depth; crops and flips as for the data regime. About FINE_TUNE_STEPS steps unless --epochs says.
+FINE_TUNE = dict(optimizer="sgd", lr=0.01, weight_decay=0.0, warmup_epochs=1.0, clip_grad=1.0,
+                 label_smoothing=0.0, augment="none", mixup=0.0, cutmix=0.0, drop_path=0.0)
+FINE_TUNE_STEPS = 500
+
+
+def regime(side: int) -> tuple[dict, dict]:
+    """(model fields, recipe fields) for images of this side."""
+    return TINY_IMAGES if side <= 12 else SMALL_IMAGES if side <= 64 else LARGE_IMAGES
+
+
+def fill(recipe: Recipe, given: set[str], fields: dict[str, Any], flip_ok: bool) -> Recipe:
+    """`recipe` with `fields` where the user did not set them (`given` names the fields they did)."""
+    changes = {k: v for k, v in fields.items() if k not in given}
+    if "flip" not in given and not flip_ok:
+        changes["flip"] = False
+    if recipe.time_budget and "epochs" not in given:
+        changes["epochs"] = None  # the budget decides
+    return dataclasses.replace(recipe, **changes)
+
+
+def fine_tune_recipe(recipe: Recipe, given: set[str], image_side: int, num_train: int, flip_ok: bool) -> Recipe:
+    """The recipe for --init: see FINE_TUNE."""
+    fields = {k: v for k, v in {**regime(image_side)[1], **FINE_TUNE}.items() if k != "image_size"}  # the weights'
+    batch = recipe.batch_size if "batch_size" in given else fields["batch_size"]
+    fields["epochs"] = max(3, min(100, math.ceil(FINE_TUNE_STEPS * batch / max(num_train, 1))))
+    return fill(recipe, given, fields, flip_ok)
+
+
 def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | None, channels: int,
                 num_classes: int, num_train: int, flip_ok: bool) -> tuple[Recipe, ViTConfig]:
     """Fill what the user did not set (`given` names the fields they did) for this data set."""
     side = max(image_hw) if image_hw else 224
     if recipe.image_size:
         side = recipe.image_size
-    model_fields, recipe_fields = TINY_IMAGES if side <= 12 else SMALL_IMAGES if side <= 64 else LARGE_IMAGES
-    changes = {k: v for k, v in recipe_fields.items() if k not in given}
-    if "flip" not in given and not flip_ok:
-        changes["flip"] = False
-    if recipe.time_budget and "epochs" not in given:
-        changes["epochs"] = None  # the budget decides
-    recipe = dataclasses.replace(recipe, **changes)
+    model_fields, recipe_fields = regime(side)
+    recipe = fill(recipe, given, recipe_fields, flip_ok)
 
     if recipe.model:
         config = get_config(recipe.model)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from vitkit import atomic
 from vitkit.data import spec as data_spec
 from vitkit.data.loader import mix_seed
+from vitkit.data.normalization import HALF, Normalization
 from vitkit.model.config import ViTConfig
 from vitkit.model.fast import training_attention
 from vitkit.model.vit import ViT
@@ -43,7 +44,7 @@ from vitkit.train.distributed import World, fully_shard_model, restarted
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.feed import Feed, build_feed
 from vitkit.train.optim import Schedule, build_optimizer
-from vitkit.train.recipe import Recipe, auto_recipe
+from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe
 from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
@@ -136,13 +137,19 @@ class Run:
         self.data = data
         self.splits = data_spec.load(data, val_split=recipe.val_split, seed=recipe.seed)
         check_data(self.splits, self.strict)
+        self.init_model: ViT | None = None
         if self.saved:
             self.config = ViTConfig.from_dict(self.saved["model_config"])
+            normalization = Normalization.parse(self.saved["normalize"])
+        elif recipe.init:
+            recipe = self.plan_fine_tune(recipe, given)
+            normalization = Normalization.parse(recipe.normalize or self.init_model.normalization or HALF)
         else:
             s = self.splits
             recipe, self.config = auto_recipe(recipe, given, s.image_size, s.channels, len(s.classes),
-                                              len(s.train), s.name not in NO_FLIP and s.channels == 3)
-        self.feed: Feed = build_feed(self.splits, recipe, self.config, self.world)
+                                              len(s.train), self.flip_ok)
+            normalization = Normalization.parse(recipe.normalize or HALF)
+        self.feed: Feed = build_feed(self.splits, recipe, self.config, normalization, self.world)
         self.recipe = self.feed.recipe
         self.steps_per_epoch = self.feed.sampler.batches_per_epoch()
         budget = self.recipe.time_budget if self.recipe.epochs is None else None
@@ -152,6 +159,37 @@ class Run:
             log.warning("torchrun restarted the workers but this run has no --out: starting a new run in %s; "
                         "pass --out DIR so that a restart resumes from DIR's checkpoint", self.paths.root)
         self.paths.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def flip_ok(self) -> bool:
+        return self.splits.name not in NO_FLIP and self.splits.channels == 3
+
+    def plan_fine_tune(self, recipe: Recipe, given: set[str]) -> Recipe:
+        """--init: the weights' own architecture (and what the user says of what they do not record),
+        a new head for this data's classes, the position embedding resampled for --image-size
+        (default: the weights' own size), and the fine-tuning recipe."""
+        from vitkit.weights import load
+
+        s = self.splits
+        size = {"image_size": recipe.image_size} if recipe.image_size else {}
+        model = load(recipe.init, num_classes=len(s.classes), **size, **recipe.model_overrides)
+        if model.config.in_channels < s.channels:
+            raise ValueError(f"the --init weights take {model.config.in_channels}-channel images and the data has "
+                             f"{s.channels} channels; fine-tune weights made for {s.channels}-channel images")
+        if model.config.in_channels > s.channels:
+            log.info("gray images repeated to the %d channels the weights take", model.config.in_channels)
+        recipe = fine_tune_recipe(recipe, given, max(model.config.image_hw), len(s.train), self.flip_ok)
+        self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout)
+        if self.config != model.config:  # stochastic depth and dropout are built into the blocks
+            normalization, state = model.normalization, model.state_dict()
+            model = ViT(self.config)
+            model.load_state_dict(state)
+            model.normalization = normalization
+        if recipe.freeze_backbone:  # linear probe: only the head learns
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("head.")
+        self.init_model = model
+        return recipe
 
     # -- build -----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -178,17 +216,7 @@ class Run:
 
     def initial_model(self) -> ViT:
         """A fresh model, or the --init weights (never re-read on resume: the checkpoint has them)."""
-        if not self.recipe.init or self.saved:
-            return ViT(self.config)
-        from vitkit.weights import load
-
-        c = self.config
-        model = load(self.recipe.init, image_size=c.image_size, num_classes=c.num_classes,
-                     drop_path=c.drop_path, dropout=c.dropout)
-        if self.recipe.freeze_backbone:  # linear probe: only the head learns
-            for name, param in model.named_parameters():
-                param.requires_grad = name.startswith("head.")
-        return model
+        return self.init_model if self.init_model is not None else ViT(self.config)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -352,7 +380,7 @@ class Run:
     def evaluate(self, loader) -> dict:
         start = time.time()
         result = evaluate(self.eval_model, loader, len(self.splits.classes), self.world.device, self.bf16,
-                          self.feed.normalize, self.world)
+                          self.feed.normalization, self.world)
         for name, reason in result["skipped"]:
             self.progress.skipped_files[name] = reason
         return result | {"seconds": time.time() - start}
@@ -382,6 +410,7 @@ class Run:
         progress = dataclasses.asdict(self.progress) | {"elapsed": self.elapsed()}
         checkpoint.save_training(self.paths.checkpoint, self.model, self.optimizer, self.ema, {
             "progress": progress, "data": self.data, "recipe": self.recipe.to_dict(),
+            "normalize": self.feed.normalization.to_dict(),
             "model_config": self.config.to_dict(), "classes": self.splits.classes,
         }, self.progress.global_step, self.sharded, self.world)
 
@@ -390,7 +419,7 @@ class Run:
         weights = checkpoint.full_model_state(self.eval_model)  # with FSDP, every process takes part
         if not self.world.main:
             return
-        meta = {"classes": self.splits.classes, "normalize": self.feed.normalize, "data": self.data,
+        meta = {"classes": self.splits.classes, "normalize": self.feed.normalization.to_dict(), "data": self.data,
                 "recipe": self.recipe.to_dict()}
         save_weights(weights, self.config, self.paths.root, meta)
         atomic.write_text(self.paths.metrics, "".join(json.dumps(h) + "\n" for h in self.progress.history))

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
+from vitkit.data.normalization import Normalization
 from vitkit.model import position
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
@@ -22,7 +23,10 @@ log = logging.getLogger("vitkit")
 
 
 def save_pretrained(model: ViT, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save weights and config; `extra` (e.g. class names) is kept in config.json beside them."""
+    """Save weights and config; `extra` (e.g. class names) is kept in config.json beside them,
+    with the model's input normalization when it has one."""
+    if model.normalization is not None:
+        extra = {"normalize": model.normalization.to_dict(), **(extra or {})}
     return save_weights(model.state_dict(), model.config, directory, extra)
 
 
@@ -62,7 +66,9 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
     directory = Path(directory)
     config = ViTConfig.load(directory / CONFIG)
     state = load_file(str(directory / WEIGHTS))
-    return build_with_state(config, state, **overrides)
+    model = build_with_state(config, state, **overrides)
+    model.normalization = Normalization.parse(read_meta(directory).get("normalize", "half"))
+    return model
 
 
 def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overrides: Any) -> ViT:
