@@ -43,6 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import vitkit
 from common import machine, record, this_command
+from vitkit.data.normalization import HALF
 from vitkit.serve.app import load_engine
 
 CLIENTS = (1, 8, 64)
@@ -171,6 +172,7 @@ def main() -> None:
         model_dir = Path(tmp) / args.model
         options = {"image_size": args.image_size} if args.image_size else {}
         model = vitkit.create_model(args.model, num_classes=10, **options)
+        model.normalization = HALF
         model.save_pretrained(model_dir, extra={"classes": [f"class {i}" for i in range(10)]})
         size = model.config.image_size
         print(f"{machine()}\n{args.model} at {size} px, random weights; one-at-a-time baseline ...", flush=True)

@@ -29,12 +29,12 @@ import vitkit
 from helpers import randomize
 from vitkit.cli import main
 from vitkit.data.decode import read_image
+from vitkit.data.normalization import IMAGENET
 from vitkit.data.transforms import eval_transform, to_model_input
 from vitkit.explain import maps
 from vitkit.infer import predict
 from vitkit.serve.app import Settings, create_app, load_engine
 from vitkit.serve.batcher import Batcher
-from vitkit.serve.engine import describe
 
 CLASSES = ["cat", "dog", "ship", "frog", "<b>bold</b>"]
 BODY_LIMIT_MB = 1
@@ -43,10 +43,11 @@ BODY_LIMIT_MB = 1
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A small random model (random head too, so that the classes differ per image) saved the way
-    `vitkit train` saves one."""
+    `vitkit train` saves one, with ImageNet's normalization rather than vitkit's default."""
     root = tmp_path_factory.mktemp("serve") / "run"
     torch.manual_seed(0)
     model = randomize(vitkit.create_model("vit_ti4_32", depth=2, num_classes=len(CLASSES)), seed=3)
+    model.normalization = IMAGENET
     model.save_pretrained(root, extra={"classes": CLASSES})
     return root
 
@@ -187,7 +188,7 @@ def test_explain_gives_the_rollout_map_as_numbers_and_as_an_overlay_png(client, 
     body = response.json()
     config = engine.config
     image = eval_transform(config.image_hw)(read_image(data, 3))
-    want = maps.rollout(vitkit.load(run_dir), to_model_input(image[None], engine.loaded.normalize))[0]
+    want = maps.rollout(vitkit.load(run_dir), to_model_input(image[None], IMAGENET))[0]
     assert body["method"] == "rollout" and body["grid"] == list(config.grid)
     torch.testing.assert_close(torch.tensor(body["map"]), want, atol=1e-5, rtol=1e-4)
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
@@ -212,7 +213,7 @@ def test_explain_methods_of_vitkit_explain(client, engine):
 def test_info_health_and_page(client, engine):
     info = client.get("/info").json()
     assert info["classes"] == CLASSES
-    assert info["image_size"] == [32, 32] and info["normalize"] == describe(engine.loaded.normalize)
+    assert info["image_size"] == [32, 32] and info["normalize"] == IMAGENET.to_dict()
     assert info["model"]["parameters"] == engine.loaded.model.num_parameters()
     assert client.get("/health").json()["status"] == "ok"
     page = client.get("/")
@@ -220,7 +221,7 @@ def test_info_health_and_page(client, engine):
     assert "default-src 'none'" in page.headers["content-security-policy"]  # the page loads nothing from elsewhere
 
 
-def test_any_weights_vitkit_loads_are_served_with_numbered_classes(run_dir, tmp_path):
+def test_any_weights_vitkit_loads_are_served_with_numbered_classes_and_their_normalization(run_dir, tmp_path):
     path = vitkit.save(vitkit.load(run_dir), tmp_path / "timm", format="timm")
     served = load_engine(path, dtype="fp32")
     assert served.classes == ["0", "1", "2", "3", "4"]
@@ -228,6 +229,7 @@ def test_any_weights_vitkit_loads_are_served_with_numbered_classes(run_dir, tmp_
         top = c.post("/predict", content=image_bytes(13)).json()["predictions"][0]["top"]
     want = expected_top(run_dir, image_bytes(13), tmp_path)
     assert [g["class"] for g in top] == [str(CLASSES.index(w["class"])) for w in want]
+    assert [g["probability"] for g in top] == pytest.approx([w["probability"] for w in want], abs=1e-5)
 
 
 # -- the batcher -------------------------------------------------------------------------------

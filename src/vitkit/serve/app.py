@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from vitkit.data.decode import BadImage
 from vitkit.serve.batcher import Batcher
-from vitkit.serve.engine import METHODS, Engine, Method, describe, open_model, overlay_png
+from vitkit.serve.engine import METHODS, Engine, Method, open_model, overlay_png
 from vitkit.serve.page import PAGE, PAGE_HEADERS
 
 
@@ -186,7 +186,7 @@ async def info(request: Request) -> dict:
     engine, settings = service.engine, service.settings
     return {"classes": engine.classes, "model": {"source": engine.loaded.root.name, "config": engine.config.to_dict(),
                                                  "parameters": engine.loaded.model.num_parameters()},
-            "normalize": describe(engine.loaded.normalize), "image_size": list(engine.config.image_hw),
+            "normalize": engine.loaded.normalize.to_dict(), "image_size": list(engine.config.image_hw),
             "channels": engine.config.in_channels, "dtype": engine.dtype, "compiled": engine.compiled,
             "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
             "max_body_bytes": settings.max_body_bytes, "methods": list(METHODS)}

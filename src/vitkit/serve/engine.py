@@ -9,7 +9,6 @@ because the maps need its attention probabilities (and, for grad-rollout, its gr
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import typing
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitkit.data.decode import read_image
+from vitkit.data.normalization import HALF
 from vitkit.data.transforms import eval_transform, to_model_input
 from vitkit.explain import maps
 from vitkit.infer import LoadedRun, open_run
@@ -35,24 +35,14 @@ OVERLAY_MIN_SIDE = 256  # small models (digits: 16 px) get a picture a person ca
 
 def open_model(source: str | Path, device: torch.device) -> LoadedRun:
     """A run directory as `vitkit predict` opens it, or any weights `vitkit.load` reads; those
-    carry no class names, so their classes are "0".."N-1"."""
+    carry no class names, so their classes are "0".."N-1", and their input normalization is
+    what `vitkit.load` found for them."""
     path = Path(source)
     if path.is_dir() and is_native(path):
         return open_run(path, device)
     model = load(source).eval().to(device)
     classes = [str(i) for i in range(model.config.num_classes)]
-    return LoadedRun(model, classes, None, "half", path)
-
-
-def describe(value: object) -> object:
-    """A JSON-friendly form of the recorded normalization, whatever type it is recorded as."""
-    if isinstance(value, str | int | float | list | tuple | dict) or value is None:
-        return value
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    return str(value)
+    return LoadedRun(model, classes, None, model.normalization or HALF, path)
 
 
 class Engine:
