@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vitkit.data.normalization import Normalization
 from vitkit.model.config import Size, pair
 
 
@@ -82,3 +83,14 @@ def source_image_size(positions: int, prefix: int, patch: tuple[int, int], *, re
     side = math.isqrt(patches[squares[0]])
     size = side * patch[0] if patch[0] == patch[1] else (side * patch[0], side * patch[1])
     return size, not squares[0]
+
+
+def normalization_from(mean: Any, std: Any, scale: float = 1.0) -> Normalization:
+    """A Normalization from a source's per-channel lists (one value when every channel has the
+    same, so that timm's [0.5, 0.5, 0.5] reads as `half`). `scale` is what the source multiplies
+    [0, 1] pixels by before normalising (Hugging Face: 255 * rescale_factor)."""
+    mean = [float(m) / scale for m in ([mean] if isinstance(mean, (int, float)) else mean)]
+    std = [float(s) / scale for s in ([std] if isinstance(std, (int, float)) else std)]
+    if len(set(mean)) == 1 and len(set(std)) == 1:
+        mean, std = mean[:1], std[:1]
+    return Normalization(tuple(mean), tuple(std))

@@ -7,14 +7,17 @@ the class token: the paper's pre-logits layer. Its descendants (DeiT, DINOv2, Si
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitkit.data.normalization import HALF, IMAGENET, NONE, Normalization
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
 from vitkit.weights import hf_family
-from vitkit.weights.common import source_image_size
+from vitkit.weights.common import normalization_from, source_image_size
 
 ACTS = {"gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh"}
 LAYER = "encoder.layer.{i}."
@@ -22,6 +25,42 @@ PAIRS = [  # (HF name inside a layer, vitkit name inside a block)
     ("layernorm_before", "norm1"), ("attention.output.dense", "attn.proj"),
     ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"),
 ]
+
+
+PREPROCESSOR = "preprocessor_config.json"
+CLIP = Normalization((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# Without a preprocessor_config.json: what each family's published checkpoints use (google/vit-*,
+# google/siglip-*: 0.5, ViTImageProcessor's default; facebook/deit-*, facebook/dinov2-*: ImageNet's;
+# openai/clip-*: CLIP's own statistics).
+DEFAULTS = {"vit": HALF, "siglip": HALF, "siglip_vision_model": HALF, "deit": IMAGENET, "dinov2": IMAGENET,
+            "dinov2_with_registers": IMAGENET, "clip": CLIP, "clip_vision_model": CLIP}
+
+
+def normalization(directory: Path, hf_config: dict[str, Any] | None) -> tuple[Normalization, str | None]:
+    """The input normalization from the image processor's `preprocessor_config.json` beside the
+    weights (None: recorded); else the family's default (the second value says which).
+    The processor scales pixels by `rescale_factor` (1/255) before `image_mean/std`; vitkit's
+    input is in [0, 1], so other factors and `do_normalize: false` are folded in exactly."""
+    path = directory / PREPROCESSOR
+    if path.is_file():
+        pre = json.loads(path.read_text())
+        scale = 255 * pre.get("rescale_factor", 1 / 255) if pre.get("do_rescale", True) else 255.0
+        if not pre.get("do_normalize", True):
+            return normalization_from(NONE.mean, NONE.std, scale), None
+        if pre.get("image_mean") is not None and pre.get("image_std") is not None:
+            return normalization_from(pre["image_mean"], pre["image_std"], scale), None
+    kind = (hf_config or {}).get("model_type", "vit")
+    return DEFAULTS.get(kind, HALF), f"the default of Hugging Face's {kind} (no {PREPROCESSOR} beside the weights)"
+
+
+def preprocessor_config(model: ViT) -> dict[str, Any]:
+    """A `preprocessor_config.json` that ViTImageProcessor reads: the model's size and normalization."""
+    c, n = model.config, model.normalization or HALF
+    channels = lambda values: list(values) * (c.in_channels if len(values) == 1 else 1)  # noqa: E731
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+            "size": {"height": c.image_hw[0], "width": c.image_hw[1]}, "resample": 2, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": channels(n.mean),
+            "image_std": channels(n.std)}
 
 
 def is_hf(state: dict[str, torch.Tensor]) -> bool:

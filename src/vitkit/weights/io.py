@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
+from vitkit.data.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
 from vitkit.weights import hf, jax, native, timm, torchvision, vit_pytorch
 from vitkit.weights.common import Source, check_consumed
@@ -85,12 +86,15 @@ def _files_in(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     raise ValueError(f"{directory} holds no single weights file ({', '.join(WEIGHT_FILES)}, ...)")
 
 
-def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
-    """A vitkit `ViT` from any ViT checkpoint on disk (or `hf-hub:ORG/NAME` with a network).
+def load(path: str | Path, format: str = "auto", normalize: Any = None, **overrides: Any) -> ViT:
+    """A vitkit `ViT` from any ViT checkpoint on disk (or `hf-hub:ORG/NAME`: the Hugging Face Hub,
+    or with HF_HUB_OFFLINE=1 its local cache only).
 
     Overrides change the target: `image_size=384` resamples the position embedding,
     `num_classes=10` gives a fresh head. `heads=`, `pool=`, `norm_eps=` and `source_image_size=`
-    tell what a format's weights do not record.
+    tell what a format's weights do not record. `model.normalization` is the input normalization
+    the weights expect, as their source records it (else its known default, logged);
+    `normalize=` ("imagenet", "half", "M,S", a dict or a Normalization) replaces it.
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
@@ -100,7 +104,8 @@ def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):
-        return native.load_pretrained(path, **overrides)
+        model = native.load_pretrained(path, **overrides)
+        return _normalized(model, normalize, "vitkit", None, path)
     hints = {k: overrides.pop(k) for k in HINT_KEYS if k in overrides}
     config_json = None
     if path.is_dir():
@@ -113,10 +118,42 @@ def load(path: str | Path, format: str = "auto", **overrides: Any) -> ViT:
     if "source_image_size" in hints:
         hints["image_size"] = hints.pop("source_image_size")
     try:
-        return _convert(kind, state, config_json, hints, overrides, path)
+        model = _convert(kind, state, config_json, hints, overrides, path)
     except KeyError as e:  # a format named with --from / format= that the file is not in
         raise ValueError(f"{path} is not in the {kind} format: it has no {e} weight (first keys: "
                          f"{list(state)[:4]}); try format='auto'") from None
+    return _normalized(model, normalize, kind, config_json, path)
+
+
+def _normalized(model: ViT, normalize: Any, kind: str, config_json: dict[str, Any] | None, path: Path) -> ViT:
+    """Set `model.normalization`: the caller's, else what the source records, else the source's
+    known default, said in one INFO line."""
+    if normalize is not None:
+        model.normalization = Normalization.parse(normalize)
+        return model
+    if kind == "vitkit":
+        return model  # native.load_pretrained read the run's own
+    if kind == "hf":
+        found, why = hf.normalization(path.parent, config_json)
+    elif kind == "timm":
+        found, why = timm.normalization(config_json, model.config)
+    else:
+        found, why = {"torchvision": torchvision, "jax": jax, "vit-pytorch": vit_pytorch}[kind].NORMALIZATION
+    if why:
+        log.info("%s weights do not record their input normalization; assuming %s: %s; pass --normalize to "
+                 "override", kind, describe(found), why)
+    model.normalization = found
+    return model
+
+
+def describe(normalization: Normalization) -> str:
+    """`half (mean=std=0.5)`, `imagenet (mean 0.485,0.456,0.406, std 0.229,0.224,0.225)`, ..."""
+    numbers = lambda values: ",".join(f"{v:g}" for v in values)  # noqa: E731
+    if normalization == HALF:
+        return "half (mean=std=0.5)"
+    name = normalization.describe()
+    values = f"mean {numbers(normalization.mean)}, std {numbers(normalization.std)}"
+    return f"{name} ({values})" if name in ("imagenet", "none") else values
 
 
 def _convert(kind: str, state: Source, config_json: dict[str, Any] | None,
@@ -155,6 +192,7 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
         with atomic.atomic_path(path / "model.safetensors") as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         atomic.write_text(path / "config.json", json.dumps(config, indent=2))
+        atomic.write_text(path / hf.PREPROCESSOR, json.dumps(hf.preprocessor_config(model), indent=2))
         return path
     if format == "timm":
         state, kwargs = timm.from_vitkit(model)
@@ -166,11 +204,12 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
                 save_file(state, str(tmp), metadata={"format": "pt"})
             else:
                 torch.save(state, tmp)
-        c = model.config
+        c, n = model.config, model.normalization or HALF
         architecture = "deit_custom_distilled" if c.distilled else "vit_custom"  # VisionTransformerDistilled
+        channels = lambda values: list(values) * (c.in_channels if len(values) == 1 else 1)  # noqa: E731
         timm_config = {"architecture": architecture, "num_classes": c.num_classes, "model_args": kwargs,
                        "pretrained_cfg": {"input_size": [c.in_channels, *c.image_hw],
-                                          "mean": [0.5] * c.in_channels, "std": [0.5] * c.in_channels}}
+                                          "mean": channels(n.mean), "std": channels(n.std)}}
         atomic.write_text(path.with_name("config.json"), json.dumps(timm_config, indent=2))
         return path
     raise ValueError(f"save format={format!r}: use vitkit, hf or timm")

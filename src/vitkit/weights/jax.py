@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vitkit.data.normalization import HALF
 from vitkit.model.config import ViTConfig
 from vitkit.weights.common import source_image_size
 
@@ -25,6 +26,7 @@ BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/")
 # Where the position table lives: the original repository, big_vision before 2022, big_vision now.
 POS_KEYS = ("Transformer/posembed_input/pos_embedding", "Transformer/pos_embedding", "pos_embedding")
 MAP = "MAPHead_0/"
+NORMALIZATION = HALF, "the original JAX ViT and big_vision scale pixels to [-1, 1]"
 
 
 def is_jax(state: dict[str, torch.Tensor]) -> bool:

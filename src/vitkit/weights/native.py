@@ -67,7 +67,11 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
     config = ViTConfig.load(directory / CONFIG)
     state = load_file(str(directory / WEIGHTS))
     model = build_with_state(config, state, **overrides)
-    model.normalization = Normalization.parse(read_meta(directory).get("normalize", "half"))
+    recorded = read_meta(directory).get("normalize")
+    if recorded is None:
+        log.info("%s does not record its input normalization (written before vitkit recorded it); assuming "
+                 "half (mean=std=0.5); pass --normalize to override", directory)
+    model.normalization = Normalization.parse(recorded or "half")
     return model
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from vitkit.data.normalization import HALF, IMAGENET, Normalization
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
-from vitkit.weights.common import source_image_size
+from vitkit.weights.common import normalization_from, source_image_size
 
 # Table 1 of the paper (and DeiT): width -> heads. Used only when nothing else says.
 PAPER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -92,6 +93,38 @@ def entrypoint_args(architecture: str | None, args: dict[str, Any]) -> dict[str,
     tanh = kind == "GELUTanh" or getattr(act, "approximate", "none") == "tanh"
     return {"act_layer": "gelu_tanh" if tanh else "gelu" if kind == "GELU" else kind,
             "no_embed_class": bool(getattr(model, "no_embed_class", False)), "norm_eps": block.norm1.eps}
+
+
+def normalization(config_json: dict[str, Any] | None, config: ViTConfig) -> tuple[Normalization, str | None]:
+    """The input normalization of timm weights: config.json's `pretrained_cfg.mean/std` (None: recorded);
+    else the named model's pretrained_cfg in timm's registry where timm is installed; else timm's
+    default for the class (VisionTransformer: IMAGENET_INCEPTION, i.e. 0.5; DeiT's: ImageNet's).
+    The second value says where an unrecorded one came from."""
+    pretrained = (config_json or {}).get("pretrained_cfg") or {}
+    if pretrained.get("mean") is not None and pretrained.get("std") is not None:
+        return normalization_from(pretrained["mean"], pretrained["std"]), None
+    name = (config_json or {}).get("architecture")
+    found = registry_normalization(name, pretrained.get("tag"))
+    if found is not None:
+        return found, f"the pretrained_cfg of {name} in timm's registry"
+    if config.distilled:
+        return IMAGENET, "the default of timm's DeiT (VisionTransformerDistilled)"
+    return HALF, "the default of timm's VisionTransformer (IMAGENET_INCEPTION_MEAN/STD)"
+
+
+def registry_normalization(name: str | None, tag: str | None) -> Normalization | None:
+    """mean/std of a model name (with its tag) in timm's registry, or None."""
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return None
+    if not name:
+        return None
+    try:
+        cfg = get_pretrained_cfg(f"{name}.{tag}" if tag and "." not in name else name)
+    except Exception:  # an unregistered name: nothing to look up
+        return None
+    return normalization_from(cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else None
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfig:

@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from vitkit.data.normalization import IMAGENET
 from vitkit.model.config import ViTConfig
 from vitkit.weights.common import source_image_size
 from vitkit.weights.timm import heads_for
 
 LAYER = "encoder.layers.encoder_layer_{i}."
+NORMALIZATION = IMAGENET, "torchvision's ViT weights all take ImageNet's statistics"
 
 
 def is_torchvision(state: dict[str, torch.Tensor]) -> bool:

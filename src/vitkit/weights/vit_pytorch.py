@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from vitkit.data.normalization import HALF
 from vitkit.model.config import ViTConfig, pair
 from vitkit.model.vit import ViT
 from vitkit.weights.common import Source, check_consumed
 from vitkit.weights.native import build_with_state
 
 VIT_PYTORCH_EPS = 1e-5
+NORMALIZATION = HALF, "vitkit's default (vit-pytorch leaves it to the user)"
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor], *, image_size: Any, heads: int | None,
