@@ -23,6 +23,7 @@ def timm_weights(path):  # a width no paper size has, mean pooling with fc_norm
     model = randomize(timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=40, depth=2, num_heads=5, num_classes=7, global_pool="avg",
         fc_norm=True))
+    model.pretrained_cfg = {"architecture": "vit_custom", "input_size": [3, 32, 32]}
     timm.models._hub.save_for_hf(model, path, model_args={"num_heads": 5})
     return path, {}
 

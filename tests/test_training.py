@@ -126,7 +126,7 @@ def test_flags_on_resume_are_honoured_or_refused(tmp_path, capsys, hook, flag, a
         compiled = []
 
         def probe(run: Run) -> None:
-            compiled.append(run.forward is not run.model)
+            compiled.append(isinstance(run.compute, trainer.CompiledOrEager))
             run.stop.requested = True
 
         hook(probe)
@@ -194,3 +194,16 @@ def test_one_preprocessing_policy_for_folders_archives_train_and_eval(tmp_path):
     archived, _, _ = first_training_images(str(tmp_path / "wide.tar.gz"), recipe)
     assert (archived[:, 1] < 100).all()  # the archive, decoded up front, follows the same policy
     assert {tuple(x.flatten().tolist()) for x in archived} <= {tuple(x.flatten().tolist()) for x in expected.values()}
+
+
+def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("InductorError: no working C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    recipe = Recipe(epochs=1, compile=True, **FAST)
+    result = train("digits", recipe, {"epochs", "compile", *FAST}, out=tmp_path / "r")
+    assert result["epochs"] == 1 and result["val_top1"] > 0.1
+    assert "torch.compile failed (InductorError: no working C++ compiler); training without it" in caplog.text

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from vitkit.model.config import ViTConfig
 from vitkit.model.presets import get_config
 
-
 # What --model-option may set: a ViTConfig field, or what --init weights may not record.
 MODEL_OPTIONS = {f.name for f in dataclasses.fields(ViTConfig)} | {"source_image_size"}
 

@@ -211,8 +211,8 @@ class Run:
                                  recipe.epochs * self.steps_per_epoch if recipe.epochs else None)
         self.bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(world.device)
                                                    and (world.device.type == "cuda" or self.config.dim >= 128))
-        forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
-        self.forward = torch.compile(forward) if recipe.compile else forward
+        self.forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
+        self.compute = CompiledOrEager(self.losses) if recipe.compile else self.losses
 
     def initial_model(self) -> ViT:
         """A fresh model, or the --init weights (never re-read on resume: the checkpoint has them)."""
@@ -299,11 +299,9 @@ class Run:
         loss_sum, hits = torch.zeros((), device=world.device), torch.zeros((), device=world.device)
         chunks = [c.chunk(pieces) for c in (batch.images, batch.targets, batch.labels, batch.weights)]
         for i, (x, t, y, w) in enumerate(zip(*chunks, strict=True)):
-            with autocast(world.device, self.bf16), training_attention(world.device), \
-                    self.gradient_sync(last=i == pieces - 1):
-                logits = self.forward(x).float()
-                losses = F.cross_entropy(logits, t, label_smoothing=recipe.label_smoothing, reduction="none") * w
-            (losses.sum() * (world.size / used)).backward()
+            with self.gradient_sync(last=i == pieces - 1):
+                losses, logits = self.compute(x, t, w)
+                (losses.sum() * (world.size / used)).backward()
             loss_sum += losses.detach().sum()
             hits += ((logits.detach().argmax(1) == y) * w).sum()
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), recipe.clip_grad or math.inf)
@@ -317,6 +315,14 @@ class Run:
         p.totals.loss_sum += loss_sum.item()
         p.totals.correct += int(hits.item())
         p.totals.seen += len(labels)
+
+    def losses(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-image losses (zero for stand-in images) and the logits: the part of a step that
+        --compile compiles, forward and backward."""
+        with autocast(self.world.device, self.bf16), training_attention(self.world.device):
+            logits = self.forward(x).float()
+        losses = F.cross_entropy(logits, targets, label_smoothing=self.recipe.label_smoothing, reduction="none")
+        return losses * weights, logits
 
     def gradient_sync(self, last: bool):
         """Accumulation pieces before the last keep their gradients local: one all-reduce (DDP) or
@@ -464,6 +470,24 @@ class StopFlag:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+class CompiledOrEager:
+    """torch.compile(fn), or fn itself for the rest of the run if compiling fails (no C++ compiler,
+    an unsupported platform): a slower run beats a failed one. Compilation happens in the first
+    call, so its time counts in --time-budget like any other step."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.compiled = fn, torch.compile(fn)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # torch._dynamo and inductor raise many kinds
+                log.warning("torch.compile failed (%s); training without it", str(e).strip().splitlines()[0][:200])
+                self.compiled = None
+        return self.fn(*args)
 
 
 def bf16_supported(device: torch.device) -> bool:
