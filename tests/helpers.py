@@ -1,5 +1,7 @@
 """Small shared test helpers."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -16,3 +18,16 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to the largest magnitude in b."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+
+
+def hub_cache(root, repo: str, write) -> Path:
+    """A Hugging Face Hub cache under `root`, laid out as huggingface_hub keeps it, holding one
+    snapshot of `repo` ("ORG/NAME") whose files `write(folder)` puts there. Point
+    huggingface_hub.constants.HF_HUB_CACHE at `root` and set HF_HUB_OFFLINE to read it offline."""
+    storage = Path(root) / ("models--" + repo.replace("/", "--"))
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text("0" * 40)
+    snapshot = storage / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    write(snapshot)
+    return snapshot

@@ -14,7 +14,7 @@ import transformers
 from timm.models.vision_transformer import VisionTransformer
 
 import vitkit
-from helpers import randomize
+from helpers import hub_cache, randomize
 from vitkit.data.normalization import HALF, IMAGENET, Normalization
 
 
@@ -512,10 +512,8 @@ def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
     from timm.models._hub import save_for_hf
 
     theirs = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False))
-    storage = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text("0" * 40)
-    save_for_hf(theirs, storage / "snapshots" / ("0" * 40), safe_serialization=True)
+    hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+              lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     ours = vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k").eval()

@@ -325,6 +325,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
+    p.add_argument("--include-normalization", action="store_true",
+                   help="put the model's input normalization into the program: it then takes float images scaled to "
+                        "[0, 1], (batch, channels, height, width); without it, normalised images")
+    p.add_argument("--normalize", help="the normalization to include instead of the weights' own: imagenet, half, "
+                                       "none, MEAN,STD or M1,M2,M3,S1,S2,S3")
 
 
 @command("export")
@@ -332,9 +337,15 @@ def run_export(args: argparse.Namespace) -> int:
     from vitkit.weights import load
     from vitkit.weights.export import export
 
-    result = export(load(args.run), args.out, args.format, args.dynamic_batch)
+    if args.normalize and not args.include_normalization:
+        raise UserError("--normalize sets the normalization that --include-normalization puts into the program; "
+                        "add --include-normalization")
+    model = load(args.run, normalize=args.normalize)
+    result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization)
+    taking = "; it takes images in [0, 1] (normalization " + model.normalization.describe() + " included)" \
+        if args.include_normalization else ""
     return finish(args, result, f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
-                                f"{result['checked_batches']} within {result['max_rel_error']:.1e}")
+                                f"{result['checked_batches']} within {result['max_rel_error']:.1e}{taking}")
 
 
 # -- explain / inspect -------------------------------------------------------------------------

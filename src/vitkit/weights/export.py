@@ -10,8 +10,10 @@ import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vitkit import atomic
+from vitkit.data.normalization import HALF, Normalization
 from vitkit.extras import require
 from vitkit.model.vit import ViT
 
@@ -27,23 +29,48 @@ def _check(name: str, expected: torch.Tensor, got: torch.Tensor) -> float:
     return error
 
 
-def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: bool = False) -> dict:
+class Normalized(nn.Module):
+    """The model with its input normalization in front: it takes float images in [0, 1]."""
+
+    def __init__(self, model: ViT, normalization: Normalization):
+        super().__init__()
+        self.model, c = model, model.config.in_channels
+        per_channel = lambda values: torch.tensor(values).repeat(c // len(values)).view(1, c, 1, 1)  # noqa: E731
+        self.register_buffer("mean", per_channel(normalization.mean), persistent=False)
+        self.register_buffer("std", per_channel(normalization.std), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: bool = False,
+           include_normalization: bool = False) -> dict:
     """Export `model` to `out`; returns the batch sizes checked and the largest relative error.
-    An fp32 eval-mode copy is exported: the caller's model keeps its dtype and training flag."""
+    An fp32 eval-mode copy is exported: the caller's model keeps its dtype and training flag.
+
+    `include_normalization`: the program normalises its input itself with the model's own
+    normalization (`model.normalization`, half if it has none), so it takes float images scaled
+    to [0, 1], (batch, channels, height, width); else it takes normalised images."""
     if format not in ("onnx", "pt2"):
         raise ValueError(f"export format {format!r}: use onnx or pt2")
+    normalization = model.normalization or HALF
     model = copy.deepcopy(model).eval().float()
     c = model.config
-    example = torch.randn(2, c.in_channels, *c.image_hw)
+    if len(normalization.mean) not in (1, c.in_channels):
+        raise ValueError(f"the model's normalization has {len(normalization.mean)} channel values and the model "
+                         f"takes {c.in_channels} channels")
+    module = Normalized(model, normalization).eval() if include_normalization else model
+    draw = torch.rand if include_normalization else torch.randn  # images in [0, 1], or normalised ones
+    example = draw(2, c.in_channels, *c.image_hw)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     checks = [1, 7] if dynamic_batch else [2]
-    inputs = {b: torch.randn(b, c.in_channels, *c.image_hw) for b in checks}
+    inputs = {b: draw(b, c.in_channels, *c.image_hw) for b in checks}
     with torch.no_grad():
-        expected = {b: model(x) for b, x in inputs.items()}
+        expected = {b: module(x) for b, x in inputs.items()}
     errors = []
     with atomic.atomic_path(out) as tmp:
         if format == "pt2":
-            program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
             torch.export.save(program, tmp)
             loaded = torch.export.load(tmp).module()
             with torch.no_grad():
@@ -51,10 +78,12 @@ def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: boo
         else:
             onnxruntime = require("onnxruntime", "onnx", "ONNX export")
             require("onnxscript", "onnx", "ONNX export")
-            torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["logits"],
                               opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=False,
                               verbose=False)
             session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             errors = [_check("ONNX", expected[b], torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
                       for b, x in inputs.items()]
-    return {"file": str(out), "format": format, "checked_batches": checks, "max_rel_error": max(errors)}
+    return {"file": str(out), "format": format, "checked_batches": checks, "max_rel_error": max(errors),
+            "input": "float images in [0, 1]" if include_normalization else "normalised images",
+            "normalization": normalization.to_dict(), "normalization_in_graph": include_normalization}

@@ -220,8 +220,11 @@ def _download(repo: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ValueError("hf-hub: paths need huggingface_hub (pip install 'vitkit[hub]')") from None
-    log.info("downloading %s from the Hugging Face hub", repo)
-    folder = Path(snapshot_download(repo, allow_patterns=["*.json", "model.safetensors"]))
-    if (folder / "model.safetensors").is_file():  # not also the same weights as .bin (or open_clip's)
-        return folder
-    return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
+    log.info("fetching %s from the Hugging Face hub (or its local cache)", repo)
+    try:  # the *.json files include preprocessor_config.json: the input normalization
+        folder = Path(snapshot_download(repo, allow_patterns=["*.json", "model.safetensors"]))
+        if (folder / "model.safetensors").is_file():  # not also the same weights as .bin (or open_clip's)
+            return folder
+        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
+    except (OSError, ValueError) as e:  # offline and not cached, no network, no such repository, a bad name
+        raise ValueError(f"hf-hub:{repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
