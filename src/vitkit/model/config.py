@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 Size = int | tuple[int, int]
 
-PATCH_EMBEDS = ("conv", "linear-ln")
+PATCH_EMBEDS = ("conv", "linear-ln", "conv-stem", "resnet")
 POOLS = ("cls", "mean", "mean-all", "map")
 POS_EMBEDS = ("learned", "sincos2d")
 ACTIVATIONS = ("gelu", "gelu-tanh")
@@ -18,7 +18,13 @@ ACTIVATIONS = ("gelu", "gelu-tanh")
 # Far beyond any ViT ever trained; they stop a hostile or mistyped config.json from asking for
 # terabytes before a single tensor is allocated.
 LIMITS = {"dim": 16384, "depth": 512, "heads": 1024, "mlp_dim": 131072, "num_classes": 1_000_000,
-          "image": 16384, "in_channels": 512, "tokens": 1_000_000, "reg_tokens": 1024}
+          "image": 16384, "in_channels": 512, "tokens": 1_000_000, "reg_tokens": 1024,
+          "stem_channels": 16384, "backbone_stages": 4, "backbone_blocks": 64}
+
+
+def resnet_stride(layers: tuple[int, ...]) -> int:
+    """The hybrid's ResNet: its stem has stride 4, then each stage after the first halves the map."""
+    return 4 * 2 ** max(len(layers) - 1, 0)
 
 
 def pair(value: Size) -> tuple[int, int]:
@@ -49,6 +55,17 @@ class ViTConfig:
     `qk_norm`: LayerNorm on each head's queries and keys.
     `pre_norm`: LayerNorm after the embeddings, before the blocks (CLIP); like CLIP, the patch
     projection then has no bias.
+
+    A CNN in front of the patch projection (model/stems.py), with the same token grid (image size
+    over `patch_size`):
+    `patch_embed="conv-stem"`: log2(patch_size) 3x3 stride-2 convolutions, each with a LayerNorm
+    over channels and ReLU, then a 1x1 projection ("Early Convolutions Help Transformers See
+    Better", Xiao et al. 2021). `stem_channels`: the first convolution's width, doubling at each
+    next one; default dim / 2**(convolutions - 1), so that the last one is dim wide.
+    `patch_embed="resnet"`: the paper's hybrid, a ResNet (timm's `vit_*_r50_*`) whose feature map is
+    projected by a (patch_size / its stride)-sized convolution. `backbone_layers`: bottlenecks per
+    stage, (3, 4, 9) for the paper's R50 at stride 16, (2, 2, 2, 2) for R26 at stride 32, () for
+    the stem alone (stride 4).
     """
 
     image_size: Size = 224
@@ -60,7 +77,9 @@ class ViTConfig:
     heads: int = 12
     mlp_dim: int = 3072
     head_dim: int | None = None
-    patch_embed: Literal["conv", "linear-ln"] = "conv"
+    patch_embed: Literal["conv", "linear-ln", "conv-stem", "resnet"] = "conv"
+    stem_channels: int | None = None
+    backbone_layers: tuple[int, ...] = ()
     class_token: bool = True
     pool: Literal["cls", "mean", "mean-all", "map"] = "cls"
     reg_tokens: int = 0
@@ -82,7 +101,7 @@ class ViTConfig:
     dynamic_size: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size"):
+        for name in ("image_size", "patch_size", "backbone_layers"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -106,6 +125,15 @@ class ViTConfig:
     def num_patches(self) -> int:
         gh, gw = self.grid
         return gh * gw
+
+    @property
+    def stem_stride(self) -> int:
+        """Stride of the CNN before the patch projection (1: none), which covers patch / stride."""
+        if self.patch_embed == "conv-stem":
+            return self.patch_hw[0]
+        if self.patch_embed == "resnet":
+            return resnet_stride(self.backbone_layers)
+        return 1
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -183,6 +211,7 @@ class ViTConfig:
             raise ValueError(
                 f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
                 f"use an image size such as {fix_h}x{fix_w}, or a patch size that divides {h}x{w}")
+        self._validate_stem()
         if self.num_patches + self.num_prefix_tokens > LIMITS["tokens"]:
             raise ValueError(f"{self.num_patches} patches is too many tokens; use a larger patch")
         if self.head_dim is None and self.dim % self.heads:
@@ -203,6 +232,26 @@ class ViTConfig:
         if not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
             raise ValueError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
 
+    def _validate_stem(self) -> None:
+        """A CNN before the patch projection must end on the patch grid."""
+        (ph, pw), stages = self.patch_hw, self.backbone_layers
+        if self.stem_channels is not None:
+            _bounded("stem_channels", self.stem_channels, 1, LIMITS["stem_channels"])
+            if self.patch_embed != "conv-stem":
+                raise ValueError("stem_channels is the width of patch_embed='conv-stem'; set that or drop it")
+        if not isinstance(stages, tuple) or len(stages) > LIMITS["backbone_stages"]:
+            raise ValueError(f"backbone_layers must be up to 4 stage depths such as (3, 4, 9), got {stages!r}")
+        for depth in stages:
+            _bounded("backbone_layers", depth, 1, LIMITS["backbone_blocks"])
+        if stages and self.patch_embed != "resnet":
+            raise ValueError("backbone_layers are the stages of patch_embed='resnet'; set that or drop them")
+        if self.patch_embed == "conv-stem" and (ph != pw or ph < 2 or ph & (ph - 1)):
+            raise ValueError(f"patch_embed='conv-stem' halves the image log2(patch) times: patch_size must be "
+                             f"a square power of two such as 4, 8 or 16, got {ph}x{pw}")
+        stride = self.stem_stride
+        if self.patch_embed == "resnet" and (ph % stride or pw % stride):
+            raise ValueError(f"backbone_layers={stages} give a stride-{stride} feature map, which patch_size "
+                             f"{ph}x{pw} must be a multiple of (the projection covers patch / {stride})")
 
     def _validate_descendants(self) -> None:
         """The fields of the paper's descendants (registers, DeiT, layer scale, MAP)."""
@@ -245,7 +294,9 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
         "str": lambda v: isinstance(v, str),
         "None": lambda v: v is None,
     }
-    if annotation == "Size":
+    if annotation.startswith("tuple"):  # its items are checked by the validation
+        good = isinstance(value, (list, tuple))
+    elif annotation == "Size":
         good = ok["int"](value) or (isinstance(value, (list, tuple)) and len(value) == 2
                                     and all(ok["int"](v) for v in value))
     elif annotation.startswith("Literal"):

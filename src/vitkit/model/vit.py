@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from vitkit.model import position
+from vitkit.model import position, stems
 from vitkit.model.config import ViTConfig
 
 
@@ -30,7 +30,9 @@ class PatchEmbed(nn.Module):
     """Image (B, C, H, W) -> patch tokens (B, H/ph * W/pw, dim).
 
     "conv" is the paper's strided convolution; "linear-ln" is the write-up's code: flatten each
-    patch as (ph, pw, c), LayerNorm it, project linearly, LayerNorm again.
+    patch as (ph, pw, c), LayerNorm it, project linearly, LayerNorm again. "conv-stem" (Xiao et
+    al.) and "resnet" (the paper's hybrid) put a CNN (`backbone`, model/stems.py) before the strided
+    convolution, which then covers patch / stride of its feature map (1x1 for a stride-P CNN).
     """
 
     def __init__(self, config: ViTConfig):
@@ -38,17 +40,18 @@ class PatchEmbed(nn.Module):
         self.kind = config.patch_embed
         self.patch = config.patch_hw
         patch_dim = config.in_channels * self.patch[0] * self.patch[1]
-        if self.kind == "conv":  # CLIP's pre-norm models have no bias here
-            self.proj = nn.Conv2d(config.in_channels, config.dim, self.patch, stride=self.patch,
-                                  bias=not config.pre_norm)
+        if self.kind != "linear-ln":  # CLIP's pre-norm models have no bias here
+            self.backbone, channels = stems.backbone(config)
+            kernel = (self.patch[0] // config.stem_stride, self.patch[1] // config.stem_stride)
+            self.proj = nn.Conv2d(channels, config.dim, kernel, stride=kernel, bias=not config.pre_norm)
         else:
             self.norm_in = nn.LayerNorm(patch_dim, eps=config.norm_eps)
             self.proj = nn.Linear(patch_dim, config.dim)
             self.norm_out = nn.LayerNorm(config.dim, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "conv":
-            return self.proj(x).flatten(2).transpose(1, 2)
+        if self.kind != "linear-ln":
+            return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
         b, c, h, w = x.shape
         ph, pw = self.patch
         x = x.reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 3, 5, 1)
