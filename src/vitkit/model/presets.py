@@ -30,7 +30,14 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "vit_{}16_siglip": (("b",), dict(patch_size=16, class_token=False, pool="map", num_classes=0)),
     "vit_{}16_clip": (("b",), dict(patch_size=16, pre_norm=True, norm_eps=1e-5, num_classes=0)),
     "vit_{}14_clip": (("l",), dict(patch_size=14, pre_norm=True, norm_eps=1e-5, num_classes=0)),
+    # the paper's hybrids (timm's vit_*_r50_*, r26, and the ResNet's stem alone, vit_tiny_r_s16_p8)
+    "vit_{}16_r50": (("b",), dict(patch_size=16, patch_embed="resnet", backbone_layers=(3, 4, 9))),
+    "vit_{}32_r50": (("l",), dict(patch_size=32, patch_embed="resnet", backbone_layers=(3, 4, 6, 3))),
+    "vit_{}32_r26": (("s", "b"), dict(patch_size=32, patch_embed="resnet", backbone_layers=(2, 2, 2, 2))),
+    "vit_{}32_rstem": (("ti",), dict(patch_size=32, patch_embed="resnet")),
 }
+# Xiao et al.'s convolutional stem in place of the patch projection, same token grid (ViT_C).
+CONV_STEM = ("vit_ti4_32", "vit_s4_32", "vit_ti16", "vit_s16", "vit_b16")
 # Weights by name: preset -> tag -> Hugging Face Hub repository. Tags are timm's.
 PRETRAINED: dict[str, dict[str, str]] = {
     "vit_ti16": {"augreg_in21k_ft_in1k": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"},
@@ -49,10 +56,15 @@ PRETRAINED: dict[str, dict[str, str]] = {
     "vit_l14_reg4_dinov2": {"lvd142m": "timm/vit_large_patch14_reg4_dinov2.lvd142m"},
     "vit_b16_siglip": {"webli": "timm/vit_base_patch16_siglip_224.webli",
                        "v2_webli": "timm/vit_base_patch16_siglip_224.v2_webli"},
+    "vit_b16_r50": {"orig_in21k": "timm/vit_base_r50_s16_224.orig_in21k"},
+    "vit_s32_r26": {"augreg_in21k_ft_in1k": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
+                    "augreg_in21k": "timm/vit_small_r26_s32_224.augreg_in21k"},
+    "vit_l32_r50": {"augreg_in21k_ft_in1k": "timm/vit_large_r50_s32_224.augreg_in21k_ft_in1k"},
+    "vit_ti32_rstem": {"augreg_in21k_ft_in1k": "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k"},
 }
 # What must agree between a preset and the weights its table names (the rest may be overridden).
 ARCHITECTURE = ("patch_size", "in_channels", "dim", "depth", "heads", "mlp_dim", "class_token", "reg_tokens",
-                "distilled", "pool", "pre_norm", "qk_norm")
+                "distilled", "pool", "pre_norm", "qk_norm", "patch_embed", "backbone_layers")
 
 
 def _size(name: str, **fields: Any) -> ViTConfig:
@@ -69,6 +81,8 @@ def _build_table() -> dict[str, ViTConfig]:
     for pattern, (sizes, fields) in FAMILIES.items():
         for s in sizes:
             table[pattern.format(s)] = _size(s, **{"image_size": 224, **fields})
+    for name in CONV_STEM:
+        table[f"{name}_convstem"] = table[name].replace(patch_embed="conv-stem")
     return table
 
 
