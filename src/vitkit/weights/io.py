@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from vitkit import atomic
 from vitkit.data.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
-from vitkit.weights import hf, jax, native, timm, torchvision, vit_pytorch
+from vitkit.weights import hf, jax, native, timm, timm_hybrid, torchvision, vit_pytorch
 from vitkit.weights.common import Source, check_consumed
 
 log = logging.getLogger("vitkit")
@@ -170,6 +170,8 @@ def _convert(kind: str, state: Source, config_json: dict[str, Any] | None,
         rest = {k: v for k, v in overrides.items() if not (k == "image_size" and v == source)}
         return vit_pytorch.from_vit_pytorch(state, image_size=source, heads=hints.get("heads"),
                                             pool=hints.get("pool"), **rest)
+    elif timm_hybrid.is_hybrid(state):  # timm's ResNet hybrids (vit_*_r50_*): weights/timm_hybrid.py
+        config, converted = timm_hybrid.to_vitkit(state, {**timm.hints_from_config(config_json), **hints})
     else:
         config, converted = timm.to_vitkit(state, {**timm.hints_from_config(config_json), **hints})
     check_consumed(state, str(path))
@@ -195,7 +197,8 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
         atomic.write_text(path / hf.PREPROCESSOR, json.dumps(hf.preprocessor_config(model), indent=2))
         return path
     if format == "timm":
-        state, kwargs = timm.from_vitkit(model)
+        hybrid = model.config.patch_embed == "resnet"  # timm's ResNet hybrids: weights/timm_hybrid.py
+        state, kwargs = (timm_hybrid if hybrid else timm).from_vitkit(model)
         if path.suffix == "":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "model.safetensors"
@@ -206,6 +209,7 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
                 torch.save(state, tmp)
         c, n = model.config, model.normalization or HALF
         architecture = "deit_custom_distilled" if c.distilled else "vit_custom"  # VisionTransformerDistilled
+        architecture = timm_hybrid.architecture(c) if hybrid else architecture
         channels = lambda values: list(values) * (c.in_channels if len(values) == 1 else 1)  # noqa: E731
         timm_config = {"architecture": architecture, "num_classes": c.num_classes, "model_args": kwargs,
                        "pretrained_cfg": {"input_size": [c.in_channels, *c.image_hw],
