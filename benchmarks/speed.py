@@ -1,7 +1,12 @@
-"""The standard speed table: vitkit against timm (same weights) on the issue's workloads, each row
-one `vitkit.bench.bench` run, recorded in RESULTS.md with the machine and versions.
+"""The standard speed table: vitkit against timm (same weights) on the issue's workloads, like for
+like: every library eager and compiled (torch.compile; with freezing for inference), bf16 the same
+way for all (weights cast to bf16 once, or autocast: --bf16), the rows interleaved over rounds
+until their spread is known, min/median/max img/s per row, and a difference called a win only
+when the two ranges do not overlap. Recorded in RESULTS.md with the machine and versions.
 
-    python benchmarks/speed.py [--threads 2] [--repeats 3] [--quick]
+    python benchmarks/speed.py [--threads 2] [--repeats 7] [--bf16 weights|autocast] [--tiny --no-record]
+
+The bf16-vs-fp32 agreement of a trained model on real images is benchmarks/agreement.py.
 """
 
 from __future__ import annotations
@@ -16,46 +21,80 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import record, this_command
 from vitkit.bench import bench
 
-ROWS = [  # (model, image size, batch, dtype, mode, vitkit compiled, images for the fp32 agreement check)
-    ("vit_b16", 224, 16, "fp32", "infer", True, 0),
-    ("vit_b16", 224, 16, "bf16", "infer", True, 256),
-    ("vit_s16", 224, 32, "fp32", "infer", True, 0),
-    ("vit_s16", 224, 32, "bf16", "infer", True, 1000),
-    ("vit_ti4_32", 32, 128, "bf16", "train", False, 0),
+ROWS = [  # (model, image size, batch, dtype, mode)
+    ("vit_b16", 224, 16, "fp32", "infer"),
+    ("vit_b16", 224, 16, "bf16", "infer"),
+    ("vit_s16", 224, 32, "fp32", "infer"),
+    ("vit_s16", 224, 32, "bf16", "infer"),
+    ("vit_ti4_32", 32, 128, "bf16", "train"),
 ]
+TINY = [("vit_ti16", 32, 2, "fp32", "infer"), ("vit_ti16", 32, 2, "bf16", "infer"),
+        ("vit_ti16", 32, 2, "bf16", "train")]
+
+
+def spread(s: dict) -> str:
+    return f"{s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f}"
+
+
+def tables(results: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """The rows, the comparisons, and the matmul peaks, as markdown lines."""
+    rows = ["| model | mode | dtype | batch | library | execution | img/s min / median / max | GFLOP/s | of peak |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    pairs = ["| model | mode | dtype | comparison | vitkit | peer | vitkit / peer (medians) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    peaks = []
+    for r in results:
+        name = f"{r['model']} @{r['image_size'][0]}"
+        for row in r["rows"]:
+            rows.append(f"| {name} | {r['mode']} | {r['dtype']} | {r['batch']} | {row['library']} | "
+                        f"{row['execution']} | {spread(row['img_per_s'])} | {row['gflop_per_s']:.0f} | "
+                        f"{100 * row['fraction_of_peak']:.0f}% |")
+        for c in r["comparisons"]:
+            pairs.append(f"| {name} | {r['mode']} | {r['dtype']} | {c['kind']} | {c['vitkit_execution']} | "
+                         f"{c['peer']} {c['peer_execution']} | {c['ratio_of_medians']:.2f} | {c['verdict']} |")
+        p = r["matmul_peak"]["tflops"]
+        peaks.append(f"{name} {r['mode']} {r['dtype']}: {r['matmul_peak']['dtype']} matmul peak "
+                     f"{p['min']:.3f} / {p['median']:.3f} / {p['max']:.3f} TFLOP/s over {r['rounds']} rounds")
+    return rows, pairs, peaks
+
+
+def notes(results: list[dict], compare: tuple[str, ...], bf16: str) -> str:
+    """What every row ran, and whether its logits matched vitkit's fp32 model."""
+    _, pairs, peaks = tables(results)
+    mismatched = [f"{r['model']} {r['dtype']} {row['library']} {row['execution']}" for r in results
+                  for row in r["rows"] if row["matches_reference"] is False]
+    handling = "weights cast to bf16 once" if bf16 == "weights" else "fp32 weights under autocast"
+    check = f"DIFFER for: {', '.join(mismatched)}" if mismatched else "agree within the dtype's tolerance"
+    return ("\n" + "\n".join(pairs) + "\n\n" + "\n".join(f"- {p}" for p in peaks) + "\n\n"
+            f"Every library runs the same recipe: eager, and torch.compile (with freezing for inference; compile "
+            f"time not timed); bf16 inference with {handling} for every library; training with fp32 master "
+            f"weights and bf16 autocast for all (vitkit with SDPA's math backend on CPU, as its trainer does). "
+            f"vitkit and {', '.join(compare)} run the same weights; each row's logits were checked against "
+            f"vitkit's fp32 model and {check}. Rows interleave within each round, in a rotating order, with the "
+            f"matmul peak measured every round; a win is a win only when the two rows' img/s ranges do not overlap.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds at least (up to 3x, until the spread is known)")
     parser.add_argument("--compare", default="timm")
+    parser.add_argument("--bf16", choices=["weights", "autocast"], default="weights")
+    parser.add_argument("--tiny", action="store_true", help="tiny models: to check that the script works")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     compare = tuple(c for c in args.compare.split(",") if c)
-    lines = ["| model | mode | dtype | batch | library | img/s | GFLOP/s | of matmul peak | vitkit / peer |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    peaks, agreements = {}, []
-    for model, size, batch, dtype, mode, compiled, agree in ROWS:
-        r = bench(model, size, batch, dtype, mode, compare, args.repeats, compile=compiled, agreement_images=agree)
-        peaks[dtype] = r["matmul_peak_tflops"]
-        for name, row in r["results"].items():
-            ratio = f"{row['vitkit_speedup']:.2f}" if "vitkit_speedup" in row else ""
-            label = f"{name} (compiled)" if name == "vitkit" and compiled else name
-            lines.append(f"| {model} @{size} | {mode} | {dtype} | {batch} | {label} | {row['img_per_s']:.1f} | "
-                         f"{row['gflop_per_s']:.0f} | {100 * row['fraction_of_peak']:.0f}% | {ratio} |")
-            print(lines[-1], flush=True)
-        if r["agreement_with_fp32"]:
-            a = r["agreement_with_fp32"]
-            agreements.append(f"{model} {dtype}: top-1 agreement with the fp32 model {100 * a['top1_agreement']:.1f}% "
-                              f"on {a['images']} random images, largest logit difference {a['max_abs_error']:.3f}")
-            print(agreements[-1], flush=True)
-    notes = "Matmul peaks measured in the same run: " + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in peaks.items())
-    notes += (". vitkit infers with its fast path (`vitkit.model.fast.for_inference`: weights cast to the dtype "
-              "once, torch.compile with freezing; compile time not timed); peers run eager, bf16 through "
-              "autocast. Training uses autocast for all, and vitkit SDPA's math backend on CPU. "
-              "Ratios are from the same run.\n\n" + "\n".join(f"- {a}" for a in agreements))
-    record(f"Speed: vitkit vs {', '.join(compare)} ({args.threads} threads)", this_command(), "\n".join(lines), notes)
+    results = []
+    for model, size, batch, dtype, mode in TINY if args.tiny else ROWS:
+        results.append(bench(model, size, batch, dtype, mode, compare, args.repeats, compile=True, bf16=args.bf16))
+        print("\n".join(tables(results[-1:])[0][2:]), flush=True)
+    table, text = "\n".join(tables(results)[0]), notes(results, compare, args.bf16)
+    if args.no_record:
+        print(table + "\n" + text)
+        return
+    title = f"Speed: vitkit vs {', '.join(compare)}, like for like ({args.threads} threads)"
+    record(title, this_command(), table, text)
 
 
 if __name__ == "__main__":

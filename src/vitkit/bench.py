@@ -1,19 +1,27 @@
 """`vitkit bench`: images/s of vitkit and its peers on the same model, measured the same way in
 one process, against the machine's own matrix-multiply peak measured in the same run.
 
-Each library builds the same architecture (the same weights where its format allows); every
-timing gets a warm-up, then the libraries take turns (so drifting clocks hit all of them alike),
-and the median of the repeats is reported.
+Like for like: every library builds the same architecture (the same weights where its format
+allows, and the bench checks that those compute the same logits), runs in the same execution
+(eager, and with --compile also torch.compile, with freezing for inference) and handles bf16 the
+same way (weights cast to bf16 once, or fp32 weights under autocast: one choice for all).
+Libraries take turns within each round, in a rotating order, with the matmul peak measured in
+every round; rounds repeat until the spread of every row is known, and a difference counts as a
+win only when the two rows' ranges do not overlap.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -24,20 +32,36 @@ from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
 
 PEERS = ("timm", "hf", "torchvision", "vit-pytorch")
+SAME_WEIGHTS = ("vitkit", "timm", "hf")  # formats vitkit's weights load into; the others get their own
+BF16_WAYS = ("weights", "autocast")
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a large square matmul in `dtype`: what this machine can do at best."""
+@dataclass
+class Spread:
+    """Smallest, median and largest of repeated measurements."""
+
+    min: float
+    median: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(min(values), statistics.median(values), max(values))
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 2) -> tuple[float, str]:
+    """FLOP/s of a large square matmul in `dtype` (the best of `repeats`): what this machine can
+    do at best; and the dtype the product was computed in, as measured."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    times = []
-    for _ in range(repeats + 2):
+    best = math.inf
+    for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        a @ b
+        product = a @ b
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times[2:])
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best, str(product.dtype).removeprefix("torch.")
 
 
 def _sync(device: torch.device) -> None:
@@ -59,13 +83,13 @@ def _peer(name: str, model: ViT) -> torch.nn.Module:
         return peer
     if name == "hf":
         transformers = require("transformers", "peers", "--compare hf")
-        from vitkit.weights import hf as hf_format
+        from vitkit.weights.io import save
 
-        state, config = hf_format.from_vitkit(model)
-        config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
-        peer = transformers.ViTForImageClassification(transformers.ViTConfig(**config))
-        peer.load_state_dict(state, strict=False)
-        return _Logits(peer)
+        # through from_pretrained, which renames keys across transformers versions; a
+        # non-strict load_state_dict would leave the encoder at random weights
+        with tempfile.TemporaryDirectory() as tmp:
+            save(model, tmp, format="hf")
+            return _Logits(transformers.ViTForImageClassification.from_pretrained(tmp))
     if name == "torchvision":
         import torchvision
 
@@ -88,103 +112,279 @@ class _Logits(torch.nn.Module):
         return self.inner(pixel_values=x).logits
 
 
-def step_runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
-                compile: bool = False) -> Callable[[], None]:
-    """One timed unit of work. vitkit runs its fast paths (bf16 weights for inference, the CPU
-    training attention backend, torch.compile if asked); peers their documented ones (bf16
-    autocast). Training always uses autocast with fp32 master weights."""
-    device = batch.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+def inference_function(model: torch.nn.Module, dtype: str, bf16: str = "weights",
+                       compiled: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How every library, vitkit included, runs inference here: a copy in eval mode, compiled with
+    freezing if asked (`for_inference`); bf16 either as weights cast once (inputs cast to match)
+    or as fp32 weights under autocast."""
+    if dtype == "bf16" and bf16 == "autocast":
+        prepared = for_inference(model, "fp32", compiled)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return prepared(x)
+        return run
+    prepared = for_inference(model, dtype, compiled)
+    return lambda x: prepared(x.to(DTYPES[dtype]))
+
+
+@dataclass
+class Runner:
+    """One row of the benchmark: `step` is the timed unit of work, `output` its logits (for the
+    check that the rows compute the same function)."""
+
+    step: Callable[[], None]
+    output: Callable[[], torch.Tensor]
+
+
+def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool, compiled: bool = False,
+           bf16: str = "weights") -> Runner:
+    """Inference: `inference_function`, the same for every library. Training: a copy with AdamW
+    and fp32 master weights, bf16 through autocast, torch.compile if asked; vitkit also trains with
+    its CPU attention backend (`training_attention`), as its trainer does."""
     if mode == "infer":
-        if own:
-            model = for_inference(model, dtype, compile)
-            x = batch.to(DTYPES[dtype])
+        forward = inference_function(model, dtype, bf16, compiled)
+        x = batch.to(DTYPES[dtype]) if bf16 == "weights" else batch
 
-            def step():
-                with torch.inference_mode():
-                    model(x)
-            return step
-        model.eval()
+        def infer() -> None:
+            with torch.inference_mode():
+                forward(x)
 
-        def step():
-            with torch.inference_mode(), autocast:
-                model(batch)
-        return step
-    model.train()
+        def infer_output() -> torch.Tensor:
+            with torch.inference_mode():
+                return forward(x).float()
+        return Runner(infer, infer_output)
+    model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    labels = torch.randint(0, 10, (len(batch),), device=device)
-    forward = torch.compile(model) if own and compile else model
+    labels = torch.randint(0, 10, (len(batch),), device=batch.device)
+    forward = torch.compile(model) if compiled else model
+    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
-    def step():
-        with autocast, training_attention(device) if own else nullcontext():
+    def train() -> None:
+        with autocast, training_attention(batch.device) if own else nullcontext():
             loss = torch.nn.functional.cross_entropy(forward(batch).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return step
+
+    def train_output() -> torch.Tensor:  # eager: the compiled graph is the training one
+        with torch.no_grad(), autocast:
+            return model(batch).float()
+    return Runner(train, train_output)
 
 
-@torch.inference_mode()
-def agreement(model: ViT, dtype: str, compile: bool, images: int, batch: int, device: torch.device) -> dict:
-    """How far vitkit's fast path is from the fp32 reference on random images: top-1 agreement
-    and the largest logit difference."""
-    reference = model.eval().to(device)
-    fast = for_inference(copy.deepcopy(model), dtype, compile)
-    same, worst, done = 0, 0.0, 0
-    generator = torch.Generator().manual_seed(1)
-    while done < images:
-        n = min(batch, images - done)
-        x = torch.randn(n, model.config.in_channels, *model.config.image_hw, generator=generator).to(device)
-        want, got = reference(x), fast(x.to(DTYPES[dtype])).float()
-        same += (want.argmax(1) == got.argmax(1)).sum().item()
-        worst = max(worst, (want - got).abs().max().item())
-        done += n
-    return {"images": images, "top1_agreement": same / images, "max_abs_error": worst}
+def step_runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
+                compile: bool = False, bf16: str = "weights") -> Callable[[], None]:
+    """The timed unit of work alone (benchmarks/loader.py uses it)."""
+    return runner(model, mode, dtype, batch, own, compile, bf16).step
+
+
+def tolerance(dtype: str, depth: int) -> float:
+    """Largest logit error, relative to the largest logit, of a row that computes the reference
+    function: fp32 reorderings, or bf16 rounding (3 * sqrt(2 * depth + 3) * 2^-8; derived in
+    tests/test_fast.py)."""
+    return 1e-4 if dtype == "fp32" else 3 * math.sqrt(2 * depth + 3) * 2.0**-8
+
+
+def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def measure(steps: dict[str, Callable[[], None]], repeats: int, iters: int, peak_dtype: torch.dtype,
+            device: torch.device) -> tuple[dict[str, list[float]], list[float], str]:
+    """Seconds per step of every row, and matmul peaks, over rounds. In each round every row runs
+    once (the order rotating, so no row always follows the same one) and the peak is measured
+    once. At least `repeats` rounds, then more (up to 3x) until a round gives no row a new
+    fastest or slowest time: the spread has stopped growing."""
+    for step in steps.values():  # warm-up: compilation, allocator, kernel plans
+        for _ in range(2):
+            step()
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    peaks, peak_dtype_seen, keys = [], "", list(steps)
+    for done in range(1, 3 * repeats + 1):
+        widened = False
+        for key in keys[done % len(keys):] + keys[:done % len(keys)]:
+            t, seen = _time(steps[key], iters, device), times[key]
+            widened |= not seen or t < min(seen) or t > max(seen)
+            seen.append(t)
+        peak, peak_dtype_seen = matmul_peak(peak_dtype, device)
+        peaks.append(peak)
+        if done >= repeats and not widened:
+            break
+    return times, peaks, peak_dtype_seen
+
+
+def verdict(ours: Spread, theirs: Spread) -> str:
+    """A win (or a loss) only when the two ranges of img/s do not overlap."""
+    if ours.min > theirs.max:
+        return "win"
+    if theirs.min > ours.max:
+        return "loss"
+    return "within spread"
+
+
+def comparisons(rows: list[dict], peers: tuple[str, ...]) -> list[dict]:
+    """vitkit against each peer: execution for execution, and each at its best (highest median)."""
+    by = {(r["library"], r["execution"]): Spread(**r["img_per_s"]) for r in rows}
+    executions = [r["execution"] for r in rows if r["library"] == "vitkit"]
+    best = {lib: max(executions, key=lambda e: by[(lib, e)].median) for lib in ("vitkit", *peers)}
+    out = []
+    for peer in peers:
+        pairs = [(f"{e} vs {e}", e, e) for e in executions]
+        if len(executions) > 1:
+            pairs.append(("best vs best", best["vitkit"], best[peer]))
+        for kind, ours, theirs in pairs:
+            a, b = by[("vitkit", ours)], by[(peer, theirs)]
+            out.append({"peer": peer, "kind": kind, "vitkit_execution": ours, "peer_execution": theirs,
+                        "ratio_of_medians": a.median / b.median, "verdict": verdict(a, b)})
+    return out
+
+
+def build_models(config, compare: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    """vitkit's model with a random head (the training init, zeros, gives all-zero logits, which
+    would hide any difference) and each peer's own model of the same architecture."""
+    torch.manual_seed(0)
+    ours = ViT(config)
+    torch.nn.init.normal_(ours.head.weight, std=config.dim**-0.5)
+    return {"vitkit": ours, **{name: _peer(name, ours) for name in compare}}
 
 
 def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int = 16, dtype: str = "bf16",
-          mode: str = "infer", compare: tuple[str, ...] = (), repeats: int = 5, iters: int = 2,
-          device: str | None = None, compile: bool = False, agreement_images: int = 0) -> dict:
+          mode: str = "infer", compare: tuple[str, ...] = (), repeats: int = 7, iters: int = 2,
+          device: str | None = None, compile: bool = False, bf16: str = "weights", agreement_images: int = 0,
+          agreement_run: str | Path | None = None, agreement_data: str | None = None) -> dict:
+    """Time vitkit and the peers in `compare` on one architecture, eager (and compiled with
+    `compile`); see the module docstring. `bf16`: "weights" or "autocast", for every library
+    (training always uses autocast). `agreement_*`: the same fast path on a trained run."""
+    if bf16 not in BF16_WAYS:
+        raise ValueError(f"bf16 handling {bf16!r}: use one of {', '.join(BF16_WAYS)}")
+    if agreement_images and agreement_run is None:
+        raise ValueError("--agreement measures a trained model on real images: give --agreement-run RUN")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    overrides = {"image_size": image_size} if image_size else {}
-    config = get_config(model_name, num_classes=10, **overrides)
-    torch.manual_seed(0)
-    ours = ViT(config)
-    # a random head: the training init (zeros) gives all-zero logits, which would hide any error
-    torch.nn.init.normal_(ours.head.weight, std=config.dim**-0.5)
-    models = {"vitkit": ours}
-    for name in compare:
-        models[name] = _peer(name, ours)
+    bf16 = "autocast" if mode == "train" else bf16
+    config = get_config(model_name, num_classes=10, **({"image_size": image_size} if image_size else {}))
+    models = {name: m.to(dev) for name, m in build_models(config, compare).items()}
     x = torch.randn(batch, config.in_channels, *config.image_hw, device=dev)
-    check = agreement(ours, dtype, compile, agreement_images, batch, dev) if agreement_images and mode == "infer" \
-        else None
-    steps = {name: step_runner(m.to(dev), mode, dtype, x, name == "vitkit", compile) for name, m in models.items()}
-    for step in steps.values():  # warm-up: allocator, kernels, first-call costs
-        for _ in range(2):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            _sync(dev)
-            start = time.perf_counter()
-            for _ in range(iters):
-                step()
-            _sync(dev)
-            times[name].append((time.perf_counter() - start) / iters)
-    peak = matmul_peak(DTYPES[dtype], dev)
+    with torch.inference_mode():
+        reference = models["vitkit"].eval()(x).float()
+    executions = ("eager", "compiled") if compile else ("eager",)
+    runners = {f"{name}/{e}": runner(m, mode, dtype, x, name == "vitkit", e == "compiled", bf16)
+               for name, m in models.items() for e in executions}
+    errors = {key: ((r.output() - reference).abs().max() / reference.abs().max()).item()
+              if key.split("/")[0] in SAME_WEIGHTS else None for key, r in runners.items()}
+    times, peaks, peak_dtype = measure({k: r.step for k, r in runners.items()}, repeats, iters, DTYPES[dtype], dev)
     macs = flops(config) * (3 if mode == "train" else 1)
-    rows = {}
-    for name, t in times.items():
-        latency = statistics.median(t)
-        rate = batch / latency
-        rows[name] = {"img_per_s": rate, "latency_median_s": latency,
-                      "latency_p90_s": sorted(t)[min(len(t) - 1, int(0.9 * len(t)))],
-                      "gflop_per_s": 2 * macs * rate / 1e9, "fraction_of_peak": 2 * macs * rate / peak}
-    for name in compare:
-        rows[name]["vitkit_speedup"] = rows["vitkit"]["img_per_s"] / rows[name]["img_per_s"]
-    memory = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = Spread.of(peaks)
+    rows = []
+    for key, t in times.items():
+        rate = Spread.of([batch / s for s in t])
+        error, limit = errors[key], tolerance(dtype, config.depth)
+        rows.append({"library": key.split("/")[0], "execution": key.split("/")[1], "img_per_s": asdict(rate),
+                     "latency_s": asdict(Spread.of(t)), "gflop_per_s": 2 * macs * rate.median / 1e9,
+                     "fraction_of_peak": 2 * macs * rate.median / peak.median, "max_rel_diff_vs_reference": error,
+                     "matches_reference": None if error is None else error < limit})
+    check = (agreement_on_run(agreement_run, agreement_data, agreement_images or 1000, dtype, bf16, compile,
+                              device=str(dev)) if agreement_run else None)
     return {"model": model_name, "image_size": list(config.image_hw), "batch": batch, "dtype": dtype, "mode": mode,
-            "device": str(dev), "threads": torch.get_num_threads(), "compile": compile,
-            "gmacs_per_image": flops(config) / 1e9, "matmul_peak_tflops": peak / 1e12, "peak_memory_bytes": memory,
-            "agreement_with_fp32": check, "results": rows}
+            "bf16": bf16 if dtype == "bf16" else None, "device": str(dev), "threads": torch.get_num_threads(),
+            "executions": list(executions), "rounds": len(peaks), "gmacs_per_image": flops(config) / 1e9,
+            "matmul_peak": {"dtype": peak_dtype, "tflops": {k: v / 1e12 for k, v in asdict(peak).items()}},
+            "peak_memory_bytes": _memory(dev), "rows": rows, "comparisons": comparisons(rows, compare),
+            "agreement": check}
+
+
+def _memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def real_images(spec: str, loaded, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Up to `count` images of the held-out split of `spec` (test where there is one, else val),
+    spread evenly over it, as the run's model input; with their labels and the split's name."""
+    from vitkit.data import spec as data_spec
+    from vitkit.data.datasets import ArrayImages
+    from vitkit.data.transforms import eval_transform, to_model_input
+
+    config = loaded.model.config
+    kind, path = data_spec.parse(spec)
+    split = "test" if kind != "folder" or "test" in data_spec.folder.find_splits(path) else "val"
+    dataset, _ = data_spec.load_for_eval(spec, split, loaded.classes, config.in_channels)
+    fit = eval_transform(config.image_hw)
+    if isinstance(dataset, ArrayImages):
+        dataset, fit = dataset.resized(config.image_hw), (lambda image: image)
+    picked, labels = [], []
+    for i in torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist():
+        image, label, problem = dataset[i]
+        if problem is None:
+            picked.append(fit(image))
+            labels.append(label)
+    if not picked:
+        raise ValueError(f"no readable images in {spec} [{split}]")
+    return to_model_input(torch.stack(picked), loaded.normalize), torch.tensor(labels), split
+
+
+@torch.inference_mode()
+def agreement_on_run(run: str | Path, data: str | None, images: int = 1000, dtype: str = "bf16",
+                     bf16: str = "weights", compiled: bool = False, batch: int = 64, device: str = "cpu") -> dict:
+    """The bench's inference path against the fp32 model of a trained run, on real held-out
+    images: top-1 agreement, both accuracies, the largest logit difference (absolute, and
+    relative to the largest logit, with the bf16 tolerance of tests/test_fast.py beside it)."""
+    from vitkit.infer import open_run
+
+    loaded = open_run(run, torch.device(device))
+    spec = data or loaded.data
+    if spec is None:
+        raise ValueError(f"{run} does not record its data set; give --agreement-data SPEC")
+    x, labels, split = real_images(spec, loaded, images)
+    fast = inference_function(loaded.model, dtype, bf16, compiled)
+    want, got = [], []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch].to(device)
+        want.append(loaded.model(chunk).float().cpu())
+        got.append(fast(chunk).float().cpu())
+    want, got = torch.cat(want), torch.cat(got)
+    depth = loaded.model.config.depth
+    return {"run": str(run), "data": spec, "split": split, "images": len(labels), "dtype": dtype, "bf16": bf16,
+            "execution": "compiled" if compiled else "eager",
+            "top1_agreement": (want.argmax(1) == got.argmax(1)).float().mean().item(),
+            "accuracy_fp32": (want.argmax(1) == labels).float().mean().item(),
+            "accuracy_fast": (got.argmax(1) == labels).float().mean().item(),
+            "max_abs_error": (got - want).abs().max().item(),
+            "max_rel_error": ((got - want).abs().max() / want.abs().max()).item(),
+            "tolerance": tolerance(dtype, depth), "depth": depth}
+
+
+def report_lines(r: dict) -> list[str]:
+    """`vitkit bench` for people: one line per row, one per comparison, and the agreement."""
+    handling = {"weights": ", weights cast to bf16 for every library", "autocast": ", autocast for every library",
+                None: ""}[r["bf16"]]
+    p = r["matmul_peak"]["tflops"]
+    lines = [f"{r['model']} {r['image_size'][0]}x{r['image_size'][1]}, batch {r['batch']}, {r['dtype']}{handling}, "
+             f"{r['mode']}, {r['device']}, {r['threads']} threads, {r['rounds']} rounds; "
+             f"{r['gmacs_per_image']:.2f} GMACs/image",
+             f"matmul peak ({r['matmul_peak']['dtype']}): min {p['min']:.3f} / median {p['median']:.3f} / "
+             f"max {p['max']:.3f} TFLOP/s",
+             f"{'library':<12} {'execution':<9} {'img/s min':>9} {'median':>8} {'max':>8} {'GFLOP/s':>8} "
+             f"{'of peak':>7} {'vs ref':>8}"]
+    for row in r["rows"]:
+        s, diff = row["img_per_s"], row["max_rel_diff_vs_reference"]
+        shown = "own wts" if diff is None else f"{diff:.1e}" + ("" if row["matches_reference"] else " DIFFERS")
+        lines.append(f"{row['library']:<12} {row['execution']:<9} {s['min']:>9.1f} {s['median']:>8.1f} "
+                     f"{s['max']:>8.1f} {row['gflop_per_s']:>8.0f} {100 * row['fraction_of_peak']:>6.1f}% {shown:>8}")
+    for c in r["comparisons"]:
+        lines.append(f"vitkit ({c['vitkit_execution']}) vs {c['peer']} ({c['peer_execution']}), {c['kind']}: "
+                     f"{c['ratio_of_medians']:.2f}x of medians: {c['verdict']}")
+    if r["agreement"]:
+        a = r["agreement"]
+        lines.append(f"agreement on {a['run']} ({a['data']} [{a['split']}], {a['images']} real images): "
+                     f"{a['dtype']} {a['execution']} vs fp32 top-1 {100 * a['top1_agreement']:.2f}%, accuracy "
+                     f"{100 * a['accuracy_fast']:.2f}% vs {100 * a['accuracy_fp32']:.2f}%, largest logit difference "
+                     f"{a['max_abs_error']:.3g} ({100 * a['max_rel_error']:.2f}% of the largest logit; "
+                     f"tolerance {100 * a['tolerance']:.1f}%)")
+    return lines

@@ -403,42 +403,35 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
     p.add_argument("--compare", default="", help="comma-separated: timm,hf,torchvision,vit-pytorch")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7, help="rounds at least (up to 3x, until the spread is known)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device")
-    p.add_argument("--compile", action="store_true", help="torch.compile vitkit's model (with freezing for "
-                   "inference); the compile time is not timed")
+    p.add_argument("--compile", action="store_true", help="also time every library under torch.compile (with "
+                   "freezing for inference); the compile time is not timed")
+    p.add_argument("--bf16", choices=["weights", "autocast"], default="weights",
+                   help="how every library runs bf16 inference: weights cast once, or fp32 weights under autocast")
+    p.add_argument("--agreement-run", metavar="RUN",
+                   help="also compare this trained run's bf16 path with its fp32 model on real images")
+    p.add_argument("--agreement-data", metavar="SPEC", help="the real images for that (default: the run's data)")
     p.add_argument("--agreement", type=int, default=0, metavar="N",
-                   help="also compare the fast path with the fp32 model on N random images (infer mode)")
+                   help="images for --agreement-run (default 1000, from the held-out split)")
 
 
 @command("bench")
 def run_bench(args: argparse.Namespace) -> int:
-    from vitkit.bench import bench
+    from vitkit.bench import bench, report_lines
 
     if args.threads:
         torch.set_num_threads(args.threads)
     compare = tuple(c for c in args.compare.split(",") if c)
     if args.agreement < 0:
         raise UserError(f"--agreement is a number of images, 0 or more; got {args.agreement}")
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     r = bench(args.model, args.image_size, args.batch, args.dtype, args.mode, compare, args.repeats,
-              device=args.device, compile=args.compile, agreement_images=args.agreement)
-    if args.json:
-        emit_json(r)
-        return 0
-    print(f"{r['model']} {r['image_size'][0]}x{r['image_size'][1]}, batch {r['batch']}, {r['dtype']}, {r['mode']}, "
-          f"{r['device']}, {r['threads']} threads; matmul peak {r['matmul_peak_tflops']:.2f} TFLOP/s; "
-          f"{r['gmacs_per_image']:.2f} GMACs/image")
-    print(f"{'library':<12} {'img/s':>9} {'median s':>9} {'p90 s':>9} {'GFLOP/s':>9} {'of peak':>8} {'vitkit/x':>9}")
-    for name, row in r["results"].items():
-        speedup = f"{row['vitkit_speedup']:.2f}" if "vitkit_speedup" in row else "-"
-        print(f"{name:<12} {row['img_per_s']:>9.1f} {row['latency_median_s']:>9.4f} {row['latency_p90_s']:>9.4f} "
-              f"{row['gflop_per_s']:>9.0f} {100 * row['fraction_of_peak']:>7.1f}% {speedup:>9}")
-    if r["agreement_with_fp32"]:
-        a = r["agreement_with_fp32"]
-        print(f"vitkit {r['dtype']} against the fp32 model on {a['images']} random images: top-1 agreement "
-              f"{100 * a['top1_agreement']:.1f}%, largest logit difference {a['max_abs_error']:.3g}")
-    return 0
+              device=args.device, compile=args.compile, bf16=args.bf16, agreement_images=args.agreement,
+              agreement_run=args.agreement_run, agreement_data=args.agreement_data)
+    return finish(args, r, "\n".join(report_lines(r)))
 
 
 # -- serve -------------------------------------------------------------------------------------

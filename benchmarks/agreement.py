@@ -1,0 +1,59 @@
+"""bf16 against fp32 on a trained model and real images: how often the fast paths keep the fp32
+model's top-1 class, their accuracy beside the fp32 model's, and the largest logit difference,
+on the held-out split of the data (test where there is one, else the run's validation split).
+
+    python benchmarks/agreement.py RUN [--data SPEC] [--images 2000] [--no-compile] [--no-record]
+
+RUN is a `vitkit train` run (or any save_pretrained directory); SPEC defaults to the data the run
+was trained on. For example, after
+`vitkit train ../shared/data/cifar10/cifar10-train-jpg.tar.gz --time-budget 1800 --out runs/cifar`:
+`python benchmarks/agreement.py runs/cifar`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, this_command
+from vitkit.bench import agreement_on_run
+
+PATHS = [("weights", False), ("weights", True), ("autocast", False), ("autocast", True)]  # (bf16 as, compiled)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", metavar="RUN")
+    parser.add_argument("--data", metavar="SPEC", help="real images (default: the run's data)")
+    parser.add_argument("--images", type=int, default=2000, help="images, spread evenly over the held-out split")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="eager paths only")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = ["| bf16 as | execution | images | top-1 agreement with fp32 | accuracy bf16 / fp32 | "
+             "largest logit difference (of the largest logit) | tolerance of tests/test_fast.py |",
+             "|---|---|---|---|---|---|---|"]
+    for bf16, compiled in PATHS:
+        if compiled and args.no_compile:
+            continue
+        a = agreement_on_run(args.run, args.data, args.images, "bf16", bf16, compiled)
+        lines.append(f"| {bf16} | {a['execution']} | {a['images']} | {100 * a['top1_agreement']:.2f}% | "
+                     f"{100 * a['accuracy_fast']:.2f}% / {100 * a['accuracy_fp32']:.2f}% | {a['max_abs_error']:.3g} "
+                     f"({100 * a['max_rel_error']:.2f}%) | {100 * a['tolerance']:.1f}% (depth {a['depth']}) |")
+        print(lines[-1], flush=True)
+    notes = (f"Run {args.run}; images: {a['data']} [{a['split']}], spread evenly over the split. The fp32 model "
+             "is the reference; 'weights': bf16 weights and inputs (vitkit.for_inference), 'autocast': fp32 "
+             "weights under bf16 autocast; compiled: torch.compile with freezing.")
+    if args.no_record:
+        print("\n".join(lines) + "\n" + notes)
+        return
+    record("Agreement: bf16 vs fp32 on a trained model and real images", this_command(), "\n".join(lines), notes)
+
+
+if __name__ == "__main__":
+    main()
