@@ -348,6 +348,87 @@ def run_export(args: argparse.Namespace) -> int:
                                 f"{result['checked_batches']} within {result['max_rel_error']:.1e}{taking}")
 
 
+# -- embed / fewshot ---------------------------------------------------------------------------
+def add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="write a model's features of a data set (.npy or .safetensors)",
+                       description="Write the frozen features of every image of a data set, for retrieval and "
+                                   "probing: the pooled pre-logits representation (the input of the head), and with "
+                                   "--layer N also block N's tokens. Images go through the model's own resize and "
+                                   "input normalization. FILE.safetensors holds 'features' (images, dim), 'labels' "
+                                   "(images,) and 'tokens' (images, tokens, dim), with the class names in its "
+                                   "metadata. FILE.npy holds the features; the labels go beside it in "
+                                   "<FILE stem>.labels.npy and the tokens in <FILE stem>.tokens.npy (emb.npy: "
+                                   "emb.labels.npy, emb.tokens.npy). Unreadable images are left out (and listed).")
+    p.add_argument("run", metavar="WEIGHTS|RUN", help="a run directory or any weights vitkit.load reads")
+    p.add_argument("data", metavar="DATA", help="a data spec: digits, cifar10:DIR, an image folder, ...")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.npy or FILE.safetensors")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="which split (default: train; an image folder without split folders: all its images)")
+    p.add_argument("--layer", type=int, metavar="N",
+                   help="also write block N's tokens (prefix tokens first; negative N counts from the end)")
+    p.add_argument("--layer-norm", action="store_true", help="pass block N's tokens through the final LayerNorm")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device")
+
+
+@command("embed")
+def run_embed(args: argparse.Namespace) -> int:
+    from vitkit.probe import features
+
+    if args.layer_norm and args.layer is None:
+        raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
+    model = features.open_model(args.run, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
+    found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)
+    meta = {"model": str(args.run), "data": args.data, "split": split, "classes": json.dumps(classes),
+            "normalization": json.dumps(model.normalization.to_dict() if model.normalization else None),
+            "layer": "" if args.layer is None else str(args.layer),
+            "prefix_tokens": str(model.config.num_prefix_tokens)}
+    files = features.write(found, args.out, meta)
+    info = {"files": files, "images": len(found.labels), "feature_dim": found.pooled.shape[1],
+            "tokens_shape": None if found.tokens is None else list(found.tokens.shape), "classes": classes,
+            "split": split, "skipped": [list(s) for s in found.skipped]}
+    text = f"wrote {', '.join(files)}: {len(found.labels)} images of {args.data} [{split}], " \
+           f"{found.pooled.shape[1]}-d features" + ("" if found.tokens is None else
+                                                   f" and block {args.layer}'s tokens {list(found.tokens.shape)}")
+    if found.skipped:
+        text += f"; skipped {len(found.skipped)} unreadable file(s)"
+    return finish(args, info, text)
+
+
+def add_fewshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (the paper's section 4.1)",
+                       description="The paper's few-shot linear evaluation: for k = each of --shots, k training "
+                                   "images per class are drawn (seeded) from the data's train split, a regularised "
+                                   "least-squares map from their frozen pre-logits features (whitened) to {-1, 1} "
+                                   "targets is solved in closed form, and it is scored on the test split (val when "
+                                   "there is none); the accuracy is averaged over --seeds draws.")
+    p.add_argument("run", metavar="WEIGHTS|RUN", help="a run directory or any weights vitkit.load reads")
+    p.add_argument("--data", help="data spec (default: the run's own data)")
+    p.add_argument("--shots", default="1,5,10,25",
+                   help="training images per class, comma-separated (default 1,5,10,25)")
+    p.add_argument("--l2", type=float, default=2.0**10, metavar="LAMBDA",
+                   help="L2 regularisation of the least-squares map (default 1024, big_vision's)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N",
+                   help="draws of the training images to average (default 3)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device")
+
+
+@command("fewshot")
+def run_fewshot(args: argparse.Namespace) -> int:
+    from vitkit.probe.fewshot import fewshot, report_lines
+
+    try:
+        shots = [int(s) for s in args.shots.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--shots {args.shots!r} is not a comma-separated list of numbers, e.g. 1,5,10,25") from None
+    result = fewshot(args.run, args.data, shots, args.l2, args.seeds, args.device, args.batch_size, args.workers)
+    return finish(args, result, "\n".join(report_lines(result)))
+
+
 # -- explain / inspect -------------------------------------------------------------------------
 def add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="attention maps over images (the paper's Figure 6)",
@@ -490,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_explain, add_inspect,
-          add_bench, add_serve]
+ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export, add_embed, add_fewshot, add_explain,
+          add_inspect, add_bench, add_serve]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
