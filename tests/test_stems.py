@@ -1,0 +1,221 @@
+"""Convolutions before the patch projection: Xiao et al.'s conv stem, checked against a written-out
+reference, and the paper's ResNet hybrid, checked against timm's models as the oracle."""
+
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitkit
+from helpers import hub_cache, randomize
+from vitkit.cli import main as cli_main
+
+SMALL = dict(dim=32, depth=1, heads=2, mlp_dim=64, num_classes=5)
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """fp32 logits agree to a relative 1e-5."""
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(theirs.abs().max().item(), 1.0)
+
+
+# -- the conv stem ------------------------------------------------------------------------------
+def reference_conv_stem(model: vitkit.ViT, x: torch.Tensor) -> torch.Tensor:
+    """Xiao et al.'s stem written out: per conv, 3x3 stride 2 -> LayerNorm over each pixel's
+    channels -> ReLU; then the 1x1 projection; tokens in row-major order."""
+    embed = model.patch_embed
+    for layer in embed.backbone:
+        x = F.conv2d(x, layer.conv.weight, stride=2, padding=1)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], layer.norm.weight, layer.norm.bias, model.config.norm_eps)
+        x = F.relu(x.permute(0, 3, 1, 2))
+    x = F.conv2d(x, embed.proj.weight, embed.proj.bias)
+    return x.flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize(("patch", "image_size", "widths"), [
+    (4, 32, [16, 32]), (8, (16, 40), [8, 16, 32]), (16, (32, 64), [4, 8, 16, 32])])
+def test_conv_stem_is_log2_patch_stride_2_convolutions_on_the_patch_grid(patch, image_size, widths):
+    config = vitkit.ViTConfig(image_size=image_size, patch_size=patch, patch_embed="conv-stem", **SMALL)
+    model = randomize(vitkit.ViT(config))
+    assert [layer.conv.out_channels for layer in model.patch_embed.backbone] == widths  # doubling up to dim
+    assert model.patch_embed.proj.kernel_size == (1, 1)
+    x = torch.randn(2, 3, *config.image_hw)
+    with torch.no_grad():
+        tokens = model.patch_embed(x)
+        assert tokens.shape == (2, config.num_patches, 32)
+        close(tokens, reference_conv_stem(model, x))
+        assert model(x).shape == (2, 5)
+
+
+def test_conv_stem_channels_are_configurable_and_go_through_config_json(tmp_path):
+    config = vitkit.ViTConfig(image_size=32, patch_size=8, patch_embed="conv-stem", stem_channels=6, **SMALL)
+    model = vitkit.ViT(config)
+    assert [layer.conv.out_channels for layer in model.patch_embed.backbone] == [6, 12, 24]
+    model.save_pretrained(tmp_path / "run")
+    assert vitkit.load(tmp_path / "run").config == config
+
+
+def test_conv_stem_computes_the_same_in_any_batch_and_in_both_modes():
+    """What its LayerNorm buys over BatchNorm: one image's logits do not depend on the other images
+    of its batch (so N processes compute what 1 computes) nor on train/eval mode."""
+    model = randomize(vitkit.create_model("vit_ti4_32_convstem", depth=1))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        alone = model(x[:1])
+        model.train()  # dropout and stochastic depth are off
+        close(model(x[:1]), alone)  # the mode
+        close(model(x)[:1], alone)  # the batch
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(patch_embed="conv-stem", patch_size=14, image_size=28), "power of two"),
+    (dict(patch_embed="conv-stem", patch_size=(8, 16), image_size=32), "square power of two"),
+    (dict(patch_embed="conv-stem", patch_size=1, image_size=32), "power of two"),
+    (dict(stem_channels=16), "stem_channels"),
+    (dict(backbone_layers=(3, 4, 9)), "backbone_layers"),
+    (dict(patch_embed="resnet", backbone_layers=(3, 4, 9), patch_size=8, image_size=32), "stride-16"),
+    (dict(patch_embed="resnet", backbone_layers=(1, 1, 1, 1, 1), patch_size=32, image_size=64), "up to 4"),
+    (dict(patch_embed="resnet", backbone_layers=(3, 0), patch_size=8, image_size=32), "backbone_layers=0"),
+])
+def test_impossible_stems_are_one_clear_error(fields, message):
+    with pytest.raises(ValueError, match=message):
+        vitkit.ViTConfig(**{**SMALL, **fields})
+
+
+def test_stem_fields_read_from_json_are_checked():
+    config = vitkit.ViTConfig.from_dict({"patch_embed": "resnet", "backbone_layers": [2, 2], "patch_size": 8,
+                                         "image_size": 32})
+    assert config.backbone_layers == (2, 2) and config.stem_stride == 8
+    with pytest.raises(ValueError, match="backbone_layers"):
+        vitkit.ViTConfig.from_dict({"patch_embed": "resnet", "backbone_layers": ["3"]})
+
+
+# -- the ResNet hybrid against timm -------------------------------------------------------------
+HYBRIDS = [  # timm name, image size, vitkit's backbone_layers and patch_size (the total stride)
+    pytest.param("vit_base_r50_s16_224", (64, 96), (3, 4, 9), 16, id="r50-s16-non-square"),
+    pytest.param("vit_small_r26_s32_224", 64, (2, 2, 2, 2), 32, id="r26-s32"),
+    pytest.param("vit_tiny_r_s16_p8_224", 64, (), 32, id="stem-only-p8"),
+]
+TIMM_TINY = dict(embed_dim=32, depth=1, num_heads=2, num_classes=5)
+
+
+def timm_hybrid(name, image_size):
+    """A timm hybrid with random weights. Its filters are small, so that a wrong eps of the weight
+    standardisation shows in the logits, and so are its GroupNorms' outputs, so that the next one's
+    input is and a wrong GroupNorm eps shows too."""
+    model = randomize(timm.create_model(name, pretrained=False, img_size=image_size, **TIMM_TINY))
+    with torch.no_grad():
+        for module in model.patch_embed.backbone.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(1e-3)
+            elif isinstance(module, torch.nn.GroupNorm):
+                module.weight.mul_(1e-2)
+                module.bias.mul_(1e-2)
+    return model
+
+
+@pytest.mark.parametrize(("name", "image_size", "layers", "patch"), HYBRIDS)
+def test_timm_hybrid_loads_computes_timms_logits_and_saves_back(tmp_path, name, image_size, layers, patch):
+    """timm -> vitkit: the same logits. vitkit -> timm: the written architecture and kwargs build
+    timm's hybrid, which loads the file strictly and computes the same logits; and back."""
+    from safetensors.torch import load_file
+    from timm.models._hub import save_for_hf
+
+    theirs = timm_hybrid(name, image_size)
+    save_for_hf(theirs, tmp_path / "source", model_args={"img_size": image_size, **TIMM_TINY})  # as timm does
+    ours = vitkit.load(tmp_path / "source").eval()
+    assert (ours.config.patch_embed, ours.config.backbone_layers, ours.config.patch_size) == ("resnet", layers, patch)
+    x = torch.randn(2, 3, *timm.layers.to_2tuple(image_size))
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+    path = vitkit.save(ours, tmp_path / "timm", format="timm")
+    written = json.loads(path.with_name("config.json").read_text())
+    back = timm.create_model(written["architecture"], pretrained=False, **written["model_args"]).eval()
+    back.load_state_dict(load_file(path))
+    with torch.no_grad():
+        close(back(x), theirs(x))
+    assert vitkit.load(tmp_path / "timm").config == ours.config
+
+
+def test_timm_hybrid_vitkit_cannot_build_is_refused(tmp_path):
+    from timm.models._hub import save_for_hf
+
+    theirs = timm.create_model("vit_small_resnet26d_224", pretrained=False, img_size=64, **TIMM_TINY)
+    save_for_hf(theirs, tmp_path, model_args={"img_size": 64, **TIMM_TINY})
+    with pytest.raises(ValueError, match="backbone vitkit does not build"):
+        vitkit.load(tmp_path)
+
+
+def test_backbone_timm_has_no_model_for_is_not_saved_as_timm(tmp_path):
+    model = vitkit.ViT(image_size=32, patch_size=8, patch_embed="resnet", backbone_layers=(1, 1), **SMALL)
+    with pytest.raises(ValueError, match="timm has no hybrid"):
+        vitkit.save(model, tmp_path / "timm", format="timm")
+    assert not (tmp_path / "timm").exists()  # refused before anything is written
+
+
+# -- presets and compute ------------------------------------------------------------------------
+HYBRID_PRESETS = {"vit_b16_r50": "vit_base_r50_s16_224", "vit_l32_r50": "vit_large_r50_s32_224",
+                  "vit_s32_r26": "vit_small_r26_s32_224", "vit_b32_r26": "vit_base_r26_s32_224",
+                  "vit_ti32_rstem": "vit_tiny_r_s16_p8_224"}
+
+
+@pytest.mark.parametrize(("name", "timm_name"), HYBRID_PRESETS.items())
+def test_hybrid_presets_equal_timm(name, timm_name):
+    with torch.device("meta"):
+        ours = vitkit.create_model(name)
+        theirs = timm.create_model(timm_name, num_classes=ours.config.num_classes)
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+    assert ours.config.grid == theirs.patch_embed.grid_size
+
+
+def test_hybrid_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
+    """Offline: the repository a hybrid preset's tag names, as timm uploads it, loads into the preset;
+    a plain ViT of the same sizes is not taken for it."""
+    import huggingface_hub.constants as hub
+    from timm.models._hub import save_for_hf
+
+    theirs = randomize(timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False))
+    repo = "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k"
+    hub_cache(tmp_path, repo, lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    ours = vitkit.create_model("vit_ti32_rstem", pretrained="augreg_in21k_ft_in1k").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+    monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_ti32", {"wrong": repo})  # a table entry in error
+    with pytest.raises(ValueError, match="differ from the preset in \\['patch_embed'"):
+        vitkit.create_model("vit_ti32", pretrained="wrong")
+
+
+def test_conv_stem_presets_keep_their_grid_and_are_listed(capsys):
+    small = vitkit.get_config("vit_ti4_32_convstem")
+    assert small.grid == vitkit.get_config("vit_ti4_32").grid == (8, 8)
+    assert small.replace(patch_embed="conv") == vitkit.get_config("vit_ti4_32")
+    with torch.device("meta"):
+        stem = vitkit.create_model("vit_ti4_32_convstem").patch_embed.backbone
+    assert len(stem) == 2 and stem[-1].conv.out_channels == small.dim
+    assert cli_main(["models", "--json"]) == 0
+    listed = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert {"vit_ti4_32_convstem", "vit_b16_convstem", *HYBRID_PRESETS} <= listed
+
+
+@pytest.mark.parametrize("fields", [
+    dict(patch_embed="conv-stem", patch_size=16, image_size=(32, 64)),
+    dict(patch_embed="conv-stem", patch_size=4, image_size=32, stem_channels=12),
+    dict(patch_embed="resnet", backbone_layers=(3, 4, 9), patch_size=16, image_size=(32, 48)),
+    dict(patch_embed="resnet", backbone_layers=(2, 2, 2, 2), patch_size=32, image_size=64),
+    dict(patch_embed="resnet", backbone_layers=(), patch_size=32, image_size=64),
+])
+def test_flops_count_the_stem(fields):
+    config = vitkit.ViTConfig(**{**SMALL, **fields})
+    model = vitkit.ViT(config).eval()
+    x = torch.randn(2, 3, *config.image_hw)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model(x)
+    measured = counter.get_total_flops() / 2 / x.shape[0]
+    assert abs(vitkit.flops(config) - measured) / measured < 0.01
