@@ -38,8 +38,9 @@ def test_closed_form_equals_scikit_learns_ridge(n, d, l2):
     np.testing.assert_allclose(fitted.bias.numpy(), ridge.intercept_, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(fitted.scores(torch.from_numpy(x_test)).numpy(), ridge.predict(whiten(x_test, x)),
                                rtol=1e-7, atol=1e-10)
-    with pytest.raises(ValueError, match="l2"):
-        fit_least_squares(torch.from_numpy(x), torch.from_numpy(labels), 4, 0.0)
+    for bad in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="l2"):
+            fit_least_squares(torch.from_numpy(x), torch.from_numpy(labels), 4, bad)
 
 
 def test_shots_are_drawn_per_class_seeded_and_nested():
@@ -119,6 +120,7 @@ def test_embed_without_layer_and_whole_folder(run_and_folder, tmp_path, capsys):
     torch.testing.assert_close(torch.from_numpy(np.load(out)), pooled, rtol=1e-5, atol=1e-5)
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "train.labels.npy")), labels)
     assert main(["embed", str(run), str(folder), "--out", str(out), "--layer", "3"]) == 2  # 3 blocks: 0, 1, 2
+    assert "layer 3 is not a block of this 3-block model" in capsys.readouterr().err
     assert main(["embed", str(run), str(folder), "--out", str(tmp_path / "x.txt")]) == 2
 
 

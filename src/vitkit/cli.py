@@ -378,6 +378,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     if args.layer_norm and args.layer is None:
         raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
+    features.check_out(args.out)  # before the work, not after it
     model = features.open_model(args.run, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
     found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)

@@ -71,9 +71,11 @@ def forward_features(model: ViT, x: torch.Tensor, layer: int | None = None,
     through the final norm too."""
     if layer is None:
         return model.pool(model.forward_tokens(x)[0]), None
-    last = model.config.depth - 1
-    chosen = layer % model.config.depth if -model.config.depth <= layer < model.config.depth else layer
-    out = model.forward_intermediates(x, layers=sorted({chosen, last}))  # checks the index
+    depth = model.config.depth
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} is not a block of this {depth}-block model (0 to {depth - 1}, or -1 to "
+                         f"-{depth} from the end)")
+    out = model.forward_intermediates(x, layers=sorted({layer % depth, depth - 1}))
     tokens = [torch.cat([prefix, patches], dim=1) for prefix, patches in zip(out.prefix, out.features, strict=True)]
     pooled = model.pool(model.norm(tokens[-1]))
     block = model.norm(tokens[0]) if norm else tokens[0]
@@ -122,11 +124,18 @@ def images_of(spec: str, split: str | None, channels: int) -> tuple[ArrayImages 
     return splits.split(split), splits.classes, split
 
 
+def check_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix not in (".npy", ".safetensors"):
+        raise ValueError(f"--out {out}: write features to a .npy or a .safetensors file")
+    return out
+
+
 def write(features: Features, out: str | Path, metadata: dict[str, str]) -> list[str]:
     """`.safetensors`: "features", "labels" (and "tokens") in one file with `metadata`.
     `.npy`: the features in OUT, the labels in OUT-stem.labels.npy (and the tokens in
     OUT-stem.tokens.npy). Each file is written atomically. Returns the files written."""
-    out = Path(out)
+    out = check_out(out)
     arrays = {"features": features.pooled.contiguous(), "labels": features.labels.long().contiguous()}
     if features.tokens is not None:
         arrays["tokens"] = features.tokens.contiguous()
@@ -134,8 +143,6 @@ def write(features: Features, out: str | Path, metadata: dict[str, str]) -> list
         with atomic.atomic_path(out) as tmp:
             save_file(arrays, str(tmp), metadata=metadata)
         return [str(out)]
-    if out.suffix != ".npy":
-        raise ValueError(f"--out {out}: write features to a .npy or a .safetensors file")
     files = {"features": out, **{k: out.with_name(f"{out.stem}.{k}.npy") for k in arrays if k != "features"}}
     for key, path in files.items():
         with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:

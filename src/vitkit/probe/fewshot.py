@@ -22,6 +22,7 @@ whitened features (tested).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,9 @@ class LinearMap:
 def fit_least_squares(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = L2) -> LinearMap:
     """The closed-form regularised least-squares map from `features` (N, D) to {-1, 1} one-hot
     targets of `labels`, in float64."""
-    if not l2 > 0:
-        raise ValueError(f"--l2 must be positive (it regularises a system that is singular with few shots), got {l2}")
+    if not 0 < l2 < math.inf:
+        raise ValueError(f"--l2 must be a positive number (it regularises a system that is singular with few "
+                         f"shots), got {l2}")
     x = features.double()
     mean, std = x.mean(0), x.std(0, unbiased=False) + EPS
     z = (x - mean) / std  # centred: an unregularised bias is the mean target, W ridge's
