@@ -27,7 +27,7 @@ def bf16_tolerance(depth: int) -> float:
     A bf16 forward pass rounds the residual stream at the input, after the patch embedding, after
     each of the 2 * depth residual additions (attention, MLP) and at the head: n = 2 * depth + 3
     roundings, each off by at most u = 2^-8 relative. Independent rounding errors add like a random
-    walk, sqrt(n) * u; we allow three times that. (Measured: 25-50% of this bound.)"""
+    walk, sqrt(n) * u; we allow three times that. (Measured: 10-45% of this bound.)"""
     return 3 * math.sqrt(2 * depth + 3) * BF16_UNIT_ROUNDOFF
 
 
