@@ -1,0 +1,84 @@
+"""Training on each device there is: a step computes what the CPU computes, and a run stopped and
+resumed ends where the uninterrupted one does. On a machine without a GPU only the CPU runs;
+`benchmarks/gpu.sh` runs these (and test_fast.py) on CUDA where there is one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.train import trainer
+from vitkit.train.recipe import Recipe
+from vitkit.train.trainer import Run, StopFlag
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+GPUS = DEVICES[1:] or [pytest.param("cuda", marks=pytest.mark.skip(reason="no GPU here"))]
+FIELDS = dict(epochs=2, batch_size=64, workers=0, precision="fp32", seed=2)
+
+
+def one_step_weights(device: str, tmp_path: Path) -> dict[str, torch.Tensor]:
+    run = Run("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / device, device=device)
+    run.stop = StopFlag()
+    run.feed.sampler.set_epoch(0)
+    run.step(*next(iter(run.feed.loader))[:2], 0.0)
+    return {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("device", GPUS)
+def test_a_training_step_on_the_gpu_computes_what_the_cpu_computes(tmp_path, device):
+    ours, cpu = one_step_weights(device, tmp_path), one_step_weights("cpu", tmp_path / "ref")
+    for key in cpu:  # GPU kernels sum in another order (TF32 is off in fp32): within 1e-4
+        assert (ours[key] - cpu[key]).abs().max().item() <= 1e-4, key
+
+
+@pytest.mark.parametrize("device", GPUS)
+def test_vitkit_on_the_gpu_computes_timms_logits(device):
+    import timm
+
+    from helpers import randomize
+    from vitkit.weights import timm as timm_format
+
+    theirs = randomize(timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=192, depth=4, num_heads=3, num_classes=10)).to(device)
+    config, state = timm_format.to_vitkit({k: v.cpu() for k, v in theirs.state_dict().items()}, {"heads": 3})
+    ours = vitkit.ViT(config)
+    ours.load_state_dict(state)
+    ours = ours.to(device).eval()
+    x = torch.randn(8, 3, 64, 64, device=device)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, device, monkeypatch):
+    whole = trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "whole", device=device)
+
+    def stop(run):
+        if (run.progress.epoch, run.progress.step) == (1, 3):
+            run.stop.requested = True
+
+    monkeypatch.setattr(trainer, "STEP_HOOKS", [stop])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "stopped", device=device)
+    monkeypatch.setattr(trainer, "STEP_HOOKS", [])
+    resumed = trainer.train(resume=tmp_path / "stopped", device=device)
+    assert resumed["val_top1"] == whole["val_top1"]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "stopped" / "model.safetensors")
+    tolerance = 0 if device == "cpu" else 1e-5  # cuBLAS may pick other kernels after a restart
+    assert all((a[k] - b[k]).abs().max().item() <= tolerance for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: NCCL beside gloo")
+def test_torchrun_one_process_on_the_gpu(tmp_path):
+    """The multi-process path on one GPU: NCCL for the model, gloo for the CPU-side decisions."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                           "-m", "vitkit", "train", "--epochs", "1", "--out", str(tmp_path / "r"), "--json"],
+                          capture_output=True, text=True, env={**os.environ}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["val_top1"] > 0.3
