@@ -2,11 +2,11 @@
 # The GPU check: one script, from a fresh checkout, every result written to one folder.
 #
 #   benchmarks/gpu.sh                          # installs with make, then runs on CUDA (< 8 min on one H100)
-#   benchmarks/gpu.sh --device cpu --quick     # the same steps, small, on the CPU (< 3 min on 2 cores)
+#   benchmarks/gpu.sh --device cpu --quick     # the same steps, small and uncompiled, on the CPU (< 3 min on 2 cores)
 #
 # Options: --out DIR (default runs/gpu-check), --data CIFAR10_ARCHIVE (the shared training split),
 # --cifar-budget SECONDS (default 300), --no-install (use `python3` with PYTHONPATH=src: machines
-# without a network). It runs, in order:
+# without a network; $PYTHON names the interpreter). It runs, in order:
 #   1. the tests that take a device (fast paths, a training step, resume, timm as the oracle) there;
 #   2. vitkit bench: ViT-B/16 at 224 px, bf16, batch 256, inference and training, against timm,
 #      Hugging Face and torchvision, each eager and compiled, with the fraction of the measured
@@ -32,7 +32,7 @@ if [ "$install" = 1 ]; then
   make .venv/.installed-test >/dev/null || exit 1
   py=.venv/bin/python
 else
-  py=python3
+  py=${PYTHON:-python3}
   export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p "$out"
@@ -49,13 +49,14 @@ step() {  # step NAME COMMAND...: run it, keep its output, note a failure and go
   fi
 }
 
-if [ "$quick" = 1 ]; then
-  model=(--model vit_ti16 --image-size 64 --batch 8 --repeats 1)
+if [ "$quick" = 1 ]; then  # the same steps, small: a check that the script works, not a measurement
+  model=(--model vit_ti16 --image-size 32 --batch 4 --repeats 1)
+  compile=()
   tests=(tests/test_devices.py -k "$device")
-  cifar=(digits --time-budget 20)
-  [ -f "$data" ] && cifar=("$data" --time-budget 40 --val-split 0.9)
+  cifar=(digits --time-budget 15)
 else
   model=(--model vit_b16 --batch 256 --repeats 5)
+  compile=(--compile)
   tests=(tests/test_devices.py tests/test_fast.py -k "$device")
   cifar=("$data" --time-budget "$budget")
 fi
@@ -64,9 +65,9 @@ fi
 else 'no GPU', file=sys.stderr)" 2>"$out/machine.txt"
 step tests "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 step bench-infer "$py" -m vitkit bench "${model[@]}" --device "$device" --dtype bf16 --mode infer \
-  --compare timm,hf,torchvision --compile --json
+  --compare timm,hf,torchvision "${compile[@]}" --json
 step bench-train "$py" -m vitkit bench "${model[@]}" --device "$device" --dtype bf16 --mode train \
-  --compare timm,hf,torchvision --compile --json
+  --compare timm,hf,torchvision "${compile[@]}" --json
 step cifar "$py" -m vitkit train "${cifar[@]}" --device "$device" --out "$out/cifar-run" --json
 step torchrun "$py" -m torch.distributed.run --standalone --nproc-per-node 1 -m vitkit train digits \
   --epochs 1 --device "$device" --out "$out/torchrun-run" --json

@@ -107,7 +107,7 @@ def test_fine_tune_to_other_classes_and_size(tmp_path, capsys):
     assert code == 0, err
     second = make_folder(tmp_path / "b", classes=("gray", "other"), size=32, corrupt=False)
     code, _result, err = run_cli(capsys, *train_args(second, tmp_path / "ft", "--epochs", "1", "--init",
-                                                    tmp_path / "base", "--layer-decay", "0.75"))
+                                                    tmp_path / "base", "--layer-decay", "0.75", "--image-size", "32"))
     assert code == 0, err
     tuned = vitkit.load(tmp_path / "ft")
     base = vitkit.load(tmp_path / "base")
