@@ -11,6 +11,7 @@ from PIL import Image
 from vitkit.cli import main
 from vitkit.data import spec
 from vitkit.data.decode import read_image
+from vitkit.data.normalization import HALF
 from vitkit.data.transforms import eval_transform
 from vitkit.train import budget, trainer
 from vitkit.train.distributed import World
@@ -174,7 +175,7 @@ def wide_images(root, size=16):
 def first_training_images(data: str, recipe: Recipe) -> torch.Tensor:
     splits = spec.load(data, val_split=0.5)
     config = trainer.ViTConfig(image_size=16, patch_size=4, dim=32, depth=1, heads=2, mlp_dim=32, num_classes=2)
-    feed = build_feed(splits, recipe, config, World())
+    feed = build_feed(splits, recipe, config, HALF, World())
     feed.sampler.set_epoch(0)
     images, labels, _ = next(iter(feed.loader))
     order = [splits.train.names[i] if hasattr(splits.train, "names") else None for i, _ in feed.sampler]
