@@ -208,3 +208,10 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     result = train("digits", recipe, {"epochs", "compile", *FAST}, out=tmp_path / "r")
     assert result["epochs"] == 1 and result["val_top1"] > 0.1
     assert "torch.compile failed (InductorError: no working C++ compiler); training without it" in caplog.text
+
+
+def test_the_budget_plan_leaves_out_what_the_first_steps_spent_compiling():
+    planner = budget.BudgetPlanner(budget=1000, steps_per_epoch=25)
+    compile_then_steady = [9.0] * 5 + [1.0] * 20  # an epoch of 25 steps: 45 s, of which 40 s compiling
+    assert budget.BudgetPlanner.steady_seconds(45.0 + 5.0, compile_then_steady) == pytest.approx(10.0)
+    assert planner.epochs(elapsed=50.0, steps_done=25, epoch_seconds=10.0) == 1 + int(950 * budget.SAFETY / 10)

@@ -119,6 +119,11 @@ RECIPE_HELP = {
                  "weights' own with --init, else half)",
     "layer_decay": "layer-wise learning-rate decay for fine-tuning, e.g. 0.75",
     "freeze_backbone": "train only the head (linear probe)",
+    "teacher": "distil from this teacher (DeiT): a run or weights vitkit.load reads, or "
+               "torchvision:ARCH:STATE_DICT; the student gets a distillation token and head",
+    "distill": "hard (the teacher's top class, DeiT's best) or soft (its distribution, tau 3, weight 0.1)",
+    "grad_checkpointing": "recompute each block's activations in backward instead of keeping them "
+                          "(less memory for ViT-L/H, ~one more forward of compute)",
     "skip_nonfinite": "drop steps whose loss is NaN/inf instead of stopping",
     "fsdp": "with several processes, shard parameters, gradients and optimizer state (FSDP2) instead "
             "of replicating them (DDP): for models that do not fit one device",

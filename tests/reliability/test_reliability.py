@@ -178,3 +178,18 @@ def test_interrupted_commands_leave_no_partial_file(tmp_path, monkeypatch, comma
     leftovers = [p.name for p in out.parent.rglob("*") if ".tmp" in p.name]
     assert not leftovers
     assert not out.exists() or (out.is_dir() and not any(out.iterdir()))
+
+
+@pytest.mark.parametrize("shards", ["/tmp/elsewhere", "../../outside", "checkpoint-shards/../../x", "step-1-zzzzzzzz"])
+def test_a_checkpoint_naming_foreign_shards_is_refused(tmp_path, capsys, shards):
+    """torch.distributed.checkpoint unpickles a shard folder's .metadata: checkpoint.pt may name
+    only the run's own checkpoint-shards/step-N-XXXXXXXX folder."""
+    make_good(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--out", str(run)]) == 0
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint.save(run / "checkpoint.pt", {**saved, "shards": shards})
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "not this run's own" in err and "Traceback" not in err

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vitkit.model.vit import ViT
 
@@ -133,11 +134,16 @@ def position_similarity(model: ViT) -> torch.Tensor:
 
 
 def embedding_components(model: ViT, count: int = 28) -> torch.Tensor:
-    """The first principal components of the patch-embedding filters, as (count, C, ph, pw)."""
+    """The first principal components of the patch-embedding filters, as (count, C, ph, pw). With
+    a CNN before the projection (conv stem, ResNet), of the first convolution's filters: those are
+    the ones that look at pixels."""
     c = model.config
     ph, pw = c.patch_hw
     weight = model.patch_embed.proj.weight.detach().float()
-    if c.patch_embed == "conv":
+    if c.patch_embed not in ("conv", "linear-ln"):
+        weight = next(m for m in model.patch_embed.modules() if isinstance(m, nn.Conv2d)).weight.detach().float()
+        ph, pw = weight.shape[-2:]
+    if c.patch_embed != "linear-ln":
         filters = weight.flatten(1)  # (dim, C*ph*pw), channel-major
         shape = lambda v: v.reshape(-1, c.in_channels, ph, pw)  # noqa: E731
     else:  # linear-ln flattens patches as (ph, pw, C)

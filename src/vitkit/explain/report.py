@@ -11,9 +11,17 @@ from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
 from vitkit.data.transforms import eval_transform, to_model_input
 from vitkit.explain import figures, maps
-from vitkit.infer import expand_images, open_run
+from vitkit.infer import LoadedRun, expand_images, open_run
+from vitkit.model.vit import ViT
 
 METHODS = ("rollout", "last-layer", "grad-rollout")
+
+
+def open_attention_model(run: str | Path) -> LoadedRun:
+    loaded = open_run(run)
+    if not isinstance(loaded.model, ViT):
+        raise ValueError(f"{run} is a {loaded.model.config.arch} (a CNN): attention maps need a ViT")
+    return loaded
 
 
 def explain(run: str | Path, images: list[str], out: str | Path | None = None, method: str = "rollout",
@@ -21,7 +29,7 @@ def explain(run: str | Path, images: list[str], out: str | Path | None = None, m
     """One PNG per image: the image, the chosen attention map over it, and the top-3 classes."""
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: use one of {METHODS}")
-    loaded = open_run(run)
+    loaded = open_attention_model(run)
     model, config = loaded.model, loaded.model.config
     if target is not None and target not in loaded.classes:
         raise ValueError(f"--class {target!r} is not one of the model's classes: {loaded.classes}")
@@ -59,7 +67,7 @@ def inspect(run: str | Path, data: str | None = None, out: str | Path | None = N
     """The paper's Figure 7 for this model, and its numbers."""
     if count < 1:
         raise ValueError(f"--images must be at least 1, got {count}")
-    loaded = open_run(run)
+    loaded = open_attention_model(run)
     model, config = loaded.model, loaded.model.config
     spec = data or loaded.data
     if spec is None:

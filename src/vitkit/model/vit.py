@@ -62,8 +62,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    The fast path is `F.scaled_dot_product_attention` (fused kernels on CPU and GPU). Only when the
-    caller asks for the attention probabilities do we compute softmax(q k^T / sqrt(d)) explicitly.
+    The fast path is `F.scaled_dot_product_attention` (fused kernels on CPU and GPU). The explicit
+    softmax(q k^T / sqrt(d)) v runs when the caller asks for the attention probabilities, or when
+    `fused` is off (`vitkit.model.fast.use_training_attention`: faster to train on CPUs).
     """
 
     def __init__(self, config: ViTConfig):
@@ -77,6 +78,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.inner_dim, config.dim)
         self.attn_dropout = config.attn_dropout
         self.proj_drop = nn.Dropout(config.dropout)
+        self.fused = True
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -86,9 +88,10 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         dropout = self.attn_dropout if self.training else 0.0
         probs = None
-        if return_attention:
+        if return_attention or not self.fused:
             probs = (q * self.head_dim**-0.5 @ k.transpose(-2, -1)).softmax(dim=-1)
             out = F.dropout(probs, dropout, self.training) @ v
+            probs = probs if return_attention else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)

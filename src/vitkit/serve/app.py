@@ -195,12 +195,12 @@ async def info(request: Request) -> dict:
 def load_engine(source: str | Path, device: str | None = None, dtype: str = "auto", compile: bool = False) -> Engine:
     """Open the model (a load failure is a ValueError/FileNotFoundError: the CLI's one-line
     error at start, never a server that fails on its first request)."""
-    from vitkit.train.trainer import bf16_supported
+    from vitkit.train.trainer import bf16_pays
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = open_model(source, dev)
     if dtype == "auto":  # bf16 pays on CPUs with AMX/AVX512-BF16, and only for wider models
-        dtype = "bf16" if bf16_supported(dev) and loaded.model.config.dim >= 128 else "fp32"
+        dtype = "bf16" if bf16_pays(dev, loaded.model.config) else "fp32"
     return Engine(loaded, dev, dtype, compile)
 
 

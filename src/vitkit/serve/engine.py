@@ -8,7 +8,6 @@ because the maps need its attention probabilities (and, for grad-rollout, its gr
 
 from __future__ import annotations
 
-import copy
 import io
 import typing
 from pathlib import Path
@@ -55,9 +54,7 @@ class Engine:
         self.fit = eval_transform(self.config.image_hw)
         for p in loaded.model.parameters():  # nothing here trains: no autograd graph through the weights
             p.requires_grad_(False)
-        # for_inference casts in place: keep the fp32 model for /explain when the fast path differs
-        same = dtype == "fp32" and not compile
-        self.fast = for_inference(loaded.model if same else copy.deepcopy(loaded.model), dtype, compile)
+        self.fast = for_inference(loaded.model, dtype, compile)  # a copy: /explain keeps the fp32 model
         self.input_dtype = next(self.fast.parameters()).dtype
 
     def decode(self, data: bytes) -> torch.Tensor:
@@ -68,7 +65,8 @@ class Engine:
     @torch.inference_mode()
     def probabilities(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class probabilities (fp32, CPU) for a batch of decoded images, one row per image."""
-        x = to_model_input(torch.stack(images).to(self.device), self.loaded.normalize).to(self.input_dtype)
+        x = to_model_input(torch.stack(images).to(self.device), self.loaded.normalize, self.config.in_channels)
+        x = x.to(self.input_dtype)
         return list(self.fast(x).float().softmax(-1).cpu())
 
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:
@@ -91,7 +89,7 @@ class Engine:
         if target is not None and target not in self.classes:
             raise ValueError(f"class {target!r} is not one of the model's classes")
         model = self.loaded.model
-        x = to_model_input(image[None].to(self.device), self.loaded.normalize)
+        x = to_model_input(image[None].to(self.device), self.loaded.normalize, self.config.in_channels)
         with torch.no_grad():
             probs = model(x).float().softmax(-1)[0].cpu()
         explained = target or self.classes[int(probs.argmax())]

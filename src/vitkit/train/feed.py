@@ -30,7 +30,8 @@ class Batch:
     """One process's share of a global batch, ready for the model. `weights` is 0 for a stand-in
     image (a process whose images all failed to decode still takes part in the step)."""
 
-    images: torch.Tensor
+    images: torch.Tensor  # normalised, for the model
+    pixels: torch.Tensor  # the same images in [0, 1], for a teacher with its own normalization
     targets: torch.Tensor  # class indices, or class probabilities after MixUp/CutMix
     labels: torch.Tensor
     weights: torch.Tensor
@@ -65,11 +66,10 @@ class Feed:
             per_rank = recipe.batch_size // self.world.size
             g = torch.Generator().manual_seed(mix_seed(recipe.seed, epoch, step, 2))
             x = self.geometry(x, g, start=self.world.rank * per_rank, total=recipe.batch_size)
-        x = self.normalization(x, self.config.in_channels)
         targets = labels
-        if self.mixer is not None:
+        if self.mixer is not None:  # on [0, 1] pixels: mixing commutes with the normalization
             x, targets = self.mixer(x, labels)
-        return Batch(x, targets, labels, weights)
+        return Batch(self.normalization(x, self.config.in_channels), x, targets, labels, weights)
 
     def test_loader(self, splits: DataSplits) -> DataLoader:
         return eval_loader(splits.test, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(splits.test)))

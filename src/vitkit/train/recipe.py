@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vitkit.model.cnn import PREFIX as CNN_PREFIX
+from vitkit.model.cnn import CNNConfig
 from vitkit.model.config import ViTConfig
 from vitkit.model.presets import get_config
 
@@ -58,6 +60,9 @@ class Recipe:
     normalize: str | None = None  # input normalization; default: the weights' own (half for a new model)
     layer_decay: float | None = None
     freeze_backbone: bool = False
+    teacher: str | None = None  # DeiT distillation from RUN|WEIGHTS or torchvision:ARCH:STATE_DICT
+    distill: Literal["hard", "soft"] = "hard"
+    grad_checkpointing: bool = False
     skip_nonfinite: bool = False
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -147,7 +152,7 @@ def fine_tune_recipe(recipe: Recipe, given: set[str], image_side: int, num_train
 
 
 def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | None, channels: int,
-                num_classes: int, num_train: int, flip_ok: bool) -> tuple[Recipe, ViTConfig]:
+                num_classes: int, num_train: int, flip_ok: bool) -> tuple[Recipe, ViTConfig | CNNConfig]:
     """Fill what the user did not set (`given` names the fields they did) for this data set."""
     side = max(image_hw) if image_hw else 224
     if recipe.image_size:
@@ -155,6 +160,10 @@ def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | Non
     model_fields, recipe_fields = regime(side)
     recipe = fill(recipe, given, recipe_fields, flip_ok)
 
+    if recipe.model and recipe.model.startswith(CNN_PREFIX):  # a torchvision CNN, at the data's own size
+        size = recipe.image_size or (image_hw if image_hw and side <= 64 else 224)
+        return recipe, CNNConfig(recipe.model.removeprefix(CNN_PREFIX), num_classes, channels, size,
+                                 small_images=side <= 64)
     if recipe.model:
         config = get_config(recipe.model)
     else:

@@ -35,11 +35,13 @@ from vitkit import atomic
 from vitkit.data import spec as data_spec
 from vitkit.data.loader import mix_seed
 from vitkit.data.normalization import HALF, Normalization
+from vitkit.model.cnn import CNNConfig, build_model, config_from_dict
 from vitkit.model.config import ViTConfig
-from vitkit.model.fast import training_attention
+from vitkit.model.fast import use_training_attention
 from vitkit.model.vit import ViT
 from vitkit.train import checkpoint, plots
 from vitkit.train.budget import BudgetPlanner
+from vitkit.train.distill import distillation_losses, load_teacher
 from vitkit.train.distributed import World, fully_shard_model, restarted
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.feed import Feed, build_feed
@@ -51,7 +53,7 @@ log = logging.getLogger("vitkit")
 NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit
 PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)
 TIMING_KEYS = ("seconds", "train_seconds", "elapsed", "img_per_s", "loader_wait_s")  # differ run to run
-CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp"}  # how a run computes, not what it computes
+CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
 # Called with the run before every training step: for tests that inject faults, and for anyone
 # who wants to watch or steer a run from Python.
 STEP_HOOKS: list[Callable[[Run], None]] = []
@@ -139,7 +141,7 @@ class Run:
         check_data(self.splits, self.strict)
         self.init_model: ViT | None = None
         if self.saved:
-            self.config = ViTConfig.from_dict(self.saved["model_config"])
+            self.config = config_from_dict(self.saved["model_config"])
             normalization = Normalization.parse(self.saved["normalize"])
         elif recipe.init:
             recipe = self.plan_fine_tune(recipe, given)
@@ -149,6 +151,11 @@ class Run:
             recipe, self.config = auto_recipe(recipe, given, s.image_size, s.channels, len(s.classes),
                                               len(s.train), self.flip_ok)
             normalization = Normalization.parse(recipe.normalize or HALF)
+            if recipe.teacher and isinstance(self.config, ViTConfig):  # DeiT: a distillation token and head
+                self.config = self.config.replace(distilled=True, class_token=True, pool="cls")
+        if recipe.teacher and not getattr(self.config, "distilled", False):
+            raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
+                             "model (deit_*_distilled), or no --init")
         self.feed: Feed = build_feed(self.splits, recipe, self.config, normalization, self.world)
         self.recipe = self.feed.recipe
         self.steps_per_epoch = self.feed.sampler.batches_per_epoch()
@@ -179,7 +186,9 @@ class Run:
         if model.config.in_channels > s.channels:
             log.info("gray images repeated to the %d channels the weights take", model.config.in_channels)
         recipe = fine_tune_recipe(recipe, given, max(model.config.image_hw), len(s.train), self.flip_ok)
-        self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout)
+        self.config = model.config
+        if isinstance(self.config, ViTConfig):
+            self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout)
         if self.config != model.config:  # stochastic depth and dropout are built into the blocks
             normalization, state = model.normalization, model.state_dict()
             model = ViT(self.config)
@@ -209,14 +218,16 @@ class Run:
         self.optimizer = build_optimizer(self.model, recipe, world.device)
         self.schedule = Schedule(recipe.lr, recipe.min_lr, int(recipe.warmup_epochs * self.steps_per_epoch),
                                  recipe.epochs * self.steps_per_epoch if recipe.epochs else None)
-        self.bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(world.device)
-                                                   and (world.device.type == "cuda" or self.config.dim >= 128))
+        self.bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_pays(world.device, self.config))
+        self.model.set_grad_checkpointing(recipe.grad_checkpointing)
+        use_training_attention(self.model, world.device)
+        self.teacher = load_teacher(recipe.teacher, self.config.num_classes, world.device) if recipe.teacher else None
         self.forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
         self.compute = CompiledOrEager(self.losses) if recipe.compile else self.losses
 
     def initial_model(self) -> ViT:
         """A fresh model, or the --init weights (never re-read on resume: the checkpoint has them)."""
-        return self.init_model if self.init_model is not None else ViT(self.config)
+        return self.init_model if self.init_model is not None else build_model(self.config)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -297,10 +308,11 @@ class Run:
         self.schedule.apply(self.optimizer, p.global_step)
         pieces = max(1, min(recipe.accum_steps, len(batch.labels)))
         loss_sum, hits = torch.zeros((), device=world.device), torch.zeros((), device=world.device)
-        chunks = [c.chunk(pieces) for c in (batch.images, batch.targets, batch.labels, batch.weights)]
-        for i, (x, t, y, w) in enumerate(zip(*chunks, strict=True)):
+        teacher = self.teacher(batch.pixels) if self.teacher else torch.zeros(len(batch.labels), 0)
+        chunks = [c.chunk(pieces) for c in (batch.images, batch.targets, batch.labels, batch.weights, teacher)]
+        for i, (x, t, y, w, teach) in enumerate(zip(*chunks, strict=True)):
             with self.gradient_sync(last=i == pieces - 1):
-                losses, logits = self.compute(x, t, w)
+                losses, logits = self.compute(x, t, w, teach if self.teacher else None)
                 (losses.sum() * (world.size / used)).backward()
             loss_sum += losses.detach().sum()
             hits += ((logits.detach().argmax(1) == y) * w).sum()
@@ -316,13 +328,19 @@ class Run:
         p.totals.correct += int(hits.item())
         p.totals.seen += len(labels)
 
-    def losses(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def losses(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+               teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image losses (zero for stand-in images) and the logits: the part of a step that
-        --compile compiles, forward and backward."""
-        with autocast(self.world.device, self.bf16), training_attention(self.world.device):
-            logits = self.forward(x).float()
-        losses = F.cross_entropy(logits, targets, label_smoothing=self.recipe.label_smoothing, reduction="none")
-        return losses * weights, logits
+        --compile compiles, forward and backward. A distilled student's two heads learn the labels
+        and the teacher's predictions (train/distill.py)."""
+        with autocast(self.world.device, self.bf16):
+            out = self.forward(x)
+        smoothing = self.recipe.label_smoothing
+        if isinstance(out, tuple):  # DeiT's (class head, distillation head)
+            losses = distillation_losses(out, targets, teacher, self.recipe.distill, smoothing)
+            return losses * weights, (out[0].float() + out[1].float()) / 2
+        logits = out.float()
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing, reduction="none") * weights, logits
 
     def gradient_sync(self, last: bool):
         """Accumulation pieces before the last keep their gradients local: one all-reduce (DDP) or
@@ -407,7 +425,7 @@ class Run:
         p.history.append(record)
         p.epoch, p.step, p.totals = p.epoch + 1, 0, EpochTotals()
         if self.planner and p.epoch == 1:  # re-plan from a whole epoch with its evaluation
-            self.plan_epochs(record["seconds"])
+            self.plan_epochs(BudgetPlanner.steady_seconds(record["seconds"], self.step_times))
         self.save_checkpoint()
         self.publish(final=p.epoch == p.epochs)
         log_epoch(record, p.epochs)
@@ -490,11 +508,13 @@ class CompiledOrEager:
         return self.fn(*args)
 
 
-def bf16_supported(device: torch.device) -> bool:
+def bf16_pays(device: torch.device, config: ViTConfig | CNNConfig) -> bool:
     """On CPU, bf16 pays only with AMX or AVX512-BF16, and (measured) only for models of width
     >= 128: a width-64 model trains at 3300 img/s in fp32 but 1600 img/s under bf16 autocast."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if getattr(config, "dim", 128) < 128:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

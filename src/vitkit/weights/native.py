@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from vitkit import atomic
 from vitkit.data.normalization import Normalization
 from vitkit.model import position
+from vitkit.model.cnn import CNN, CNNConfig
 from vitkit.model.config import ViTConfig
 from vitkit.model.vit import ViT
 
@@ -38,7 +39,8 @@ def save_weights(state: dict[str, torch.Tensor], config: ViTConfig, directory: s
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic.atomic_path(directory / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    meta = {"format": FORMAT_TAG, "vit": config.to_dict(), **(extra or {})}
+    kind = "cnn" if isinstance(config, CNNConfig) else "vit"
+    meta = {"format": FORMAT_TAG, kind: config.to_dict(), **(extra or {})}
     atomic.write_text(directory / CONFIG, json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -57,6 +59,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """Everything in config.json besides the architecture (class names, training recipe, ...)."""
     meta = json.loads((Path(directory) / CONFIG).read_text())
     meta.pop("vit", None)
+    meta.pop("cnn", None)
     return meta
 
 
@@ -64,14 +67,39 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
     """Load a `save_pretrained` directory. Overrides such as image_size or num_classes adapt it:
     the position embedding is resampled, and a new class count gets a fresh head."""
     directory = Path(directory)
-    config = ViTConfig.load(directory / CONFIG)
     state = load_file(str(directory / WEIGHTS))
-    model = build_with_state(config, state, **overrides)
+    cnn = json.loads((directory / CONFIG).read_text()).get("cnn")
+    if isinstance(cnn, dict):
+        model = _cnn_with_state(CNNConfig.from_dict(cnn), state, **overrides)
+    else:
+        model = build_with_state(ViTConfig.load(directory / CONFIG), state, **overrides)
     recorded = read_meta(directory).get("normalize")
     if recorded is None:
         log.info("%s does not record its input normalization (written before vitkit recorded it); assuming "
                  "half (mean=std=0.5); pass --normalize to override", directory)
     model.normalization = Normalization.parse(recorded or "half")
+    return model
+
+
+def _cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **overrides: Any) -> CNN:
+    """A CNN run: a new class count gets a fresh classifier; a new image size changes nothing
+    (convolutions take any size)."""
+    unknown = sorted(set(overrides) - {"num_classes", "image_size", "drop_path", "dropout"})
+    if unknown:
+        raise ValueError(f"a {config.arch} run cannot be adapted with {unknown[0]}=")
+    fields = {k: overrides[k] for k in ("num_classes", "image_size") if k in overrides}
+    model = CNN(config.replace(**fields))
+    fresh = set()
+    if model.config.num_classes != config.num_classes:
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        fresh = {f"{n}.{p}" for n in linear for p in ("weight", "bias")}
+        state = {k: v for k, v in state.items() if k not in fresh}
+        log.warning("new classifier for %d classes (the weights have %d): it starts untrained",
+                    model.config.num_classes, config.num_classes)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - fresh:
+        raise ValueError(f"weights do not match {config.arch}: missing {sorted(set(missing) - fresh)[:8]}, "
+                         f"unexpected {unexpected[:8]}")
     return model
 
 

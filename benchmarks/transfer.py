@@ -1,0 +1,104 @@
+"""Transfer on CIFAR-10, offline: what pre-trained weights buy on a small data set.
+
+    python benchmarks/transfer.py --data ../shared/data/cifar10/cifar10-train-jpg.tar.gz \
+        [--pretrain-budget 600] [--shots 100] [--record]
+
+1. Pre-train `vitkit train` (defaults) on classes 0-4 (airplane ... deer, 25,000 images) for a
+   fixed time budget.
+2. On classes 5-9 (dog ... truck) with `--shots` training images per class, compare:
+   (a) fine-tuning the pre-trained weights (`--init`, vitkit's default fine-tuning recipe),
+   (b) a linear probe (`--init --freeze-backbone`) and the paper's 10-shot linear evaluation
+       (`vitkit fewshot`), and
+   (c) training from scratch on the same images (vitkit's defaults),
+   each scored on 1,000 held-out images per class of classes 5-9 that no run saw.
+Every run is the `vitkit` command as a user types it; wall times include everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, this_command
+
+ROOT = Path(__file__).parents[1]
+HELD_OUT = 1000  # per class of 5-9, never trained on
+
+
+def split_archive(archive: Path, out: Path, shots: int) -> tuple[Path, Path]:
+    """pretrain/<class 0-4>/..., and target/train/<class 5-9>/ (`shots` each) + target/test/ (HELD_OUT)."""
+    with tarfile.open(archive) as tar:
+        members = sorted((m for m in tar if m.isfile() and m.name.lower().endswith(".jpg")), key=lambda m: m.name)
+        classes = sorted({m.name.removeprefix("./").split("/")[-2] for m in members})
+        taken: dict[str, int] = {}
+        for m in members:
+            cls = m.name.removeprefix("./").split("/")[-2]
+            index = classes.index(cls)
+            n = taken[cls] = taken.get(cls, 0) + 1
+            if index < 5:
+                dest = out / "pretrain" / cls
+            elif n <= shots:
+                dest = out / "target" / "train" / cls
+            elif n <= shots + HELD_OUT:
+                dest = out / "target" / "test" / cls
+            else:
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / Path(m.name).name).write_bytes(tar.extractfile(m).read())
+    return out / "pretrain", out / "target"
+
+
+def vitkit(*args: str) -> tuple[dict, float]:
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "vitkit", *args, "--json"], capture_output=True, text=True,
+                          cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"vitkit {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout), time.time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10/cifar10-train-jpg.tar.gz"))
+    parser.add_argument("--pretrain-budget", type=float, default=600)
+    parser.add_argument("--shots", type=int, default=100, help="training images per class of 5-9")
+    parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pretrain, target = split_archive(Path(args.data), tmp, args.shots)
+        pre, pre_wall = vitkit("train", str(pretrain), "--time-budget", str(args.pretrain_budget), "--out",
+                               str(tmp / "pre"))
+        rows = [("pre-training on classes 0-4 (25,000 images)", f"{100 * pre['val_top1']:.1f}% (its own "
+                 "validation)", pre_wall, f"{pre['epochs']} epochs")]
+        runs = {"(a) fine-tuned (`--init`, default recipe)": ["--init", str(tmp / "pre")],
+                "(b) linear probe (`--init --freeze-backbone`)": ["--init", str(tmp / "pre"), "--freeze-backbone"],
+                "(c) from scratch (defaults)": []}
+        scores = {}
+        for name, extra in runs.items():
+            result, wall = vitkit("train", str(target), "--out", str(tmp / name[1]), *extra)
+            scores[name] = result["test_top1"]
+            rows.append((name, f"{100 * result['test_top1']:.1f}%", wall, f"{result['epochs']} epochs"))
+        few, wall = vitkit("fewshot", str(tmp / "pre"), "--data", str(target), "--shots", "10")
+        acc = few["results"][0]["top1"]
+        rows.append(("(b) 10-shot linear evaluation (`vitkit fewshot`)", f"{100 * acc:.1f}%", wall, "closed form"))
+    gain = 100 * (scores["(a) fine-tuned (`--init`, default recipe)"] - scores["(c) from scratch (defaults)"])
+    table = "| run | top-1 on 5,000 held-out images of classes 5-9 | wall time | |\n|---|---|---|---|\n" + \
+        "\n".join(f"| {name} | {score} | {wall:.0f} s | {note} |" for name, score, wall, note in rows)
+    print(table)
+    print(f"fine-tuning - from scratch: {gain:+.1f} points (goal: >= +15)")
+    if args.record:
+        record("Transfer: pre-trained on CIFAR-10 classes 0-4, then 5-9 from "
+               f"{args.shots} images per class", this_command(), table,
+               f"Fine-tuning minus from scratch: {gain:+.1f} points (goal >= +15).")
+
+
+if __name__ == "__main__":
+    main()
