@@ -76,6 +76,8 @@ def test_conv_stem_computes_the_same_in_any_batch_and_in_both_modes():
     (dict(patch_embed="conv-stem", patch_size=(8, 16), image_size=32), "square power of two"),
     (dict(patch_embed="conv-stem", patch_size=1, image_size=32), "power of two"),
     (dict(stem_channels=16), "stem_channels"),
+    (dict(stem_depth=2), "stem_depth"),
+    (dict(patch_embed="conv-stem", patch_size=4, image_size=32, stem_depth=0), "stem_depth=0"),
     (dict(backbone_layers=(3, 4, 9)), "backbone_layers"),
     (dict(patch_embed="resnet", backbone_layers=(3, 4, 9), patch_size=8, image_size=32), "stride-16"),
     (dict(patch_embed="resnet", backbone_layers=(1, 1, 1, 1, 1), patch_size=32, image_size=64), "up to 4"),
@@ -207,6 +209,7 @@ def test_conv_stem_presets_keep_their_grid_and_are_listed(capsys):
 @pytest.mark.parametrize("fields", [
     dict(patch_embed="conv-stem", patch_size=16, image_size=(32, 64)),
     dict(patch_embed="conv-stem", patch_size=4, image_size=32, stem_channels=12),
+    dict(patch_embed="conv-stem", patch_size=4, image_size=32, stem_depth=2),
     dict(patch_embed="resnet", backbone_layers=(3, 4, 9), patch_size=16, image_size=(32, 48)),
     dict(patch_embed="resnet", backbone_layers=(2, 2, 2, 2), patch_size=32, image_size=64),
     dict(patch_embed="resnet", backbone_layers=(), patch_size=32, image_size=64),
@@ -219,3 +222,13 @@ def test_flops_count_the_stem(fields):
         model(x)
     measured = counter.get_total_flops() / 2 / x.shape[0]
     assert abs(vitkit.flops(config) - measured) / measured < 0.01
+
+
+def test_a_deeper_conv_stem_adds_stride_one_convolutions():
+    config = vitkit.ViTConfig(**{**SMALL, "patch_embed": "conv-stem", "patch_size": 4, "image_size": 32,
+                                 "stem_depth": 2})
+    stem = vitkit.ViT(config).patch_embed.backbone
+    strides = [unit.conv.stride[0] for unit in stem]
+    assert strides == [2, 1, 2, 1]
+    shape = stem(torch.randn(1, 3, 32, 32)).shape
+    assert shape[-2:] == (8, 8) and shape[1] == stem[-1].conv.out_channels

@@ -19,7 +19,7 @@ ACTIVATIONS = ("gelu", "gelu-tanh")
 # terabytes before a single tensor is allocated.
 LIMITS = {"dim": 16384, "depth": 512, "heads": 1024, "mlp_dim": 131072, "num_classes": 1_000_000,
           "image": 16384, "in_channels": 512, "tokens": 1_000_000, "reg_tokens": 1024,
-          "stem_channels": 16384, "backbone_stages": 4, "backbone_blocks": 64}
+          "stem_channels": 16384, "stem_depth": 8, "backbone_stages": 4, "backbone_blocks": 64}
 
 
 def resnet_stride(layers: tuple[int, ...]) -> int:
@@ -61,7 +61,9 @@ class ViTConfig:
     `patch_embed="conv-stem"`: log2(patch_size) 3x3 stride-2 convolutions, each with a LayerNorm
     over channels and ReLU, then a 1x1 projection ("Early Convolutions Help Transformers See
     Better", Xiao et al. 2021). `stem_channels`: the first convolution's width, doubling at each
-    next one; default dim / 2**(convolutions - 1), so that the last one is dim wide.
+    next one; default dim / 2**(convolutions - 1), so that the last one is dim wide. `stem_depth`:
+    convolutions at each resolution, the first of them strided (1: Xiao et al.'s stem; 2 adds a 3x3
+    stride-1 convolution after each, more of a CNN's prior for small data sets).
     `patch_embed="resnet"`: the paper's hybrid, a ResNet (timm's `vit_*_r50_*`) whose feature map is
     projected by a (patch_size / its stride)-sized convolution. `backbone_layers`: bottlenecks per
     stage, (3, 4, 9) for the paper's R50 at stride 16, (2, 2, 2, 2) for R26 at stride 32, () for
@@ -79,6 +81,7 @@ class ViTConfig:
     head_dim: int | None = None
     patch_embed: Literal["conv", "linear-ln", "conv-stem", "resnet"] = "conv"
     stem_channels: int | None = None
+    stem_depth: int = 1
     backbone_layers: tuple[int, ...] = ()
     class_token: bool = True
     pool: Literal["cls", "mean", "mean-all", "map"] = "cls"
@@ -239,6 +242,9 @@ class ViTConfig:
             _bounded("stem_channels", self.stem_channels, 1, LIMITS["stem_channels"])
             if self.patch_embed != "conv-stem":
                 raise ValueError("stem_channels is the width of patch_embed='conv-stem'; set that or drop it")
+        _bounded("stem_depth", self.stem_depth, 1, LIMITS["stem_depth"])
+        if self.stem_depth != 1 and self.patch_embed != "conv-stem":
+            raise ValueError("stem_depth is the depth of patch_embed='conv-stem'; set that or drop it")
         if not isinstance(stages, tuple) or len(stages) > LIMITS["backbone_stages"]:
             raise ValueError(f"backbone_layers must be up to 4 stage depths such as (3, 4, 9), got {stages!r}")
         for depth in stages:

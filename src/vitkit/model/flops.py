@@ -37,11 +37,12 @@ def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None) ->
 def backbone_macs(config: ViTConfig) -> tuple[int, int]:
     """MACs of the CNN before the patch projection (model/stems.py), and its output channels."""
     h, w = config.image_hw
-    if config.patch_embed == "conv-stem":  # 3x3 stride-2 convolutions
+    if config.patch_embed == "conv-stem":  # 3x3 convolutions: per width one of stride 2, then stride 1
         macs, channels = 0, config.in_channels
         for width in stems.conv_stem_widths(config):
             h, w = h // 2, w // 2
-            macs, channels = macs + h * w * 9 * channels * width, width
+            macs += h * w * 9 * width * (channels + (config.stem_depth - 1) * width)
+            channels = width
         return macs, channels
     if config.patch_embed != "resnet":
         return 0, config.in_channels

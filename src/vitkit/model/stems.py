@@ -37,7 +37,7 @@ def backbone(config: ViTConfig) -> tuple[nn.Module, int]:
     """The CNN before the patch projection (Identity for the paper's plain ViT) and its output channels."""
     if config.patch_embed == "conv-stem":
         widths = conv_stem_widths(config)
-        return ConvStem(config.in_channels, widths, config.norm_eps), widths[-1]
+        return ConvStem(config.in_channels, widths, config.norm_eps, config.stem_depth), widths[-1]
     if config.patch_embed == "resnet":
         return ResNet(config.in_channels, config.backbone_layers), resnet_width(config.backbone_layers)
     return nn.Identity(), config.in_channels
@@ -60,14 +60,16 @@ class ChannelNorm(nn.LayerNorm):
 
 
 class ConvStem(nn.Sequential):
-    """3x3 stride-2 convolution -> ChannelNorm -> ReLU, once per width (`stem.i.conv`, `stem.i.norm`)."""
+    """3x3 convolution -> ChannelNorm -> ReLU (`stem.i.conv`, `stem.i.norm`): per width, one with
+    stride 2, then `depth - 1` with stride 1."""
 
-    def __init__(self, in_channels: int, widths: list[int], eps: float):
+    def __init__(self, in_channels: int, widths: list[int], eps: float, depth: int = 1):
         layers = []
         for width in widths:  # no bias: the norm's follows
-            conv = nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False)
-            layers.append(nn.Sequential(OrderedDict(conv=conv, norm=ChannelNorm(width, eps=eps), act=nn.ReLU())))
-            in_channels = width
+            for stride in [2] + [1] * (depth - 1):
+                conv = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+                layers.append(nn.Sequential(OrderedDict(conv=conv, norm=ChannelNorm(width, eps=eps), act=nn.ReLU())))
+                in_channels = width
         super().__init__(*layers)
 
 
