@@ -112,7 +112,8 @@ def test_fine_tune_to_other_classes_and_size(tmp_path, capsys):
     tuned = vitkit.load(tmp_path / "ft")
     base = vitkit.load(tmp_path / "base")
     assert tuned.config.num_classes == 2 and tuned.config.image_hw == (32, 32)
-    assert tuned.pos_embed.shape[1] == 1 + 64 and base.pos_embed.shape[1] == 1 + 16
+    prefix = base.config.num_prefix_tokens
+    assert tuned.pos_embed.shape[1] == prefix + 64 and base.pos_embed.shape[1] == prefix + 16
     code, _, err = run_cli(capsys, *train_args(second, tmp_path / "probe", "--epochs", "1", "--init",
                                                tmp_path / "base", "--freeze-backbone"))
     assert code == 0, err

@@ -15,6 +15,7 @@ import vitkit
 from helpers import randomize
 from test_cli import make_folder, run_cli
 from test_weights import flax_npz
+from vitkit.model.fast import use_training_attention
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import Run
 
@@ -75,7 +76,8 @@ def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
     run = Run(str(data), recipe, {"init", "epochs", "batch_size", "workers", "model_overrides"}, out=tmp_path / "run")
     run.fit()
 
-    tuned = vitkit.load(tmp_path / "run").eval()  # the published run is the model that was trained
+    tuned = vitkit.load(tmp_path / "run").eval()  # the published run is the model that was trained,
+    use_training_attention(tuned, torch.device("cpu"))  # compared through the trainer's attention path
     kept = {k: v for k, v in original.config.to_dict().items() if k not in ("num_classes", "drop_path", "dropout")}
     assert {k: tuned.config.to_dict()[k] for k in kept} == kept and tuned.config.num_classes == 3
     x = torch.randn(2, tuned.config.in_channels, *tuned.config.image_hw)

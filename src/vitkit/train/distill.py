@@ -41,7 +41,7 @@ def load_teacher(spec: str, num_classes: int, device: torch.device) -> Teacher:
     ImageNet's normalization."""
     if spec.startswith("torchvision:"):
         _, arch, path = [*spec.split(":", 2), "", ""][:3]
-        model = _torchvision_classifier(arch, path, num_classes)
+        model = _torchvision_classifier(arch, path)
         teacher = Teacher(model, IMAGENET, None)
     else:
         from vitkit.weights import load
@@ -57,17 +57,20 @@ def load_teacher(spec: str, num_classes: int, device: torch.device) -> Teacher:
     return teacher
 
 
-def _torchvision_classifier(arch: str, path: str, num_classes: int) -> nn.Module:
+def _torchvision_classifier(arch: str, path: str) -> nn.Module:
+    """The classifier with as many classes as its state dict's last matrix has rows."""
     import torchvision
 
     if not arch or not path:
         raise ValueError("--teacher torchvision:ARCH:STATE_DICT, e.g. torchvision:resnet18:teacher.pth")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    classes = [v for v in state.values() if v.ndim == 2][-1].shape[0]
     try:
-        model = torchvision.models.get_model(arch, num_classes=num_classes)
+        model = torchvision.models.get_model(arch, num_classes=classes)
     except ValueError:
         raise ValueError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    model.load_state_dict(state)
     return model
 
 

@@ -67,12 +67,14 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
     """Load a `save_pretrained` directory. Overrides such as image_size or num_classes adapt it:
     the position embedding is resampled, and a new class count gets a fresh head."""
     directory = Path(directory)
-    state = load_file(str(directory / WEIGHTS))
+    # The config is checked before the weights are read: a hostile one is refused before allocation.
     cnn = json.loads((directory / CONFIG).read_text()).get("cnn")
-    if isinstance(cnn, dict):
-        model = _cnn_with_state(CNNConfig.from_dict(cnn), state, **overrides)
+    config = CNNConfig.from_dict(cnn) if isinstance(cnn, dict) else ViTConfig.load(directory / CONFIG)
+    state = load_file(str(directory / WEIGHTS))
+    if isinstance(config, CNNConfig):
+        model = _cnn_with_state(config, state, **overrides)
     else:
-        model = build_with_state(ViTConfig.load(directory / CONFIG), state, **overrides)
+        model = build_with_state(config, state, **overrides)
     recorded = read_meta(directory).get("normalize")
     if recorded is None:
         log.info("%s does not record its input normalization (written before vitkit recorded it); assuming "
