@@ -315,10 +315,11 @@ def test_timm_family(tmp_path, name, kwargs, image_size):
         close(ours(x), theirs(x))
 
 
-@pytest.mark.parametrize(("name", "kwargs", "image_size"), [p for p in TIMM_FAMILY if "clip" not in p.id])
+@pytest.mark.parametrize(("name", "kwargs", "image_size"), TIMM_FAMILY)
 def test_timm_family_round_trip(tmp_path, name, kwargs, image_size):
     """vitkit -> timm: the written kwargs build timm's model, which loads the file strictly and computes
-    the same logits; and back."""
+    the same logits; and back. CLIP's LayerNorm eps (1e-5) is a norm_layer partial in timm, which
+    model_args (JSON) cannot hold: saving it refuses with the reason."""
     from safetensors.torch import load_file
     from timm.models._hub import save_for_hf
     from timm.models.deit import VisionTransformerDistilled
@@ -326,6 +327,10 @@ def test_timm_family_round_trip(tmp_path, name, kwargs, image_size):
     source = timm_model(name, kwargs, image_size)
     save_for_hf(source, tmp_path / "source", model_args={**TINY, **kwargs})
     model = vitkit.load(tmp_path / "source").eval()
+    if name and "clip" in name:
+        with pytest.raises(ValueError, match="LayerNorm eps 1e-6"):
+            vitkit.save(model, tmp_path / "timm", format="timm")
+        return
     path = vitkit.save(model, tmp_path / "timm", format="timm")
     written = json.loads(path.with_name("config.json").read_text())
     cls = VisionTransformerDistilled if written["architecture"].endswith("distilled") else VisionTransformer
@@ -521,6 +526,11 @@ def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
     with torch.no_grad():
         close(ours(x), theirs(x))
     assert vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k", num_classes=10).head.out_features == 10
+    by_name = vitkit.load("vit_ti16:augreg_in21k_ft_in1k").eval()  # what --init, convert, fewshot, ... take
+    with torch.no_grad():
+        close(by_name(x), theirs(x))
+    with pytest.raises(ValueError, match="no pretrained weights 'nope' for vit_ti16"):
+        vitkit.load("vit_ti16:nope")
     tiny = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
     monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_s16", {"wrong": tiny})  # a table entry in error
     with pytest.raises(ValueError, match="differ from the preset"):

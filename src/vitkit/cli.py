@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from vitkit.model import PRESETS, ViT, flops
+from vitkit.model.presets import PRETRAINED
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import TrainingError
 from vitkit.weights.io import FORMATS
@@ -65,16 +66,17 @@ def run_models(args: argparse.Namespace) -> int:
         rows.append({"name": name, "image_size": config.image_size, "patch_size": config.patch_size,
                      "dim": config.dim, "depth": config.depth, "heads": config.heads,
                      "mlp_dim": config.mlp_dim, "num_classes": config.num_classes,
-                     "params": params, "gmacs": flops(config) / 1e9})
+                     "params": params, "gmacs": flops(config) / 1e9, "weights": list(PRETRAINED.get(name, {}))})
     if args.json:
         emit_json(rows)
         return 0
-    print(f"{'name':<12} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} "
-          f"{'mlp':>5} {'classes':>7} {'params':>9} {'GMACs':>8}")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} "
+          f"{'mlp':>5} {'classes':>7} {'params':>9} {'GMACs':>8}  weights (NAME:TAG for --init, load, convert)")
     for r in rows:
-        print(f"{r['name']:<12} {r['image_size']:>5} {r['patch_size']:>5} {r['dim']:>5} "
+        print(f"{r['name']:<{width}} {r['image_size']:>5} {r['patch_size']:>5} {r['dim']:>5} "
               f"{r['depth']:>5} {r['heads']:>5} {r['mlp_dim']:>5} {r['num_classes']:>7} "
-              f"{r['params'] / 1e6:>8.2f}M {r['gmacs']:>8.2f}")
+              f"{r['params'] / 1e6:>8.2f}M {r['gmacs']:>8.2f}  {', '.join(r['weights'])}")
     return 0
 
 

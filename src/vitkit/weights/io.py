@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
 from vitkit.data.normalization import HALF, Normalization
+from vitkit.model.presets import PRETRAINED, pretrained_repo
 from vitkit.model.vit import ViT
 from vitkit.weights import hf, jax, native, timm, timm_hybrid, torchvision, vit_pytorch
 from vitkit.weights.common import Source, check_consumed
@@ -88,7 +89,8 @@ def _files_in(directory: Path) -> tuple[Path, dict[str, Any] | None]:
 
 def load(path: str | Path, format: str = "auto", normalize: Any = None, **overrides: Any) -> ViT:
     """A vitkit `ViT` from any ViT checkpoint on disk (or `hf-hub:ORG/NAME`: the Hugging Face Hub,
-    or with HF_HUB_OFFLINE=1 its local cache only).
+    or with HF_HUB_OFFLINE=1 its local cache only; or `NAME:TAG`, a preset's published weights,
+    e.g. `vit_b16:augreg2_in21k_ft_in1k`: see `vitkit models`).
 
     Overrides change the target: `image_size=384` resamples the position embedding,
     `num_classes=10` gives a fresh head. `heads=`, `pool=`, `norm_eps=` and `source_image_size=`
@@ -98,6 +100,9 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
+    name, _, tag = str(path).partition(":")
+    if tag and name in PRETRAINED and not Path(path).exists():
+        path = "hf-hub:" + pretrained_repo(name, tag)
     if str(path).startswith("hf-hub:"):
         path = _download(str(path).removeprefix("hf-hub:"))
     path = Path(path)
