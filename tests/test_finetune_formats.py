@@ -107,3 +107,22 @@ def test_torchvision_weights_are_fine_tuned_with_imagenet_normalization(tmp_path
     mean = np.array([0.485, 0.456, 0.406])[:, None, None]
     std = np.array([0.229, 0.224, 0.225])[:, None, None]
     assert np.abs(model_input - (images.float().numpy() / 255.0 - mean) / std).max() < 1e-5
+
+
+def test_gray_data_fine_tunes_rgb_weights_with_the_channel_repeated(tmp_path, monkeypatch):
+    """digits (1 channel) from torchvision's RGB weights: each gray pixel feeds all three channels,
+    each normalised with its own ImageNet mean and std."""
+    monkeypatch.chdir(tmp_path)
+    weights, hints = torchvision_weights(tmp_path / "w")
+    fields = dict(init=str(weights), epochs=1, batch_size=16, workers=0, model_overrides=hints, flip=False)
+    run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / "r")
+    assert run.config.in_channels == 3
+    images, labels, _ = next(iter(run.feed.loader))
+    assert images.shape[1] == 1
+    model_input = run.feed.prepare(images, labels, 0, 0).images.numpy()
+    assert model_input.shape[1] == 3
+    gray = model_input[:, :1] * 0.229 + 0.485  # channel 0 back to [0, 1]
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    assert np.abs(model_input - (gray - mean) / std).max() < 1e-5
+    assert run.fit()["epochs"] == 1

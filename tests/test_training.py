@@ -116,23 +116,25 @@ def test_test_split_is_scored_once_at_the_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("flag", "allowed"), [(["--epochs", "5"], False), (["--lr", "0.1"], False),
-                                               (["--time-budget", "60"], False), (["--workers", "0"], True),
+                                               (["--time-budget", "60"], False), (["--workers", "1"], True),
                                                (["--compile"], True), (["--no-compile"], True)])
 def test_flags_on_resume_are_honoured_or_refused(tmp_path, capsys, hook, flag, allowed):
     hook(stop_at(1, 2))
-    assert main(["train", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "r")]) == 130
+    first = ["--compile"] if flag == ["--no-compile"] else []  # so that each allowed flag changes something
+    assert main(["train", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "r"), *first]) == 130
     trainer.STEP_HOOKS.clear()
     capsys.readouterr()
-    if flag == ["--compile"]:  # honoured: the resumed run compiles (seen before its first step compiles)
-        compiled = []
+    if allowed:  # honoured: seen on the resumed run at its first step (before a compiled step compiles)
+        seen = []
 
         def probe(run: Run) -> None:
-            compiled.append(isinstance(run.compute, trainer.CompiledOrEager))
+            seen.append((isinstance(run.compute, trainer.CompiledOrEager), run.recipe.workers))
             run.stop.requested = True
 
         hook(probe)
         assert main(["train", "--resume", str(tmp_path / "r"), *flag]) == 130
-        assert compiled == [True]
+        (compiled, workers), = seen
+        assert compiled == (flag[0] == "--compile") and (workers == 1 or flag[0] != "--workers")
         return
     code = main(["train", "--resume", str(tmp_path / "r"), *flag])
     err = capsys.readouterr().err

@@ -175,12 +175,6 @@ def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, o
     return Runner(train, train_output)
 
 
-def step_runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, own: bool,
-                compile: bool = False, bf16: str = "weights") -> Callable[[], None]:
-    """The timed unit of work alone (benchmarks/loader.py uses it)."""
-    return runner(model, mode, dtype, batch, own, compile, bf16).step
-
-
 def tolerance(dtype: str, depth: int) -> float:
     """Largest logit error, relative to the largest logit, of a row that computes the reference
     function: fp32 reorderings, or bf16 rounding (3 * sqrt(2 * depth + 3) * 2^-8; derived in

@@ -78,10 +78,11 @@ def default_workers() -> int:
 
 
 def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, seed: int, workers: int,
-                 rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
+                 rank: int = 0, world: int = 1, pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
+    """`pin_memory` for a GPU: batches in page-locked memory copy to it without blocking the step."""
     sampler = EpochSampler(len(dataset), batch_size, seed, rank, world)
     loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size // world,
-                        sampler=sampler, num_workers=workers, collate_fn=collate,
+                        sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     return loader, sampler
 

@@ -99,7 +99,7 @@ def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, normalizat
         raise ValueError(f"--batch-size {recipe.batch_size} is the global batch and must divide among "
                          f"{world.size} processes; use a multiple of {world.size}")
     loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
-                                   world.rank, world.size)
+                                   world.rank, world.size, pin_memory=world.device.type == "cuda")
     val_loader = eval_loader(splits.val, eval_tf, EVAL_BATCH, workers, world.shard(len(splits.val)))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
     return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, normalization, world)
