@@ -2,7 +2,7 @@
 # The GPU check: one script, from a fresh checkout, every result written to one folder.
 #
 #   benchmarks/gpu.sh                          # installs with make, then runs on CUDA (< 8 min on one H100)
-#   benchmarks/gpu.sh --device cpu --quick     # the same steps, small and uncompiled, on the CPU (< 3 min on 2 cores)
+#   benchmarks/gpu.sh --device cpu --quick     # the same steps, small and uncompiled, on the CPU (a few minutes)
 #
 # Options: --out DIR (default runs/gpu-check), --data CIFAR10_ARCHIVE (the shared training split),
 # --cifar-budget SECONDS (default 300), --no-install (use `python3` with PYTHONPATH=src: machines

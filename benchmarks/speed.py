@@ -68,7 +68,7 @@ def notes(results: list[dict], compare: tuple[str, ...], bf16: str) -> str:
     return ("\n" + "\n".join(pairs) + "\n\n" + "\n".join(f"- {p}" for p in peaks) + "\n\n"
             f"Every library runs the same recipe: eager, and torch.compile (with freezing for inference; compile "
             f"time not timed); bf16 inference with {handling} for every library; training with fp32 master "
-            f"weights and bf16 autocast for all (vitkit with SDPA's math backend on CPU, as its trainer does). "
+            f"weights and bf16 autocast for all (vitkit with its explicit CPU attention, as its trainer does). "
             f"vitkit and {', '.join(compare)} run the same weights; each row's logits were checked against "
             f"vitkit's fp32 model and {check}. Rows interleave within each round, in a rotating order, with the "
             f"matmul peak measured every round; a win is a win only when the two rows' img/s ranges do not overlap.")
