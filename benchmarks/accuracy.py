@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
-
-
-def run_vitkit(args: list[str]) -> tuple[dict, float]:
-    start = time.time()
-    out = subprocess.run([sys.executable, "-m", "vitkit", "train", *args, "--json"], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout), time.time() - start
+from common import record, this_command, vitkit
 
 
 def writeup_vit_plain(train, test, budget: float, in_channels: int, image: int, patch: int,
@@ -75,7 +67,7 @@ def digits(args) -> None:
     from vitkit.data import arrays
 
     with tempfile.TemporaryDirectory() as tmp:
-        result, wall = run_vitkit(["--out", f"{tmp}/run"])
+        result, wall = vitkit("train", "--out", f"{tmp}/run")
     train, test, _ = arrays.digits()
     plain, epochs = writeup_vit_plain(train, test, 60, 1, 8, 2, 64, 4, 4, 128, bf16=False, crop_flip=False)
     svm = SVC().fit(train[0].flatten(1).numpy(), train[1].numpy())
@@ -94,7 +86,7 @@ def digits(args) -> None:
 def cifar10(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or f"{tmp}/run"
-        result, wall = run_vitkit([args.data, "--time-budget", str(args.budget), "--out", out])
+        result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--out", out)
         metrics = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     rows = [f"| `vitkit train DATA --time-budget {args.budget}` ({result['epochs']} epochs, "
             f"{metrics[-1]['img_per_s']:.0f} img/s) | {100 * result['val_top1']:.2f}% | {wall:.0f} s |"]
@@ -118,7 +110,7 @@ def fashion_mnist(args) -> None:
     data = args.data if args.data.startswith("fashion-mnist:") else f"fashion-mnist:{args.data}"
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or f"{tmp}/run"
-        result, wall = run_vitkit([data, "--time-budget", str(args.budget), "--out", out])
+        result, wall = vitkit("train", data, "--time-budget", str(args.budget), "--out", out)
         metrics = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     table = ("| method | official test split (10,000 images) top-1 | validation | wall time |\n|---|---|---|---|\n"
              f"| `vitkit train fashion-mnist:DIR --time-budget {args.budget:.0f}` ({result['epochs']} epochs, "

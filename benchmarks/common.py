@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,3 +46,12 @@ def record(title: str, command: str, table: str, notes: str = "") -> None:
 
 def this_command() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def vitkit(*args: str) -> tuple[dict, float]:
+    """Run the `vitkit` command as a user would (`--json` added): its result and its wall time."""
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "vitkit", *args, "--json"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"vitkit {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout), time.time() - start

@@ -15,26 +15,14 @@ All three hold out the same 5,000 validation images (the same seed) and are scor
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import record, this_command, vitkit
 
 ROOT = Path(__file__).parents[1]
-
-
-def vitkit_train(*args: str) -> tuple[dict, float]:
-    start = time.time()
-    done = subprocess.run([sys.executable, "-m", "vitkit", "train", *args, "--json"], capture_output=True,
-                          text=True, cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(f"vitkit train {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout), time.time() - start
 
 
 def main() -> None:
@@ -47,12 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        teacher, wall = vitkit_train(args.data, "--model", args.teacher_model, "--time-budget",
+        teacher, wall = vitkit("train", args.data, "--model", args.teacher_model, "--time-budget",
                                      str(args.teacher_budget), "--out", f"{tmp}/teacher")
         rows.append((f"teacher: {args.teacher_model}", teacher, wall))
         for name, extra in (("ViT student with the teacher (`--teacher`)", ["--teacher", f"{tmp}/teacher"]),
                             ("ViT student without (defaults)", [])):
-            result, wall = vitkit_train(args.data, "--time-budget", str(args.budget), "--out", f"{tmp}/{len(rows)}",
+            result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--out", f"{tmp}/{len(rows)}",
                                         *extra)
             rows.append((name, result, wall))
     table = "| run | held-out top-1 (5,000 images) | epochs | wall time |\n|---|---|---|---|\n" + "\n".join(

@@ -18,16 +18,13 @@ Every run is the `vitkit` command as a user types it; wall times include everyth
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import record, this_command, vitkit
 
 ROOT = Path(__file__).parents[1]
 HELD_OUT = 1000  # per class of 5-9, never trained on
@@ -54,15 +51,6 @@ def split_archive(archive: Path, out: Path, shots: int) -> tuple[Path, Path]:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / Path(name).name).write_bytes(files[name])
     return out / "pretrain", out / "target"
-
-
-def vitkit(*args: str) -> tuple[dict, float]:
-    start = time.time()
-    done = subprocess.run([sys.executable, "-m", "vitkit", *args, "--json"], capture_output=True, text=True,
-                          cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(f"vitkit {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout), time.time() - start
 
 
 def main() -> None:
