@@ -5,8 +5,9 @@
 #   benchmarks/gpu.sh --device cpu --quick     # the same steps, small and uncompiled, on the CPU (a few minutes)
 #
 # Options: --out DIR (default runs/gpu-check), --data CIFAR10_ARCHIVE (the shared training split),
-# --cifar-budget SECONDS (default 300), --no-install (use `python3` with PYTHONPATH=src: machines
-# without a network; $PYTHON names the interpreter). It runs, in order:
+# --cifar-budget SECONDS (default 300), --compare LIBS (the peers timed, default timm,hf,torchvision),
+# --repeats N (bench rounds at least, default 5), --no-install (use `python3` with PYTHONPATH=src:
+# machines without a network; $PYTHON names the interpreter). It runs, in order:
 #   1. the tests that take a device (fast paths, a training step, resume, timm as the oracle) there;
 #   2. vitkit bench: ViT-B/16 at 224 px, bf16, batch 256, inference and training, against timm,
 #      Hugging Face and torchvision, each eager and compiled, with the fraction of the measured
@@ -15,7 +16,7 @@
 #   4. torchrun with one process (NCCL beside gloo on a GPU): the multi-process path.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-device=cuda quick=0 out=runs/gpu-check install=1 budget=300
+device=cuda quick=0 out=runs/gpu-check install=1 budget=300 peers=timm,hf,torchvision repeats=5
 data=../shared/data/cifar10/cifar10-train-jpg.tar.gz
 while [ $# -gt 0 ]; do
   case $1 in
@@ -24,6 +25,8 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --cifar-budget) budget=$2; shift 2 ;;
+    --compare) peers=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
     --no-install) install=0; shift ;;
     *) echo "gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -55,7 +58,7 @@ if [ "$quick" = 1 ]; then  # the same steps, small: a check that the script work
   tests=(tests/test_devices.py -k "$device")
   cifar=(digits --time-budget 15)
 else
-  model=(--model vit_b16 --batch 256 --repeats 5)
+  model=(--model vit_b16 --batch 256 --repeats "$repeats")
   compile=(--compile)
   tests=(tests/test_devices.py tests/test_fast.py -k "$device")
   cifar=("$data" --time-budget "$budget")
@@ -65,9 +68,9 @@ fi
 else 'no GPU', file=sys.stderr)" 2>"$out/machine.txt"
 step tests "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 step bench-infer "$py" -m vitkit bench "${model[@]}" --device "$device" --dtype bf16 --mode infer \
-  --compare timm,hf,torchvision "${compile[@]}" --json
+  --compare "$peers" "${compile[@]}" --json
 step bench-train "$py" -m vitkit bench "${model[@]}" --device "$device" --dtype bf16 --mode train \
-  --compare timm,hf,torchvision "${compile[@]}" --json
+  --compare "$peers" "${compile[@]}" --json
 step cifar "$py" -m vitkit train "${cifar[@]}" --device "$device" --out "$out/cifar-run" --json
 step torchrun "$py" -m torch.distributed.run --standalone --nproc-per-node 1 -m vitkit train digits \
   --epochs 1 --device "$device" --out "$out/torchrun-run" --json
