@@ -69,9 +69,24 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, devic
     monkeypatch.setattr(trainer, "STEP_HOOKS", [])
     resumed = trainer.train(resume=tmp_path / "stopped", device=device)
     assert resumed["val_top1"] == whole["val_top1"]
-    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "stopped" / "model.safetensors")
-    tolerance = 0 if device == "cpu" else 1e-5  # cuBLAS may pick other kernels after a restart
-    assert all((a[k] - b[k]).abs().max().item() <= tolerance for k in a)
+    off = weight_difference(tmp_path / "whole", tmp_path / "stopped")
+    assert off <= resume_tolerance(device, tmp_path, whole=tmp_path / "whole"), off
+
+
+def weight_difference(run_a: Path, run_b: Path) -> float:
+    a, b = load_file(run_a / "model.safetensors"), load_file(run_b / "model.safetensors")
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def resume_tolerance(device: str, tmp_path: Path, whole: Path) -> float:
+    """0 on the CPU, where training is deterministic. On a GPU some backward kernels add with
+    atomics (attention, convolution weights), so two uninterrupted runs differ already: a resumed
+    run may differ from one by that much (times 4: the restart is one more such perturbation),
+    and by no more than 1e-5 where the GPU run is deterministic."""
+    if device == "cpu":
+        return 0.0
+    trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "again", device=device)
+    return max(1e-5, 4 * weight_difference(whole, tmp_path / "again"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: NCCL beside gloo")
