@@ -1,0 +1,78 @@
+"""What each choice of the small-image default buys on CIFAR-10: one `vitkit train` per row, the
+same budget, data, held-out images and seed, one after another in one run.
+
+    python benchmarks/ablation.py [--data ../shared/data/cifar10/cifar10-train-jpg.tar.gz] \
+        [--budget 1800] [--rows default,plain,paper,eager] [--record]
+
+Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options shown):
+  default  the default: a conv stem (two 3x3 stride-2 convolutions), mean pooling, compiled
+  plain    the paper's patch projection (one 4x4 stride-4 convolution) instead of the conv stem
+  paper    the paper's ViT: plain patches, a class token and its output as the pooled feature
+  eager    the default without torch.compile
+The table gives the model, img/s while training, epochs and the top-1 on the 5,000 held-out
+images. 30 minutes per row is the question the README answers; a shorter --budget ranks the
+choices in less time, and the rows run back to back so that the machine's drift touches them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, this_command, vitkit
+from vitkit.weights import load
+
+ROWS = {
+    "default": ("conv stem, mean pooling, compiled (the default: no options)", []),
+    "plain": ("plain 4x4 patches, mean pooling, compiled",
+              ["--model-option", "patch_embed=conv"]),
+    "paper": ("the paper's ViT: plain 4x4 patches, class token, compiled",
+              ["--model-option", "patch_embed=conv", "--model-option", "class_token=true",
+               "--model-option", "pool=cls"]),
+    "eager": ("conv stem, mean pooling, not compiled", ["--no-compile"]),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).parents[2] / "shared/data/cifar10/cifar10-train-jpg.tar.gz"))
+    p.add_argument("--budget", type=float, default=1800.0, help="seconds per row")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    p.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    args = p.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row {unknown[0]!r}; choose among {', '.join(ROWS)}")
+
+    lines = ["| model (options) | parameters | img/s | epochs | held-out top-1 | wall time |",
+             "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            what, options = ROWS[name]
+            out = Path(tmp) / name
+            result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--seed", "1",
+                                  "--out", str(out), *options)
+            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rate = sum(h["img_per_s"] for h in history[1:] or history) / len(history[1:] or history)
+            params = f"{load(out).num_parameters():,}"
+            shown = " ".join(options) or "none"
+            lines.append(f"| {what} (`{shown}`) | {params} | {rate:.0f} | {result['epochs']} | "
+                         f"{100 * result['val_top1']:.2f}% | {wall:.0f} s |")
+            print(lines[-1], flush=True)
+    notes = ("img/s: the mean over epochs 2 and later (epoch 1 includes compilation). One seed each: "
+             "a difference of a point or two is within seed noise.\n")
+    table = "\n".join(lines) + "\n"
+    title = f"What each choice buys on CIFAR-10: {args.budget:.0f} s per row"
+    if args.record:
+        record(title, this_command(), table, notes)
+    else:
+        print(table + notes)
+
+
+if __name__ == "__main__":
+    main()
