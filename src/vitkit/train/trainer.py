@@ -215,7 +215,7 @@ class Run:
             fully_shard_model(self.model, world.device)
             if self.ema is not None:
                 fully_shard_model(self.ema.module, world.device)
-        self.optimizer = build_optimizer(self.model, recipe, world.device)
+        self.optimizer = build_optimizer(self.model, recipe, world.device, self.sharded)
         self.schedule = Schedule(recipe.lr, recipe.min_lr, int(recipe.warmup_epochs * self.steps_per_epoch),
                                  recipe.epochs * self.steps_per_epoch if recipe.epochs else None)
         self.bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_pays(world.device, self.config))
