@@ -11,7 +11,8 @@
    (b) a linear probe (`--init --freeze-backbone`) and the paper's 10-shot linear evaluation
        (`vitkit fewshot`), and
    (c) training from scratch on the same images (vitkit's defaults),
-   each scored on 1,000 held-out images per class of classes 5-9 that no run saw.
+   each trained on all `--shots` images per class (50 more per class are the runs' validation
+   split) and scored on 1,000 held-out images per class of classes 5-9 that no run saw.
 Every run is the `vitkit` command as a user types it; wall times include everything.
 """
 
@@ -27,11 +28,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import record, this_command, vitkit
 
 ROOT = Path(__file__).parents[1]
-HELD_OUT = 1000  # per class of 5-9, never trained on
+HELD_OUT = 1000  # per class of 5-9, never trained on: the score
+VAL = 50  # per class of 5-9, the runs' validation split (so that they train on all `shots` images)
 
 
 def split_archive(archive: Path, out: Path, shots: int) -> tuple[Path, Path]:
-    """pretrain/<class 0-4>/..., and target/train/<class 5-9>/ (`shots` each) + target/test/ (HELD_OUT)."""
+    """pretrain/<class 0-4>/..., and target/train/<class 5-9>/ (`shots` each) + target/val/ (VAL) +
+    target/test/ (HELD_OUT)."""
     with tarfile.open(archive) as tar:  # one pass in stream order: seeking back in a .tar.gz re-decompresses
         files = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar
                  if m.isfile() and m.name.lower().endswith(".jpg")}
@@ -44,7 +47,9 @@ def split_archive(archive: Path, out: Path, shots: int) -> tuple[Path, Path]:
             dest = out / "pretrain" / cls
         elif n <= shots:
             dest = out / "target" / "train" / cls
-        elif n <= shots + HELD_OUT:
+        elif n <= shots + VAL:
+            dest = out / "target" / "val" / cls
+        elif n <= shots + VAL + HELD_OUT:
             dest = out / "target" / "test" / cls
         else:
             continue

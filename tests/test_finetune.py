@@ -10,6 +10,7 @@ import onnxruntime
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from timm.models._hub import save_for_hf
 from timm.models.vision_transformer import VisionTransformer
 from torchvision.transforms.v2.functional import normalize
@@ -129,3 +130,57 @@ def test_cli_export_includes_the_runs_normalization(tmp_path, capsys):
         got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--normalize", "half"]) == 2  # nothing to set
+
+
+def test_train_normalize_is_recorded_fed_and_used_by_predict_and_eval(tmp_path):
+    """`--normalize imagenet` on a new model: the run records it, the trainer feeds it, and
+    predict and eval use it (checked against images normalised here with torchvision)."""
+    from vitkit import infer
+    from vitkit.train.recipe import Recipe
+
+    data, run = tiny_folder(tmp_path / "data"), tmp_path / "run"
+    flags = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--out", str(run)]
+    assert main(["train", str(data), "--normalize", "imagenet", *flags]) == 0
+    assert json.loads((run / "config.json").read_text())["normalize"] == IMAGENET.to_dict()
+    fields = dict(epochs=1, batch_size=4, workers=0, precision="fp32", normalize="imagenet")
+    fed = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "fed")
+    fed.feed.sampler.set_epoch(0)
+    images, labels, _ = next(iter(fed.feed.loader))
+    batch = fed.feed.prepare(images, labels, 0, 0)
+    torch.testing.assert_close(batch.images, normalize(batch.pixels, list(IMAGENET.mean), list(IMAGENET.std)))
+
+    # weights at a trained model's scale (3 steps barely move the initialisation), so that inputs matter
+    model, classes = randomize(vitkit.load(run)).eval(), ["blue", "red"]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run / "model.safetensors")
+    files = sorted(data.rglob("*.png"))
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files]) / 255.0
+    with torch.no_grad():
+        logits = model(normalize(pixels, list(IMAGENET.mean), list(IMAGENET.std)))
+        assert (logits - model(normalize(pixels, [0.5] * 3, [0.5] * 3))).abs().max() > 0.01  # it matters
+    got = infer.predict(run, [str(f) for f in files], topk=1)
+    for result, probs in zip(got, logits.softmax(-1), strict=True):
+        assert result["top"][0]["class"] == classes[int(probs.argmax())]
+        assert result["top"][0]["probability"] == pytest.approx(probs.max().item(), abs=1e-5)
+    truth = torch.tensor([classes.index(f.parent.name) for f in files])
+    scored = infer.evaluate_run(run, data=str(data), workers=0)
+    assert scored["images"] == len(files)
+    assert scored["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, truth).item(), abs=1e-5)
+    assert scored["top1"] == pytest.approx((logits.argmax(1) == truth).float().mean().item())
+
+
+def test_init_chooses_the_papers_fine_tuning_recipe_unless_told_otherwise(tmp_path):
+    from vitkit.train.recipe import Recipe
+
+    data, weights = tiny_folder(tmp_path / "data"), tmp_path / "weights"
+    randomize(vitkit.create_model("vit_ti4_32", depth=1, num_classes=5)).save_pretrained(weights)
+    fields = dict(init=str(weights), workers=0)
+    run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "a")
+    assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
+    assert all(g["weight_decay"] == 0 for g in run.optimizer.param_groups)
+    r = run.recipe
+    assert (r.clip_grad, r.label_smoothing, r.mixup, r.cutmix, r.drop_path) == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert r.warmup_epochs > 0 and r.min_lr < r.lr
+    fields = dict(init=str(weights), workers=0, optimizer="adamw", weight_decay=0.05)
+    run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "b")
+    assert isinstance(run.optimizer, torch.optim.AdamW)
+    assert {g["weight_decay"] for g in run.optimizer.param_groups} == {0.0, 0.05}
