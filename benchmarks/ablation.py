@@ -58,7 +58,8 @@ def main() -> None:
             result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--seed", "1",
                                   "--out", str(out), *options)
             history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            rate = sum(h["img_per_s"] for h in history[1:] or history) / len(history[1:] or history)
+            steady = history[1:] or history  # epoch 1 includes compilation
+            rate = sum(h["img_per_s"] for h in steady) / len(steady)
             params = f"{load(out).num_parameters():,}"
             shown = " ".join(options) or "none"
             lines.append(f"| {what} (`{shown}`) | {params} | {rate:.0f} | {result['epochs']} | "

@@ -36,12 +36,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         teacher, wall = vitkit("train", args.data, "--model", args.teacher_model, "--time-budget",
-                                     str(args.teacher_budget), "--out", f"{tmp}/teacher")
+                               str(args.teacher_budget), "--out", f"{tmp}/teacher")
         rows.append((f"teacher: {args.teacher_model}", teacher, wall))
         for name, extra in (("ViT student with the teacher (`--teacher`)", ["--teacher", f"{tmp}/teacher"]),
                             ("ViT student without (defaults)", [])):
             result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--out", f"{tmp}/{len(rows)}",
-                                        *extra)
+                                  *extra)
             rows.append((name, result, wall))
     table = "| run | held-out top-1 (5,000 images) | epochs | wall time |\n|---|---|---|---|\n" + "\n".join(
         f"| {name} | {100 * r['val_top1']:.2f}% | {r['epochs']} | {wall:.0f} s |" for name, r, wall in rows)
