@@ -273,15 +273,16 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
 
-def timm_reg4(**kwargs):
+def timm_reg4(patch_dropout: float = 0.0):
     """A small timm ViT with registers (DINOv2-reg layout) and the same weights in vitkit."""
     from timm.models.vision_transformer import VisionTransformer
 
     theirs = randomize(VisionTransformer(img_size=(32, 48), patch_size=8, embed_dim=32, depth=4, num_heads=4,
                                          num_classes=3, reg_tokens=4, no_embed_class=True, init_values=1e-5,
-                                         **kwargs))
+                                         patch_drop_rate=patch_dropout))
     ours = vitkit.ViT(vitkit.ViTConfig(image_size=(32, 48), patch_size=8, dim=32, depth=4, heads=4, mlp_dim=128,
-                                       num_classes=3, reg_tokens=4, no_embed_class=True, init_values=1e-5))
+                                       num_classes=3, reg_tokens=4, no_embed_class=True, init_values=1e-5,
+                                       patch_dropout=patch_dropout))
     ours.load_state_dict(theirs.state_dict())
     return ours.eval(), theirs
 
@@ -302,6 +303,24 @@ def test_forward_intermediates_match_timm(layers, output, norm):
         assert features.shape == their_features.shape and prefix.shape == (2, 5, 32)
         assert max_rel_diff(features, their_features) < 1e-5
         assert max_rel_diff(prefix, their_prefix) < 1e-5
+
+
+def test_patch_dropout_matches_timm_in_training_and_is_off_in_eval():
+    ours, theirs = timm_reg4(patch_dropout=0.5)
+    ours.train(), theirs.train()
+    x = torch.randn(2, 3, 32, 48)
+    kept = []
+    ours.blocks[0].register_forward_pre_hook(lambda _, args: kept.append(args[0].shape[1]))
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = ours(x)
+        torch.manual_seed(3)
+        want = theirs(x)
+        assert max_rel_diff(got, want) < 1e-5 and kept == [5 + 12]  # the 5 prefix tokens and half of 24 patches
+        torch.manual_seed(4)
+        assert max_rel_diff(ours(x), got) > 1e-3  # another draw keeps other patches
+        ours.eval(), theirs.eval()
+        assert max_rel_diff(ours(x), theirs(x)) < 1e-5 and kept[-1] == 5 + 24
 
 
 def test_intermediate_attention_only_for_chosen_blocks():

@@ -92,7 +92,7 @@ def test_mixing_makes_soft_targets(data, knob):
     assert (batch.targets.max(1).values < 1).any()  # some targets are mixtures of two classes
 
 
-@pytest.mark.parametrize("knob", [dict(drop_path=0.5), dict(dropout=0.5)])
+@pytest.mark.parametrize("knob", [dict(drop_path=0.5), dict(dropout=0.5), dict(patch_dropout=0.5)])
 def test_stochastic_regularisers_make_training_forwards_random(data, knob):
     for run, random in ((run_with(data), False), (run_with(data, **knob), True)):
         run.model.train()

@@ -3,6 +3,7 @@ flags given on resume, the progress bar, digits' validation split, and one prepr
 
 import json
 import tarfile
+import time
 
 import pytest
 import torch
@@ -47,11 +48,11 @@ def test_budget_run_stopped_before_its_plan_resumes_and_plans(tmp_path, hook, mo
     given = {"time_budget", *FAST}
     with pytest.raises(KeyboardInterrupt, match="checkpoint saved at epoch 1, step 3"):
         train("digits", recipe, given, out=tmp_path / "run")
-    assert saved_progress(tmp_path / "run")["epochs"] is None
+    assert saved_progress(tmp_path / "run")["steps"] is None
     trainer.STEP_HOOKS.clear()
     plans = []
-    real = budget.BudgetPlanner.epochs
-    monkeypatch.setattr(budget.BudgetPlanner, "epochs", lambda self, *a: plans.append(a) or real(self, *a))
+    real = budget.BudgetPlanner.steps
+    monkeypatch.setattr(budget.BudgetPlanner, "steps", lambda self, *a: plans.append(a) or real(self, *a))
     result = train(resume=tmp_path / "run")
     assert plans and result["epochs"] >= 1
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == result["epochs"]
@@ -62,13 +63,32 @@ def test_budget_plan_is_saved_and_honoured_on_resume(tmp_path, hook, monkeypatch
     recipe, given = Recipe(time_budget=3600, **FAST), {"time_budget", *FAST}
     with pytest.raises(KeyboardInterrupt):
         train("digits", recipe, given, out=tmp_path / "run")
-    planned = saved_progress(tmp_path / "run")["epochs"]
-    assert planned > 2
-    trainer.STEP_HOOKS[:] = [stop_at(3, 1)]
-    monkeypatch.setattr(budget.BudgetPlanner, "epochs", lambda *a: pytest.fail("re-planned on resume"))
+    planned = saved_progress(tmp_path / "run")["steps"]
+    assert planned > 40
+    trainer.STEP_HOOKS[:] = [stop_at(2, 5)]  # before the epoch ends, when the plan is made again
+    monkeypatch.setattr(budget.BudgetPlanner, "steps", lambda *a: pytest.fail("re-planned on resume"))
+    resumed = Run(resume=tmp_path / "run")
+    assert resumed.schedule.total == planned
     with pytest.raises(KeyboardInterrupt):
-        train(resume=tmp_path / "run")
-    assert saved_progress(tmp_path / "run")["epochs"] == planned
+        resumed.fit()
+    assert saved_progress(tmp_path / "run")["steps"] == planned
+
+
+def test_a_budget_run_plans_again_each_epoch_and_ends_on_its_planned_step(tmp_path, hook, monkeypatch):
+    """The machine slows down fourfold after two epochs: the plan shrinks, so the run still ends
+    within its budget, on the step the last plan names (inside an epoch, as a rule)."""
+    def slow_after_two_epochs(run: Run) -> None:
+        if run.progress.epoch >= 2:
+            time.sleep(0.06)
+    hook(slow_after_two_epochs)
+    plans = []
+    real = budget.BudgetPlanner.steps
+    monkeypatch.setattr(budget.BudgetPlanner, "steps", lambda self, *a: plans.append(real(self, *a)) or plans[-1])
+    result = train("digits", Recipe(time_budget=12, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
+    assert len(plans) >= 3 and plans[-1] < plans[1] * 0.6
+    assert result["steps"] == plans[-1] and result["seconds"] <= 12 * 1.05
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(h["steps"] for h in history) == result["steps"] and len(history) == result["epochs"]
 
 
 def blow_up_gradient_at(epoch: int, step: int):
@@ -213,7 +233,16 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
 
 
 def test_the_budget_plan_leaves_out_what_the_first_steps_spent_compiling():
-    planner = budget.BudgetPlanner(budget=1000, steps_per_epoch=25)
     compile_then_steady = [9.0] * 5 + [1.0] * 20  # an epoch of 25 steps: 45 s, of which 40 s compiling
-    assert budget.BudgetPlanner.steady_seconds(45.0 + 5.0, compile_then_steady) == pytest.approx(10.0)
-    assert planner.epochs(elapsed=50.0, steps_done=25, epoch_seconds=10.0) == 1 + int(950 * budget.SAFETY / 10)
+    assert budget.BudgetPlanner.steady_seconds(45.0, compile_then_steady) == pytest.approx(5.0)
+
+
+def test_the_budget_plan_counts_steps_and_cuts_the_last_epoch_short():
+    planner = budget.BudgetPlanner(budget=100, steps_per_epoch=10)
+    # 97% of the 90 s left, at 1 s a step and 2 s an evaluation: 7 whole epochs (84 s), then 3.3 s:
+    # one step and its evaluation
+    assert planner.steps(elapsed=10, steps_done=10, step_seconds=1.0, eval_seconds=2.0) == 10 + 70 + 1
+    # mid-epoch, the rest of the epoch in progress is counted first
+    assert planner.steps(elapsed=10, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 20 + 60 + 4
+    # too little left to finish the epoch in progress: it is cut short
+    assert planner.steps(elapsed=95, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 13 + 2

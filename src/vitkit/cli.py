@@ -84,7 +84,7 @@ def run_models(args: argparse.Namespace) -> int:
 RECIPE_HELP = {
     "model": "preset name (see `vitkit models`); default: chosen for the data",
     "epochs": "number of epochs; default: chosen for the data",
-    "time_budget": "wall-clock seconds for the whole run; sizes the epochs to fit",
+    "time_budget": "wall-clock seconds for the whole run; plans the steps to fit (the last epoch may be short)",
     "batch_size": "global batch size",
     "optimizer": "adamw, or sgd (momentum 0.9)",
     "lr": "peak learning rate",
@@ -108,6 +108,7 @@ RECIPE_HELP = {
     "erasing": "random-erasing probability",
     "drop_path": "stochastic depth rate of the last block",
     "dropout": "dropout rate",
+    "patch_dropout": "fraction of patch tokens each training image drops: every block costs that much less",
     "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
     "precision": "auto (bf16 where the CPU/GPU supports it), bf16 or fp32",
     "compile": "torch.compile the model",

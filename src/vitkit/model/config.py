@@ -53,6 +53,8 @@ class ViTConfig:
     `init_values`: layer scale, a learned per-channel scale on each residual branch, starting
     at this value (CaiT, DINOv2).
     `qk_norm`: LayerNorm on each head's queries and keys.
+    `patch_dropout`: in training, each image keeps a random (1 - rate) of its patch tokens, so
+    every block costs that much less ("PatchDropout", Liu et al. 2022; timm's `patch_drop_rate`).
     `pre_norm`: LayerNorm after the embeddings, before the blocks (CLIP); like CLIP, the patch
     projection then has no bias.
 
@@ -100,6 +102,7 @@ class ViTConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     emb_dropout: float = 0.0
+    patch_dropout: float = 0.0
     drop_path: float = 0.0
     dynamic_size: bool = False
 
@@ -228,7 +231,7 @@ class ViTConfig:
             raise ValueError("pool='cls' needs a class token; set class_token=True or pool='mean'")
         if self.pool == "mean-all" and not self.class_token:
             raise ValueError("pool='mean-all' averages the class token too; without one use 'mean'")
-        for name in ("dropout", "attn_dropout", "emb_dropout", "drop_path"):
+        for name in ("dropout", "attn_dropout", "emb_dropout", "patch_dropout", "drop_path"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")

@@ -267,7 +267,20 @@ class ViT(nn.Module):
         pos = self.position_embedding(grid).to(x.dtype)
         if self.config.no_embed_class:  # the prefix tokens get no position
             pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
-        return self.norm_pre(self.pos_drop(x + pos)), grid
+        return self.norm_pre(self.drop_patches(self.pos_drop(x + pos))), grid
+
+    def drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """`patch_dropout`: a random subset of each image's patch tokens, the same count for every
+        image (so shapes stay static); the prefix tokens always stay."""
+        rate = self.config.patch_dropout
+        if not (self.training and rate):
+            return x
+        n = self.config.num_prefix_tokens
+        prefix, patches = x[:, :n], x[:, n:]
+        keep = max(1, int(patches.shape[1] * (1 - rate)))
+        index = torch.randn(patches.shape[:2], device=x.device).argsort(dim=1)[:, :keep]  # timm's draw
+        patches = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
+        return torch.cat([prefix, patches], dim=1)
 
     def forward_tokens(self, x: torch.Tensor, return_attention: bool = False
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -1,16 +1,17 @@
-"""`--time-budget`: how many whole epochs fit in a wall-clock budget.
+"""`--time-budget`: how many optimizer steps fit in a wall-clock budget.
 
-The plan is made twice, by the same rule: from the first timed steps (so the cosine schedule
-knows its length early) and again from the first whole epoch with its evaluation (less what its
-first steps spent compiling, which later epochs do not pay). It is saved in
-every checkpoint from then on, so a resumed run keeps it; a run stopped before it had a plan
-makes one after resuming.
+The plan counts steps, not epochs, so that a run spends its whole budget: the last epoch may be
+cut short (it still ends with an evaluation). It is made from the first timed steps (so the
+cosine schedule knows its length early), then again after every epoch from that epoch's own
+speed and evaluation time (the first epoch less what its first steps spent compiling, which
+later epochs do not pay), so a machine that slows down mid-run does not overrun the budget. The
+plan is saved in every checkpoint, so a resumed run keeps it until its next epoch ends; a run
+stopped before it had a plan makes one after resuming.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 log = logging.getLogger("vitkit")
@@ -23,24 +24,36 @@ class BudgetPlanner:
     budget: float  # seconds for the whole run
     steps_per_epoch: int
 
-    def epochs(self, elapsed: float, steps_done: float, epoch_seconds: float) -> int:
-        """Whole epochs for the run: the `steps_done` already taken in `elapsed` seconds, plus as
-        many epochs of `epoch_seconds` (training and evaluation) as fit in what is left."""
-        done = steps_done / self.steps_per_epoch
-        remaining = max(0.0, self.budget - elapsed) * SAFETY
-        epochs = max(1, math.ceil(done - 1e-9), int(done + remaining / epoch_seconds))
-        log.info("time budget %.0f s: %.1f s per epoch -> %d epochs", self.budget, epoch_seconds, epochs)
-        return epochs
+    def steps(self, elapsed: float, steps_done: int, step_seconds: float, eval_seconds: float) -> int:
+        """Optimizer steps for the whole run: the `steps_done` in `elapsed` seconds, then as many
+        as fit in what is left, each epoch (the last one too, however short) ending with an
+        evaluation of `eval_seconds`."""
+        per_epoch = self.steps_per_epoch
+        left = max(0.0, self.budget - elapsed) * SAFETY
+        steps = steps_done
+        to_end = -steps_done % per_epoch  # the rest of the epoch in progress
+        if to_end and to_end * step_seconds + eval_seconds <= left:
+            steps, left = steps + to_end, left - to_end * step_seconds - eval_seconds
+            to_end = 0
+        if not to_end:  # at an epoch's end: whole epochs, then what is left of one
+            epoch_seconds = per_epoch * step_seconds + eval_seconds
+            whole = int(left // epoch_seconds)
+            steps, left = steps + whole * per_epoch, left - whole * epoch_seconds
+        steps += min(max(0, int((left - eval_seconds) / step_seconds)), to_end or per_epoch - 1)  # cut short
+        steps = max(1, steps)
+        log.info("time budget %.0f s: %.3f s per step, %.1f s per evaluation -> %d steps (%.2f epochs)",
+                 self.budget, step_seconds, eval_seconds, steps, steps / per_epoch)
+        return steps
 
     @staticmethod
-    def steady_seconds(epoch_seconds: float, step_times: list[float]) -> float:
-        """A whole epoch's seconds without what its first steps spent on start-up and compilation
-        (they are replaced by the median step), since later epochs will not pay it again."""
+    def steady_seconds(seconds: float, step_times: list[float]) -> float:
+        """The first epoch's training seconds without what its first steps spent on start-up and
+        compilation (they are replaced by the median step), since later epochs will not pay it."""
         warm = CALIBRATION_STEPS[0]
         if len(step_times) < 2 * warm:
-            return epoch_seconds
+            return seconds
         steady = sorted(step_times[warm:])[len(step_times[warm:]) // 2]
-        return epoch_seconds - max(0.0, sum(step_times[:warm]) - warm * steady)
+        return seconds - max(0.0, sum(step_times[:warm]) - warm * steady)
 
     @staticmethod
     def step_seconds(step_times: list[float]) -> float | None:

@@ -49,6 +49,7 @@ class Recipe:
     erasing: float = 0.0
     drop_path: float = 0.0
     dropout: float = 0.0
+    patch_dropout: float = 0.0  # fraction of patch tokens each training image drops (PatchDropout)
     ema: float | None = None  # decay, e.g. 0.999
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
@@ -76,8 +77,9 @@ class Recipe:
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
         fractions = {"val_split": self.val_split, "erasing": self.erasing, "drop_path": self.drop_path,
-                     "dropout": self.dropout, "label_smoothing": self.label_smoothing,
-                     "translate": self.translate, "scale_jitter": self.scale_jitter}
+                     "dropout": self.dropout, "patch_dropout": self.patch_dropout,
+                     "label_smoothing": self.label_smoothing, "translate": self.translate,
+                     "scale_jitter": self.scale_jitter}
         for name, value in fractions.items():
             if not 0 <= value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
@@ -127,7 +129,7 @@ LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
 # decay, a short warm-up then cosine decay, the gradient clipped at norm 1, no mixing or stochastic
 # depth; crops and flips as for the data regime. About FINE_TUNE_STEPS steps unless --epochs says.
 FINE_TUNE = dict(optimizer="sgd", lr=0.01, weight_decay=0.0, warmup_epochs=1.0, clip_grad=1.0,
-                 label_smoothing=0.0, augment="none", mixup=0.0, cutmix=0.0, drop_path=0.0)
+                 label_smoothing=0.0, augment="none", mixup=0.0, cutmix=0.0, drop_path=0.0, patch_dropout=0.0)
 FINE_TUNE_STEPS = 500
 
 # From this many training images an epoch is long enough that torch.compile's minute or so of
@@ -186,6 +188,6 @@ def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | Non
     else:
         image_size = config.image_size if recipe.model else 224
     config = config.replace(image_size=image_size, in_channels=channels, num_classes=num_classes,
-                            drop_path=recipe.drop_path, dropout=recipe.dropout,
+                            drop_path=recipe.drop_path, dropout=recipe.dropout, patch_dropout=recipe.patch_dropout,
                             **recipe.model_overrides)
     return recipe, config

@@ -82,7 +82,8 @@ class Progress:
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the epoch in progress
     global_step: int = 0
-    epochs: int | None = None  # None until a --time-budget run has planned
+    epochs: int | None = None  # None until a --time-budget run has planned; the last may be cut short
+    steps: int | None = None  # optimizer steps of the whole run (the plan, with --time-budget)
     elapsed: float = 0.0  # wall seconds of earlier attempts (the budget counts them)
     nonfinite: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)
@@ -119,6 +120,7 @@ class Run:
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
         self.started, self.strict, self.step_times, self.last_plot = time.time(), strict, [], 0.0
+        self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
             resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
@@ -127,6 +129,8 @@ class Run:
         self.plan(data, recipe or Recipe(), given or set(), out or resume)
         self.build()
         self.progress = Progress(epochs=self.recipe.epochs)
+        if self.recipe.epochs:
+            self.progress.steps = self.recipe.epochs * self.steps_per_epoch
         if self.saved:
             self.restore()
         self.progress.skipped_files.update(self.splits.skipped)  # found while scanning the folders
@@ -188,7 +192,8 @@ class Run:
         recipe = fine_tune_recipe(recipe, given, max(model.config.image_hw), len(s.train), self.flip_ok)
         self.config = model.config
         if isinstance(self.config, ViTConfig):
-            self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout)
+            self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout,
+                                               patch_dropout=recipe.patch_dropout)
         if self.config != model.config:  # stochastic depth and dropout are built into the blocks
             normalization, state = model.normalization, model.state_dict()
             model = ViT(self.config)
@@ -241,8 +246,10 @@ class Run:
         totals = EpochTotals(**progress.pop("totals"))
         totals = totals if self.world.main else EpochTotals()  # the epoch's sums so far: one process carries them
         self.progress = Progress(**progress, totals=totals)
-        if self.progress.epochs:
-            self.schedule.total = self.progress.epochs * self.steps_per_epoch
+        if self.progress.epochs and not self.progress.steps:  # saved by a vitkit that planned in epochs
+            self.progress.steps = self.progress.epochs * self.steps_per_epoch
+        if self.progress.steps:
+            self.schedule.total = self.progress.steps
         checkpoint.set_rng_state(saved["rng"])
         log.info("resuming %s at epoch %d, step %d", self.paths.root, self.progress.epoch + 1, self.progress.step)
 
@@ -281,12 +288,15 @@ class Run:
             self.step(images, labels, epoch_start)
             self.step_times.append(time.time() - start)
             p.step, p.global_step = p.step + 1, p.global_step + 1
-            if p.epochs is None and (step_s := BudgetPlanner.step_seconds(self.step_times)):
-                self.plan_epochs(self.estimated_epoch_seconds(step_s))
+            if p.steps is None and (step_s := BudgetPlanner.step_seconds(self.step_times)):
+                # a first plan; evaluation guessed at ~2.5x the training rate per image (forward only)
+                self.plan_steps(step_s * 1.03, len(self.splits.val) * step_s / self.recipe.batch_size / 2.5)
             bar.update(1)
             if totals.seen and p.step % 10 == 0:
                 bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.3f}",
                                 img_s=f"{totals.seen / (time.time() - epoch_start):.0f}")
+            if p.steps is not None and p.global_step >= p.steps:  # the plan's last epoch may end early
+                break
             tick = time.time()
         bar.close()
         totals.seconds = time.time() - epoch_start
@@ -383,15 +393,24 @@ class Run:
     def elapsed(self) -> float:
         return self.progress.elapsed + time.time() - self.started
 
-    def estimated_epoch_seconds(self, step_s: float) -> float:
-        """An epoch from the calibration steps: its steps, plus evaluation at ~2.5x the training
-        rate per image (forward only, no augmentation)."""
-        return self.steps_per_epoch * step_s * 1.03 + len(self.splits.val) * step_s / self.recipe.batch_size / 2.5
+    def replan(self, record: dict) -> None:
+        """Plan again from the epoch that just ended: its seconds per step, and everything else an
+        epoch costs (evaluation, and the last epoch's checkpoint and files)."""
+        train_s = record["train_seconds"]
+        if self.progress.epoch == 1:  # less its compilation
+            train_s = BudgetPlanner.steady_seconds(train_s, self.step_times)
+        if self.epoch_ended is None:  # the first epoch of this attempt: only its evaluation is known
+            other_s = record["seconds"] - record["train_seconds"]
+        else:
+            other_s = self.elapsed() - self.epoch_ended - record["train_seconds"]
+        self.plan_steps(train_s / max(record["steps"], 1), other_s)
 
-    def plan_epochs(self, epoch_seconds: float) -> None:
+    def plan_steps(self, step_seconds: float, eval_seconds: float) -> None:
+        """The run's steps (budget.py) and so its epochs and the schedule's length."""
         p = self.progress
-        p.epochs = self.world.broadcast(self.planner.epochs(self.elapsed(), p.global_step, epoch_seconds))
-        self.schedule.total = p.epochs * self.steps_per_epoch
+        p.steps = self.world.broadcast(self.planner.steps(self.elapsed(), p.global_step, step_seconds, eval_seconds))
+        p.epochs = math.ceil(p.steps / self.steps_per_epoch)
+        self.schedule.total = p.steps
 
     # -- evaluate, save, publish -------------------------------------------------------------------
     def epoch_totals(self) -> EpochTotals:
@@ -415,7 +434,7 @@ class Run:
         totals = self.epoch_totals()
         val = self.evaluate(self.feed.val_loader)
         record = {
-            "epoch": p.epoch + 1, "train_loss": totals.loss_sum / max(totals.seen, 1),
+            "epoch": p.epoch + 1, "steps": p.step, "train_loss": totals.loss_sum / max(totals.seen, 1),
             "train_top1": totals.correct / totals.seen if totals.seen and self.feed.mixer is None else None,
             "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
             "lr": self.schedule.lr(p.global_step - 1), "img_per_s": totals.seen / max(totals.seconds, 1e-9),
@@ -424,8 +443,9 @@ class Run:
         }
         p.history.append(record)
         p.epoch, p.step, p.totals = p.epoch + 1, 0, EpochTotals()
-        if self.planner and p.epoch == 1:  # re-plan from a whole epoch with its evaluation
-            self.plan_epochs(BudgetPlanner.steady_seconds(record["seconds"], self.step_times))
+        if self.planner and (p.epochs is None or p.epoch < p.epochs):
+            self.replan(record)
+        self.epoch_ended = self.elapsed()
         self.save_checkpoint()
         self.publish(final=p.epoch == p.epochs)
         log_epoch(record, p.epochs)
@@ -455,7 +475,7 @@ class Run:
         """The result, with the test split (when the data has one) scored once, at the end."""
         p = self.progress
         last = p.history[-1]
-        result = {"run": str(self.paths.root), "epochs": p.epochs, "seconds": self.elapsed(),
+        result = {"run": str(self.paths.root), "epochs": p.epochs, "steps": p.global_step, "seconds": self.elapsed(),
                   "val_top1": last["val_top1"], "val_loss": last["val_loss"], "nonfinite_steps": p.nonfinite,
                   "skipped_files": len(p.skipped_files)}
         if self.splits.test is not None:
