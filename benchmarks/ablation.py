@@ -2,13 +2,15 @@
 same budget, data, held-out images and seed, one after another in one run.
 
     python benchmarks/ablation.py [--data ../shared/data/cifar10/cifar10-train-jpg.tar.gz] \
-        [--budget 1800] [--rows default,plain,paper,eager] [--record]
+        [--budget 1800] [--rows default,all-patches,plain,paper,eager] [--record]
 
 Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options shown):
-  default  the default: a conv stem (two 3x3 stride-2 convolutions), mean pooling, compiled
-  plain    the paper's patch projection (one 4x4 stride-4 convolution) instead of the conv stem
-  paper    the paper's ViT: plain patches, a class token and its output as the pooled feature
-  eager    the default without torch.compile
+  default      the default: a conv stem (two 3x3 stride-2 convolutions), mean pooling, half of
+               each training image's patch tokens dropped (PatchDropout), compiled
+  all-patches  the default without patch dropout: every block sees every patch token
+  plain        the paper's patch projection (one 4x4 stride-4 convolution) instead of the conv stem
+  paper        the paper's ViT: plain patches, a class token and its output as the pooled feature
+  eager        the default without torch.compile
 The table gives the model, img/s while training, epochs and the top-1 on the 5,000 held-out
 images. 30 minutes per row is the question the README answers; a shorter --budget ranks the
 choices in less time, and the rows run back to back so that the machine's drift touches them alike.
@@ -27,12 +29,13 @@ from common import record, this_command, vitkit
 from vitkit.weights import load
 
 ROWS = {
-    "default": ("conv stem, mean pooling, compiled (the default: no options)", []),
-    "plain": ("plain 4x4 patches, mean pooling, compiled",
+    "default": ("conv stem, mean pooling, patch dropout 0.5, compiled (the default: no options)", []),
+    "all-patches": ("conv stem, mean pooling, no patch dropout, compiled", ["--patch-dropout", "0"]),
+    "plain": ("plain 4x4 patches, mean pooling, patch dropout 0.5, compiled",
               ["--model-option", "patch_embed=conv"]),
-    "paper": ("the paper's ViT: plain 4x4 patches, class token, compiled",
+    "paper": ("the paper's ViT: plain 4x4 patches, class token, every patch, compiled",
               ["--model-option", "patch_embed=conv", "--model-option", "class_token=true",
-               "--model-option", "pool=cls"]),
+               "--model-option", "pool=cls", "--patch-dropout", "0"]),
     "eager": ("conv stem, mean pooling, not compiled", ["--no-compile"]),
 }
 
