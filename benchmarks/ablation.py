@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command, vitkit
+from common import record, this_command, training_rate, vitkit
 from vitkit.weights import load
 
 ROWS = {
@@ -36,7 +36,7 @@ ROWS = {
     "paper": ("the paper's ViT: plain 4x4 patches, class token, every patch, compiled",
               ["--model-option", "patch_embed=conv", "--model-option", "class_token=true",
                "--model-option", "pool=cls", "--patch-dropout", "0"]),
-    "eager": ("conv stem, mean pooling, not compiled", ["--no-compile"]),
+    "eager": ("conv stem, mean pooling, patch dropout 0.5, not compiled", ["--no-compile"]),
 }
 
 
@@ -61,14 +61,13 @@ def main() -> None:
             result, wall = vitkit("train", args.data, "--time-budget", str(args.budget), "--seed", "1",
                                   "--out", str(out), *options)
             history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            steady = history[1:] or history  # epoch 1 includes compilation
-            rate = sum(h["img_per_s"] for h in steady) / len(steady)
+            rate = training_rate(history)
             params = f"{load(out).num_parameters():,}"
             shown = " ".join(options) or "none"
             lines.append(f"| {what} (`{shown}`) | {params} | {rate:.0f} | {result['epochs']} | "
                          f"{100 * result['val_top1']:.2f}% | {wall:.0f} s |")
             print(lines[-1], flush=True)
-    notes = ("img/s: the mean over epochs 2 and later (epoch 1 includes compilation). One seed each: "
+    notes = ("img/s: over epochs 2 and later (epoch 1 includes compilation). One seed each: "
              "a difference of a point or two is within seed noise.\n")
     table = "\n".join(lines) + "\n"
     title = f"What each choice buys on CIFAR-10: {args.budget:.0f} s per row"

@@ -44,6 +44,13 @@ def record(title: str, command: str, table: str, notes: str = "") -> None:
         f.write(section)
 
 
+def training_rate(history: list[dict]) -> float:
+    """Images per second of training over a run's epochs after the first (which pays for start-up
+    and compilation), each weighted by its length: a budget run's last epoch is usually short."""
+    steady = history[1:] or history
+    return sum(h["img_per_s"] * h["train_seconds"] for h in steady) / sum(h["train_seconds"] for h in steady)
+
+
 def this_command() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
 

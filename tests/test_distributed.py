@@ -17,7 +17,8 @@ from vitkit.data import spec
 from vitkit.data.loader import EpochSampler
 
 COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3", "--precision", "fp32",
-          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--json"]
+          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--patch-dropout", "0",
+          "--json"]  # patch dropout draws per process: a two-process run would keep other patches
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 FAULTS = str(Path(__file__).parent / "faults.py")  # the vitkit command with a fault hook installed

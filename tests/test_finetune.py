@@ -172,13 +172,17 @@ def test_init_chooses_the_papers_fine_tuning_recipe_unless_told_otherwise(tmp_pa
     from vitkit.train.recipe import Recipe
 
     data, weights = tiny_folder(tmp_path / "data"), tmp_path / "weights"
-    randomize(vitkit.create_model("vit_ti4_32", depth=1, num_classes=5)).save_pretrained(weights)
+    # weights of a vitkit run, trained with patch dropout
+    randomize(vitkit.create_model("vit_ti4_32", depth=1, num_classes=5, patch_dropout=0.5)).save_pretrained(weights)
     fields = dict(init=str(weights), workers=0)
     run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "a")
     assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
     assert all(g["weight_decay"] == 0 for g in run.optimizer.param_groups)
     r = run.recipe
     assert (r.clip_grad, r.label_smoothing, r.mixup, r.cutmix, r.drop_path) == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert r.patch_dropout == run.config.patch_dropout == 0.0
+    fields = dict(init=str(weights), workers=0, model_overrides={"patch_dropout": 0.25})
+    assert trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "c").config.patch_dropout == 0.25
     assert r.warmup_epochs > 0 and r.min_lr < r.lr
     fields = dict(init=str(weights), workers=0, optimizer="adamw", weight_decay=0.05)
     run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "b")

@@ -321,6 +321,8 @@ def test_patch_dropout_matches_timm_in_training_and_is_off_in_eval():
         assert max_rel_diff(ours(x), got) > 1e-3  # another draw keeps other patches
         ours.eval(), theirs.eval()
         assert max_rel_diff(ours(x), theirs(x)) < 1e-5 and kept[-1] == 5 + 24
+        ours.train()  # intermediates keep the whole grid, for dense prediction
+        assert ours.forward_intermediates(x, layers=1, output="nchw").features[0].shape == (2, 32, 4, 6)
 
 
 def test_intermediate_attention_only_for_chosen_blocks():

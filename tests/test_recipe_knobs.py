@@ -12,7 +12,8 @@ from vitkit.train.optim import build_optimizer
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import Run, StopFlag
 
-BASE = dict(epochs=2, batch_size=8, workers=0, precision="fp32", crop="none", flip=False, val_split=0.25)
+BASE = dict(epochs=2, batch_size=8, workers=0, precision="fp32", crop="none", flip=False, val_split=0.25,
+            patch_dropout=0.0)
 
 
 @pytest.fixture(scope="module")

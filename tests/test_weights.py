@@ -233,6 +233,17 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
         vitkit.load(tmp_path / "obj.npz")
 
 
+def test_loaded_models_come_ready_to_predict(tmp_path):
+    """A run's weights may carry patch dropout: `load` gives eval mode, so predictions are fixed."""
+    model = randomize(vitkit.create_model("vit_ti4_32", depth=1, patch_dropout=0.5))
+    model.save_pretrained(tmp_path / "m")
+    vitkit.save(model, tmp_path / "t.safetensors", format="timm")
+    x = torch.randn(2, 3, 32, 32)
+    for loaded in (vitkit.load(tmp_path / "m"), vitkit.load(tmp_path / "t.safetensors")):
+        assert not loaded.training
+        torch.testing.assert_close(loaded(x), loaded(x))
+
+
 def test_truncated_file_names_the_file(tmp_path):
     model = vitkit.create_model("vit_ti4_32", depth=1)
     model.save_pretrained(tmp_path / "m")

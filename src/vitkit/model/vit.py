@@ -258,7 +258,8 @@ class ViT(nn.Module):
         return (logits, attentions) if return_attention else logits
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Images -> the tokens the first block sees (B, prefix + patches, dim), and the grid."""
+        """Images -> the tokens the first block sees (B, prefix + patches, dim; before patch
+        dropout), and the grid."""
         grid = self._check_input(x)
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1).to(x.dtype)
@@ -267,11 +268,12 @@ class ViT(nn.Module):
         pos = self.position_embedding(grid).to(x.dtype)
         if self.config.no_embed_class:  # the prefix tokens get no position
             pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
-        return self.norm_pre(self.drop_patches(self.pos_drop(x + pos))), grid
+        return self.norm_pre(self.pos_drop(x + pos)), grid
 
     def drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """`patch_dropout`: a random subset of each image's patch tokens, the same count for every
-        image (so shapes stay static); the prefix tokens always stay."""
+        image (so shapes stay static); the prefix tokens always stay. After `norm_pre`, which is per
+        token, so the same as timm's order."""
         rate = self.config.patch_dropout
         if not (self.training and rate):
             return x
@@ -284,8 +286,9 @@ class ViT(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor, return_attention: bool = False
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """All output tokens after the final norm (B, prefix + patches, dim), and attentions."""
-        x, _ = self.embed(x)
+        """All output tokens after the final norm (B, prefix + patches, dim; fewer patches under
+        patch dropout in training), and attentions."""
+        x = self.drop_patches(self.embed(x)[0])
         attentions = []
         for block in self.blocks:
             x, probs = self._block(block, x, return_attention)
@@ -337,7 +340,7 @@ class ViT(nn.Module):
         a 2-D map (B, dim, rows, cols). `norm`: pass each through the final norm. The prefix
         tokens come separately. `attention`: also the attention probabilities of the chosen blocks
         only; the others keep the fused kernel, which stores no tokens x tokens matrix. Blocks
-        after the last chosen one are not run.
+        after the last chosen one are not run. Patch dropout does not apply: the grid stays whole.
         """
         if output not in ("tokens", "nchw"):
             raise ValueError(f"output={output!r}: use 'tokens' or 'nchw'")

@@ -28,7 +28,7 @@ class BudgetPlanner:
         """Optimizer steps for the whole run: the `steps_done` in `elapsed` seconds, then as many
         as fit in what is left, each epoch (the last one too, however short) ending with an
         evaluation of `eval_seconds`."""
-        per_epoch = self.steps_per_epoch
+        per_epoch, step_seconds = self.steps_per_epoch, max(step_seconds, 1e-6)
         left = max(0.0, self.budget - elapsed) * SAFETY
         steps = steps_done
         to_end = -steps_done % per_epoch  # the rest of the epoch in progress

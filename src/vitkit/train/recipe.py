@@ -138,6 +138,12 @@ FINE_TUNE_STEPS = 500
 COMPILE_FROM = 10_000
 
 
+def regularisers(recipe: Recipe) -> dict[str, float]:
+    """The recipe's fields that live in the model's blocks (a --model-option of the same name wins)."""
+    fields = {"drop_path": recipe.drop_path, "dropout": recipe.dropout, "patch_dropout": recipe.patch_dropout}
+    return {name: recipe.model_overrides.get(name, value) for name, value in fields.items()}
+
+
 def regime(side: int) -> tuple[dict, dict]:
     """(model fields, recipe fields) for images of this side."""
     return TINY_IMAGES if side <= 12 else SMALL_IMAGES if side <= 64 else LARGE_IMAGES
@@ -188,7 +194,6 @@ def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | Non
         image_size = (max(ph, round(image_hw[0] / ph) * ph), max(pw, round(image_hw[1] / pw) * pw))
     else:
         image_size = config.image_size if recipe.model else 224
-    config = config.replace(image_size=image_size, in_channels=channels, num_classes=num_classes,
-                            drop_path=recipe.drop_path, dropout=recipe.dropout, patch_dropout=recipe.patch_dropout,
-                            **recipe.model_overrides)
+    config = config.replace(**{"image_size": image_size, "in_channels": channels, "num_classes": num_classes,
+                               **regularisers(recipe), **recipe.model_overrides})
     return recipe, config

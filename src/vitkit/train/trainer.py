@@ -46,7 +46,7 @@ from vitkit.train.distributed import World, fully_shard_model, restarted
 from vitkit.train.evaluate import autocast, evaluate
 from vitkit.train.feed import Feed, build_feed
 from vitkit.train.optim import Schedule, build_optimizer
-from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe
+from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe, regularisers
 from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
@@ -192,8 +192,7 @@ class Run:
         recipe = fine_tune_recipe(recipe, given, max(model.config.image_hw), len(s.train), self.flip_ok)
         self.config = model.config
         if isinstance(self.config, ViTConfig):
-            self.config = model.config.replace(drop_path=recipe.drop_path, dropout=recipe.dropout,
-                                               patch_dropout=recipe.patch_dropout)
+            self.config = model.config.replace(**regularisers(recipe))
         if self.config != model.config:  # stochastic depth and dropout are built into the blocks
             normalization, state = model.normalization, model.state_dict()
             model = ViT(self.config)
@@ -276,8 +275,9 @@ class Run:
         self.feed.sampler.set_epoch(p.epoch, p.step)
         self.model.train()
         epoch_start = time.time() - totals.seconds
-        bar = tqdm(total=self.steps_per_epoch, initial=p.step, disable=not self.show_progress, leave=False,
-                   desc=f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else ""), file=sys.stderr)
+        planned = self.steps_per_epoch if p.steps is None else p.steps - p.epoch * self.steps_per_epoch
+        bar = tqdm(total=min(self.steps_per_epoch, planned), initial=p.step, disable=not self.show_progress,
+                   leave=False, desc=f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else ""), file=sys.stderr)
         tick = time.time()
         for images, labels, problems in self.feed.loader:
             totals.load_wait += time.time() - tick
@@ -397,10 +397,9 @@ class Run:
         """Plan again from the epoch that just ended: its seconds per step, and everything else an
         epoch costs (evaluation, and the last epoch's checkpoint and files)."""
         train_s = record["train_seconds"]
-        if self.progress.epoch == 1:  # less its compilation
+        if self.epoch_ended is None:  # the first epoch of this attempt: less its start-up and compilation
             train_s = BudgetPlanner.steady_seconds(train_s, self.step_times)
-        if self.epoch_ended is None:  # the first epoch of this attempt: only its evaluation is known
-            other_s = record["seconds"] - record["train_seconds"]
+            other_s = record["seconds"] - record["train_seconds"]  # only its evaluation is known
         else:
             other_s = self.elapsed() - self.epoch_ended - record["train_seconds"]
         self.plan_steps(train_s / max(record["steps"], 1), other_s)

@@ -97,6 +97,8 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     tell what a format's weights do not record. `model.normalization` is the input normalization
     the weights expect, as their source records it (else its known default, logged);
     `normalize=` ("imagenet", "half", "M,S", a dict or a Normalization) replaces it.
+    The model comes in eval mode, ready to predict (a run's weights may carry patch dropout or
+    stochastic depth, which act in training mode only); `.train()` before training it further.
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
@@ -110,7 +112,7 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):
         model = native.load_pretrained(path, **overrides)
-        return _normalized(model, normalize, "vitkit", None, path)
+        return _normalized(model, normalize, "vitkit", None, path).eval()
     hints = {k: overrides.pop(k) for k in HINT_KEYS if k in overrides}
     config_json = None
     if path.is_dir():
@@ -127,7 +129,7 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     except KeyError as e:  # a format named with --from / format= that the file is not in
         raise ValueError(f"{path} is not in the {kind} format: it has no {e} weight (first keys: "
                          f"{list(state)[:4]}); try format='auto'") from None
-    return _normalized(model, normalize, kind, config_json, path)
+    return _normalized(model, normalize, kind, config_json, path).eval()
 
 
 def _normalized(model: ViT, normalize: Any, kind: str, config_json: dict[str, Any] | None, path: Path) -> ViT:
