@@ -254,10 +254,12 @@ def test_the_budget_plan_leaves_out_what_the_first_steps_spent_compiling():
 
 def test_the_budget_plan_counts_steps_and_cuts_the_last_epoch_short():
     planner = budget.BudgetPlanner(budget=100, steps_per_epoch=10)
-    # 97% of the 90 s left, at 1 s a step and 2 s an evaluation: 7 whole epochs (84 s), then 3.3 s:
-    # one step and its evaluation
-    assert planner.steps(elapsed=10, steps_done=10, step_seconds=1.0, eval_seconds=2.0) == 10 + 70 + 1
+    # 97% of the 89 s left (1% of the budget is kept for the end), at 1 s a step and 2 s an
+    # evaluation: 7 whole epochs (84 s), then 2.33 s: no more than its evaluation
+    assert planner.steps(elapsed=10, steps_done=10, step_seconds=1.0, eval_seconds=2.0) == 10 + 70
     # mid-epoch, the rest of the epoch in progress is counted first
-    assert planner.steps(elapsed=10, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 20 + 60 + 4
+    assert planner.steps(elapsed=10, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 20 + 60 + 3
     # too little left to finish the epoch in progress: it is cut short
-    assert planner.steps(elapsed=95, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 13 + 2
+    assert planner.steps(elapsed=94, steps_done=13, step_seconds=1.0, eval_seconds=2.0) == 13 + 2
+    # the test split's evaluation at the end (5 s) is kept out of the plan: 6 epochs, then 7 steps
+    assert planner.steps(elapsed=10, steps_done=10, step_seconds=1.0, eval_seconds=2.0, final_seconds=5) == 10 + 60 + 7

@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 
 log = logging.getLogger("vitkit")
-SAFETY = 0.97  # leave a little of the budget for the last checkpoint, plots and the test set
+SAFETY = 0.97  # of what is left at each plan: the plan's estimates are not exact
+END = 0.01  # of the budget, for the run's last outputs and the interpreter's start before the clock
 CALIBRATION_STEPS = (5, 25)  # steps 5..24 are timed: the first ones include start-up and compilation
 
 
@@ -24,12 +25,13 @@ class BudgetPlanner:
     budget: float  # seconds for the whole run
     steps_per_epoch: int
 
-    def steps(self, elapsed: float, steps_done: int, step_seconds: float, eval_seconds: float) -> int:
+    def steps(self, elapsed: float, steps_done: int, step_seconds: float, eval_seconds: float,
+              final_seconds: float = 0.0) -> int:
         """Optimizer steps for the whole run: the `steps_done` in `elapsed` seconds, then as many
         as fit in what is left, each epoch (the last one too, however short) ending with an
-        evaluation of `eval_seconds`."""
+        evaluation of `eval_seconds`, and the run with `final_seconds` (the test split)."""
         per_epoch, step_seconds = self.steps_per_epoch, max(step_seconds, 1e-6)
-        left = max(0.0, self.budget - elapsed) * SAFETY
+        left = max(0.0, self.budget * (1 - END) - elapsed - final_seconds) * SAFETY
         steps = steps_done
         to_end = -steps_done % per_epoch  # the rest of the epoch in progress
         if to_end and to_end * step_seconds + eval_seconds <= left:

@@ -407,7 +407,9 @@ class Run:
     def plan_steps(self, step_seconds: float, eval_seconds: float) -> None:
         """The run's steps (budget.py) and so its epochs and the schedule's length."""
         p = self.progress
-        p.steps = self.world.broadcast(self.planner.steps(self.elapsed(), p.global_step, step_seconds, eval_seconds))
+        test = len(self.splits.test) / max(len(self.splits.val), 1) if self.splits.test is not None else 0.0
+        p.steps = self.world.broadcast(self.planner.steps(self.elapsed(), p.global_step, step_seconds, eval_seconds,
+                                                          test * eval_seconds))
         p.epochs = math.ceil(p.steps / self.steps_per_epoch)
         self.schedule.total = p.steps
 
