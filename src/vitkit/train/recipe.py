@@ -113,8 +113,9 @@ TINY_IMAGES = (  # 8x8 digits, upsampled to 16 px: 4x4 patches -> 16 tokens; sma
 )
 SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens; narrow, so many epochs fit a CPU budget. A
     # two-convolution stem and mean pooling without a class token: 69.4% vs 66.3% with plain patches
-    # on CIFAR-10 in 10 minutes. Each training image drops half its patch tokens: twice the images
-    # per second, 68.4% vs 66.1% in 10 minutes (RESULTS.md, "What each choice buys")
+    # on CIFAR-10 in 10 minutes ("What each choice buys" in benchmarks/RESULTS.md). Each training
+    # image drops half its patch tokens: twice the images per second, 68.4% vs 66.1% in 10 minutes
+    # ("Patch dropout on CIFAR-10")
     dict(patch_size=4, dim=128, depth=6, heads=4, mlp_dim=256, patch_embed="conv-stem", pool="mean",
          class_token=False),
     dict(epochs=30, batch_size=128, lr=1.5e-3, warmup_epochs=1, padding=4, patch_dropout=0.5),
