@@ -1,7 +1,9 @@
 """Small shared test helpers."""
 
+import gzip
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,3 +33,12 @@ def hub_cache(root, repo: str, write) -> Path:
     snapshot.mkdir(parents=True)
     write(snapshot)
     return snapshot
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """An IDX file (MNIST's format: a magic number, the shape, then the bytes), gzipped or not."""
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + array.tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)

@@ -1,6 +1,5 @@
 """Each data format, parsed from small files written here in that exact format."""
 
-import gzip
 import io
 import pickle
 import tarfile
@@ -10,17 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_idx
 from vitkit.data import arrays, folder
 from vitkit.data import spec as data_spec
 from vitkit.data.decode import BadImage, read_image
-
-
-def write_idx(path, array: np.ndarray, compress: bool):
-    codes = {np.dtype(np.uint8): 0x08}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
-    data = header + array.tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
 
 
 @pytest.mark.parametrize("compress", [True, False])
