@@ -50,10 +50,7 @@ from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe, regularis
 from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
-# Flips by default for colour images, off for grayscale ones (often digits or text, where a mirrored
-# glyph is another or no glyph) except the known data sets whose mirror image is the same class.
-NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit
-FLIP = {"fashion-mnist"}  # a mirrored garment is the same garment
+NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; a mirrored garment is a garment
 PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)
 TIMING_KEYS = ("seconds", "train_seconds", "elapsed", "img_per_s", "loader_wait_s")  # differ run to run
 CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
@@ -176,8 +173,7 @@ class Run:
 
     @property
     def flip_ok(self) -> bool:
-        name = self.splits.name
-        return name in FLIP or (name not in NO_FLIP and self.splits.channels == 3)
+        return self.splits.name not in NO_FLIP
 
     def plan_fine_tune(self, recipe: Recipe, given: set[str]) -> Recipe:
         """--init: the weights' own architecture (and what the user says of what they do not record),
