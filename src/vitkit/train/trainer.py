@@ -50,7 +50,7 @@ from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe, regularis
 from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
-NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; a mirrored garment is a garment
+NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; Fashion-MNIST flips: a garment stays one
 PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)
 TIMING_KEYS = ("seconds", "train_seconds", "elapsed", "img_per_s", "loader_wait_s")  # differ run to run
 CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
