@@ -235,3 +235,15 @@ def test_flips_by_default_unless_a_mirror_image_changes_the_class(tmp_path):
     flips = {data: Run(data, Recipe(**fields), set(fields), out=tmp_path / "runs" / str(i)).recipe.flip
              for i, data in enumerate(expected)}
     assert flips == expected
+
+
+def test_plain_patches_replace_the_default_conv_stem(data):
+    """The small-image default's deeper stem belongs to its conv stem: asking for the paper's plain
+    patch projection (or Xiao et al.'s stem) gets exactly that, with nothing of the default's stem."""
+    default = run_with(data).config
+    assert (default.patch_embed, default.stem_depth) == ("conv-stem", 2)
+    assert [layer.conv.stride[0] for layer in run_with(data).model.patch_embed.backbone] == [2, 1, 2, 1]
+    plain = run_with(data, model_overrides={"patch_embed": "conv"}).config
+    assert plain == default.replace(patch_embed="conv", stem_depth=1)
+    xiao = run_with(data, model_overrides={"stem_depth": 1}).config
+    assert xiao == default.replace(stem_depth=1)
