@@ -240,9 +240,10 @@ def test_flips_by_default_unless_a_mirror_image_changes_the_class(tmp_path):
 def test_plain_patches_replace_the_default_conv_stem(data):
     """The small-image default's deeper stem belongs to its conv stem: asking for the paper's plain
     patch projection (or Xiao et al.'s stem) gets exactly that, with nothing of the default's stem."""
-    default = run_with(data).config
+    run = run_with(data)
+    default = run.config
     assert (default.patch_embed, default.stem_depth) == ("conv-stem", 2)
-    assert [layer.conv.stride[0] for layer in run_with(data).model.patch_embed.backbone] == [2, 1, 2, 1]
+    assert [layer.conv.stride[0] for layer in run.model.patch_embed.backbone] == [2, 1, 2, 1]
     plain = run_with(data, model_overrides={"patch_embed": "conv"}).config
     assert plain == default.replace(patch_embed="conv", stem_depth=1)
     xiao = run_with(data, model_overrides={"stem_depth": 1}).config

@@ -187,7 +187,7 @@ def auto_recipe(recipe: Recipe, given: set[str], image_hw: tuple[int, int] | Non
     else:
         fields = dict(model_fields)
         if recipe.model_overrides.get("patch_embed", fields.get("patch_embed")) != "conv-stem":
-            fields.pop("stem_depth", None)  # the default stem's depth: not for the plain patches asked for
+            fields.pop("stem_depth", None)  # the default stem's depth, not for another patch_embed
         if side > 64:
             fields.update(get_config("vit_s16" if num_train > 20_000 else "vit_ti16").to_dict())
         config = ViTConfig(**{k: v for k, v in fields.items() if k != "image_size"})
