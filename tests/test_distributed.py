@@ -50,10 +50,10 @@ def one(tmp_path_factory):
     return root
 
 
-def assert_same_run(a, b):
+def assert_same_run(a, b, tol=1e-5):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     for key in wa:
-        assert (wa[key] - wb[key]).abs().max().item() < 1e-5, key
+        assert (wa[key] - wb[key]).abs().max().item() < tol, key
     ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
@@ -142,7 +142,10 @@ def test_unreadable_images_never_hang_a_process_and_the_gradient_is_the_global_m
     two = subprocess.run([*TORCHRUN, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    # Uneven shares sum the gradient in another order, and AdamW turns the rounding of near-zero
+    # gradients into differences of up to ~1e-4 after 2 epochs (measured 7e-5 in the conv stem);
+    # a gradient weighted wrongly moves the weights by the order of the lr (1.5e-3) every step.
+    assert_same_run(tmp_path / "one", tmp_path / "two", tol=5e-4)
 
 
 def test_each_process_draws_its_own_noise_with_the_default_photo_recipe(tmp_path):
