@@ -89,18 +89,19 @@ def test_a_checkpoint_from_before_step_plans_resumes_with_its_epochs(tmp_path, h
 
 
 def test_a_budget_run_plans_again_each_epoch_and_ends_on_its_planned_step(tmp_path, hook, monkeypatch):
-    """The machine slows down (a step of ~10 ms takes 100 ms more) after two epochs: the plan
+    """The machine slows down (a step of ~40 ms takes 200 ms more) after two epochs: the plan
     shrinks, so the run still ends within its budget, on the step the last plan names (inside an
-    epoch, as a rule)."""
+    epoch, as a rule). The slowdown is large against the step so that the shrink does not hang
+    on the machine's speed (CI's 37 ms steps with 100 ms more shrank it to exactly 0.6)."""
     def slow_after_two_epochs(run: Run) -> None:
         if run.progress.epoch >= 2:
-            time.sleep(0.1)
+            time.sleep(0.2)
     hook(slow_after_two_epochs)
     plans = []
     real = budget.BudgetPlanner.steps
     monkeypatch.setattr(budget.BudgetPlanner, "steps", lambda self, *a: plans.append(real(self, *a)) or plans[-1])
     result = train("digits", Recipe(time_budget=12, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
-    assert len(plans) >= 3 and plans[-1] < plans[1] * 0.6
+    assert len(plans) >= 3 and plans[-1] < plans[1] * 0.7
     assert result["steps"] == plans[-1] and result["seconds"] <= 12 * 1.05
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(h["steps"] for h in history) == result["steps"] and len(history) == result["epochs"]
