@@ -14,7 +14,7 @@ from torch import nn
 
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.data.arrays import digits
-from vitkit.model.fast import for_inference, use_training_attention
+from vitkit.model.fast import DTYPES, for_inference, use_training_attention
 
 FAMILIES = ["vit_ti16", "vit_s16", "vit_b16", "vit_l16", "vit_h14"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -168,3 +168,17 @@ def test_for_inference_leaves_the_callers_model_as_it_was():
     assert next(fast.parameters()).dtype == torch.bfloat16 and not fast.training
     assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compiled_inference_folds_the_weights_into_the_graph(dtype):
+    """Freezing makes the weights constants of the compiled graph (inductor names them
+    `_frozen_param`), so that it can pre-pack them; without it they are graph inputs."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = reference("vit_ti16", "cpu")
+    fast = for_inference(model, dtype, compile=True)
+    x = images(model, "cpu").to(DTYPES[dtype])
+    with torch.inference_mode():
+        out, code = run_and_get_code(fast, x)
+    assert out.dtype == DTYPES[dtype] and "_frozen_param" in "\n".join(code)

@@ -12,6 +12,7 @@ import copy
 
 import torch
 from torch import nn
+from torch._inductor import config as inductor_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -21,9 +22,22 @@ def for_inference(model: nn.Module, dtype: str | torch.dtype = "fp32", compile: 
     under `torch.inference_mode()` with inputs in `dtype` (freezing assumes the weights never
     change). The caller's model keeps its dtype and training flag; the copy costs its memory once."""
     model = copy.deepcopy(model).eval().to(DTYPES.get(dtype, dtype))
-    if compile:
-        model = torch.compile(model, options={"freezing": True})
-    return model
+    return Frozen(model) if compile else model
+
+
+class Frozen(nn.Module):
+    """`torch.compile` with inductor's freezing. Whether the weights become constants of the graph
+    or stay its inputs is decided when dynamo traces, from the global inductor config: passing
+    `options={"freezing": True}` to `torch.compile` alone froze nothing (torch 2.14: the linears
+    stayed `addmm` on weight inputs). So every call, and thus every (re)trace, runs under it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(model)
+
+    def forward(self, *args, **kwargs):
+        with inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
 
 
 def use_training_attention(model: nn.Module, device: torch.device) -> nn.Module:
