@@ -14,7 +14,7 @@ from torch import nn
 
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.data.arrays import digits
-from vitkit.model.fast import DTYPES, for_inference, use_training_attention
+from vitkit.model.fast import DTYPES, AtenGELU, for_inference, use_training_kernels
 
 FAMILIES = ["vit_ti16", "vit_s16", "vit_b16", "vit_l16", "vit_h14"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -118,10 +118,30 @@ def test_training_fast_path_gives_the_same_gradients(name, compile, device):
         return [p.grad.clone() for p in model.parameters()]
 
     plain = grads(model)
-    use_training_attention(model, torch.device(device))
+    use_training_kernels(model, torch.device(device))
     fast = grads(torch.compile(model) if compile else model)
     for a, b in zip(fast, plain, strict=True):
         assert (a - b).abs().max().item() < 1e-5
+
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_aten_gelu_is_nn_gelu_eager_and_compiled(approximate, dtype):
+    """The training path's opaque GELU computes what nn.GELU does, values and gradients, bit for bit
+    in eager mode (the same ATen kernels) and under torch.compile."""
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(0)).to(dtype)
+    grad = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+    def run(act):
+        leaf = x.clone().requires_grad_()
+        out = act(leaf)
+        out.backward(grad)
+        return out, leaf.grad
+
+    want = run(nn.GELU(approximate))
+    assert all(torch.equal(a, b) for a, b in zip(run(AtenGELU(approximate)), want, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(run(torch.compile(AtenGELU(approximate))), want, strict=True))
 
 
 @pytest.fixture(scope="module")

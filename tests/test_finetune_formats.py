@@ -15,7 +15,7 @@ import vitkit
 from helpers import randomize
 from test_cli import make_folder, run_cli
 from test_weights import flax_npz
-from vitkit.model.fast import use_training_attention
+from vitkit.model.fast import use_training_kernels
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import Run
 
@@ -77,7 +77,7 @@ def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
     run.fit()
 
     tuned = vitkit.load(tmp_path / "run").eval()  # the published run is the model that was trained,
-    use_training_attention(tuned, torch.device("cpu"))  # compared through the trainer's attention path
+    use_training_kernels(tuned, torch.device("cpu"))  # compared through the trainer's CPU kernels
     kept = {k: v for k, v in original.config.to_dict().items() if k not in ("num_classes", "drop_path", "dropout")}
     assert {k: tuned.config.to_dict()[k] for k in kept} == kept and tuned.config.num_classes == 3
     x = torch.randn(2, tuned.config.in_channels, *tuned.config.image_hw)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from vitkit.extras import require
-from vitkit.model.fast import DTYPES, for_inference, use_training_attention
+from vitkit.model.fast import DTYPES, for_inference, use_training_kernels
 from vitkit.model.flops import flops
 from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
@@ -144,7 +144,7 @@ def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, o
            bf16: str = "weights") -> Runner:
     """Inference: `inference_function`, the same for every library. Training: a copy with AdamW
     and fp32 master weights, bf16 through autocast, torch.compile if asked; vitkit also trains with
-    its CPU attention (`use_training_attention`), as its trainer does."""
+    its CPU kernels (`use_training_kernels`), as its trainer does."""
     if mode == "infer":
         forward = inference_function(model, dtype, bf16, compiled)
         x = batch.to(DTYPES[dtype]) if bf16 == "weights" else batch
@@ -159,7 +159,7 @@ def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, o
         return Runner(infer, infer_output)
     model = copy.deepcopy(model).train()
     if own:
-        use_training_attention(model, batch.device)
+        use_training_kernels(model, batch.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.randint(0, 10, (len(batch),), device=batch.device)
     forward = torch.compile(model) if compiled else model

@@ -64,7 +64,7 @@ class Attention(nn.Module):
 
     The fast path is `F.scaled_dot_product_attention` (fused kernels on CPU and GPU). The explicit
     softmax(q k^T / sqrt(d)) v runs when the caller asks for the attention probabilities, or when
-    `fused` is off (`vitkit.model.fast.use_training_attention`: faster to train on CPUs).
+    `fused` is off (`vitkit.model.fast.use_training_kernels`: faster to train on CPUs).
     """
 
     def __init__(self, config: ViTConfig):

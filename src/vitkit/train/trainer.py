@@ -37,7 +37,7 @@ from vitkit.data.loader import mix_seed
 from vitkit.data.normalization import HALF, Normalization
 from vitkit.model.cnn import CNNConfig, build_model, config_from_dict
 from vitkit.model.config import ViTConfig
-from vitkit.model.fast import use_training_attention
+from vitkit.model.fast import use_training_kernels
 from vitkit.model.vit import ViT
 from vitkit.train import checkpoint, plots
 from vitkit.train.budget import BudgetPlanner
@@ -224,7 +224,7 @@ class Run:
                                  recipe.epochs * self.steps_per_epoch if recipe.epochs else None)
         self.bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_pays(world.device, self.config))
         self.model.set_grad_checkpointing(recipe.grad_checkpointing)
-        use_training_attention(self.model, world.device)
+        use_training_kernels(self.model, world.device)
         self.teacher = load_teacher(recipe.teacher, self.config.num_classes, world.device) if recipe.teacher else None
         self.forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
         self.compute = CompiledOrEager(self.losses) if recipe.compile else self.losses
