@@ -36,9 +36,9 @@ class Frozen(nn.Module):
         super().__init__()
         self.compiled = torch.compile(model)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         with inductor_config.patch(freezing=True):
-            return self.compiled(*args, **kwargs)
+            return self.compiled(x)
 
 
 def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
@@ -52,7 +52,7 @@ def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
       erf, about 3x slower in bf16 than ATen's vectorised kernel on CPU (vit_ti4_32 training step,
       compiled, bf16, AMX CPU: 1.13x the img/s, median of 20 paired rounds)."""
     cpu = device.type == "cpu"
-    for module in model.modules():
+    for module in list(model.modules()):
         if hasattr(module, "fused"):
             module.fused = not cpu
         act = getattr(module, "act", None)
