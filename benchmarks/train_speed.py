@@ -8,7 +8,8 @@ width 128, depth 6, batch 128, its default precision) on the same images, throug
 command exactly as a user runs it; each then also trains this commit's own default model. The
 figures are the trainer's own counters from metrics.jsonl for the second epoch (the first one
 pays for start-up and compilation): images/s, and the share of the epoch spent waiting for data.
-The runs take turns, and each row shows min/median/max over the repeats.
+The runs take turns, and each row shows min/median/max over the repeats, and the ratio of each
+run to the baseline's run of the same round (neighbours in time, so the VM's drift cancels).
 """
 
 from __future__ import annotations
@@ -94,20 +95,24 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "base")],
                            capture_output=True)
-    base = statistics.median(x["img_per_s"] for x in results[(args.baseline, "baseline default (pinned)")])
-    lines = ["| code | model and recipe | img/s (min / median / max) | vs baseline (median) | loader wait |",
-             "|---|---|---|---|---|"]
+    base_rates = [x["img_per_s"] for x in results[(args.baseline, "baseline default (pinned)")]]
+    base = statistics.median(base_rates)
+    lines = ["| code | model and recipe | img/s (min / median / max) | vs baseline (medians) | "
+             "vs the baseline's run of the same round (min / median / max) | loader wait |",
+             "|---|---|---|---|---|---|"]
     for (code, model), rows in results.items():
         rate = [x["img_per_s"] for x in rows]
-        lines.append(f"| {code} | {model} | {spread(rate)} | {statistics.median(rate) / base:.2f}x | "
-                     f"{spread([100 * x['wait'] for x in rows], '{:.1f}%')} |")
+        paired = [r / b for r, b in zip(rate, base_rates, strict=True)]
+        lines.append(f"| {code} | {model} | {spread(rate)} | {statistics.median(rate) / base:.2f}x"
+                     f" | {spread(paired, '{:.2f}x')} | {spread([100 * x['wait'] for x in rows], '{:.1f}%')} |")
     table = "\n".join(lines)
     print(table)
     if args.record:
         record("Training speed: CIFAR-10 default model, this commit against the baseline", this_command(), table,
                f"{args.images} images per class of the shared archive, {args.repeats} runs each, taking turns; "
                "epoch 2 of 2 read from metrics.jsonl (img/s over the epoch's training, and the share of it "
-               "spent waiting for the loader).")
+               "spent waiting for the loader). This VM's speed drifts between runs: the per-round ratios "
+               "pair each run with the baseline's run next to it in time.")
 
 
 if __name__ == "__main__":
