@@ -8,8 +8,9 @@ width 128, depth 6, batch 128, its default precision) on the same images, throug
 command exactly as a user runs it; each then also trains this commit's own default model. The
 figures are the trainer's own counters from metrics.jsonl for the second epoch (the first one
 pays for start-up and compilation): images/s, and the share of the epoch spent waiting for data.
-The runs take turns, and each row shows min/median/max over the repeats, and the ratio of each
-run to the baseline's run of the same round (neighbours in time, so the VM's drift cancels).
+The runs take turns (baseline, then this commit pinned, then this commit's default), and each
+row shows min/median/max over the repeats, and the ratio of each run to the baseline's run of the
+same round (a minute or two apart, so that the VM's slower drift cancels).
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     for (code, model), rows in results.items():
         rate = [x["img_per_s"] for x in rows]
-        paired = [r / b for r, b in zip(rate, base_rates, strict=True)]
+        ratios = [r / b for r, b in zip(rate, base_rates, strict=True)]
+        paired = spread(ratios, "{:.2f}x") if code != args.baseline else "-"
         lines.append(f"| {code} | {model} | {spread(rate)} | {statistics.median(rate) / base:.2f}x"
-                     f" | {spread(paired, '{:.2f}x')} | {spread([100 * x['wait'] for x in rows], '{:.1f}%')} |")
+                     f" | {paired} | {spread([100 * x['wait'] for x in rows], '{:.1f}%')} |")
     table = "\n".join(lines)
     print(table)
     if args.record:

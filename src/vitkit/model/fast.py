@@ -10,10 +10,10 @@ tested to compute the reference function.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
-from torch._inductor import config as inductor_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -23,22 +23,34 @@ def for_inference(model: nn.Module, dtype: str | torch.dtype = "fp32", compile: 
     under `torch.inference_mode()` with inputs in `dtype` (freezing assumes the weights never
     change). The caller's model keeps its dtype and training flag; the copy costs its memory once."""
     model = copy.deepcopy(model).eval().to(DTYPES.get(dtype, dtype))
-    return Frozen(model) if compile else model
+    return Frozen(model).eval() if compile else model
 
 
 class Frozen(nn.Module):
     """`torch.compile` with inductor's freezing. Whether the weights become constants of the graph
     or stay its inputs is decided when dynamo traces, from the global inductor config: passing
     `options={"freezing": True}` to `torch.compile` alone froze nothing (torch 2.14: the linears
-    stayed `addmm` on weight inputs). So every call, and thus every (re)trace, runs under it."""
+    stayed `addmm` on weight inputs). So every call, and thus every (re)trace, runs under it (the
+    config is process-wide: a model compiled by another thread meanwhile would be frozen too).
+    Attributes not found here are the compiled model's, as with `torch.compile`'s own wrapper."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.compiled = torch.compile(model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True):
-            return self.compiled(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from torch._inductor import config
+
+        with config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "compiled":  # not there yet (unpickling): no recursion
+                raise
+            return getattr(self.compiled, name)
 
 
 def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
@@ -49,20 +61,21 @@ def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
       math backend, and its flash kernel is slower still (measured in one process, ViT width 128,
       65 tokens, batch 128, bf16, AMX CPU: 888 vs 636 img/s eager, 1126 vs 848 compiled).
     - GELU as one opaque operation (`AtenGELU`): torch.compile would otherwise generate its own
-      erf, about 3x slower in bf16 than ATen's vectorised kernel on CPU (vit_ti4_32 training step,
-      compiled, bf16, AMX CPU: 1.13x the img/s, median of 20 paired rounds)."""
+      erf, about 3x slower in bf16 than ATen's vectorised kernel on CPU (`benchmarks/cpu_kernels.py`
+      times the compiled training step with each)."""
     cpu = device.type == "cpu"
     for module in list(model.modules()):
         if hasattr(module, "fused"):
             module.fused = not cpu
         act = getattr(module, "act", None)
         if cpu and type(act) is nn.GELU:
-            module.act = AtenGELU(act.approximate)
+            module.act = AtenGELU(act.approximate).train(act.training)
     return model
 
 
 class AtenGELU(nn.GELU):
-    """nn.GELU whose forward and backward are ATen's own kernels, even inside torch.compile."""
+    """nn.GELU whose forward and backward are ATen's own kernels, even inside torch.compile (no
+    double backward: training needs none)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return aten_gelu(x, self.approximate)

@@ -1,0 +1,104 @@
+"""What the trainer's CPU GELU buys: the compiled training step with nn.GELU against `AtenGELU`.
+
+    python benchmarks/cpu_kernels.py [--rounds 20] [--no-record]
+
+Under torch.compile, nn.GELU becomes inductor's own generated erf; `use_training_kernels` swaps
+in `AtenGELU`, which keeps ATen's vectorised kernel (the same values, bit for bit). Both variants
+train the same model in one process (bf16 autocast, AdamW, the explicit CPU attention, batch 128)
+and take turns round by round, so that the VM's drift hits both; each round's ratio pairs the two
+runs next to each other in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, this_command
+
+from vitkit import ViT, ViTConfig, get_config
+from vitkit.model.fast import AtenGELU, use_training_kernels
+from vitkit.train.recipe import SMALL_IMAGES
+
+MODELS = {  # name -> config: the bench's vit_ti4_32, and the CIFAR-10 default (patch dropout 0.5)
+    "vit_ti4_32": lambda: get_config("vit_ti4_32", num_classes=10),
+    "CIFAR-10 default": lambda: ViTConfig(image_size=32, num_classes=10, **SMALL_IMAGES[0],
+                                          patch_dropout=SMALL_IMAGES[1]["patch_dropout"]),
+}
+BATCH, STEPS = 128, 5  # steps per timed round
+
+
+def training_step(config, gelu: str):
+    """A compiled training step of a fresh model, with nn.GELU or (as the trainer on CPU) AtenGELU."""
+    torch.manual_seed(0)
+    model = use_training_kernels(ViT(config), torch.device("cpu"))
+    if gelu == "nn.GELU":
+        for module in model.modules():
+            if isinstance(getattr(module, "act", None), AtenGELU):
+                module.act = nn.GELU(module.act.approximate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as the trainer on CPU
+    x = torch.randn(BATCH, 3, *config.image_hw)
+    y = torch.randint(0, 10, (BATCH,))
+
+    @torch.compile
+    def forward_backward() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
+
+    def step() -> None:
+        forward_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = ["| model | GELU | img/s (min / median / max) | AtenGELU / nn.GELU, per round (min / median / max) |",
+             "|---|---|---|---|"]
+    for name, config in MODELS.items():
+        steps = {gelu: training_step(config(), gelu) for gelu in ("nn.GELU", "AtenGELU")}
+        for step in steps.values():  # compile, then warm up
+            for _ in range(3):
+                step()
+        rates: dict[str, list[float]] = {gelu: [] for gelu in steps}
+        for r in range(args.rounds):
+            for gelu in sorted(steps, reverse=r % 2 == 1):  # alternate which goes first
+                start = time.perf_counter()
+                for _ in range(STEPS):
+                    steps[gelu]()
+                rates[gelu].append(STEPS * BATCH / (time.perf_counter() - start))
+        ratios = [a / b for a, b in zip(rates["AtenGELU"], rates["nn.GELU"], strict=True)]
+        for gelu, rate in rates.items():
+            paired = spread(ratios, "{:.2f}x") if gelu == "AtenGELU" else "-"
+            lines.append(f"| {name} | {gelu} | {spread(rate, '{:.0f}')} | {paired} |")
+        print("\n".join(lines[-2:]), flush=True)
+    table = "\n".join(lines)
+    notes = (f"Compiled training step (forward, backward, AdamW), batch {BATCH}, bf16 autocast, {args.threads} "
+             f"threads; {args.rounds} rounds of {STEPS} steps, the two variants alternating which goes first.")
+    if args.no_record:
+        print(table + "\n" + notes)
+        return
+    record("CPU training kernels: ATen's GELU against inductor's", this_command(), table, notes)
+
+
+if __name__ == "__main__":
+    main()
