@@ -61,8 +61,8 @@ def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
       math backend, and its flash kernel is slower still (measured in one process, ViT width 128,
       65 tokens, batch 128, bf16, AMX CPU: 888 vs 636 img/s eager, 1126 vs 848 compiled).
     - GELU as one opaque operation (`AtenGELU`): torch.compile would otherwise generate its own
-      erf, about 3x slower in bf16 than ATen's vectorised kernel on CPU (`benchmarks/cpu_kernels.py`
-      times the compiled training step with each)."""
+      erf, about 3x slower in bf16 than ATen's vectorised kernel on CPU; GELU being a small share
+      of a step, the compiled step gains 1.03-1.06x (`benchmarks/cpu_kernels.py`)."""
     cpu = device.type == "cpu"
     for module in list(model.modules()):
         if hasattr(module, "fused"):
