@@ -23,7 +23,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record, this_command
-
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
