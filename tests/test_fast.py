@@ -125,7 +125,6 @@ def test_training_fast_path_gives_the_same_gradients(name, compile, device):
         assert (a - b).abs().max().item() < 1e-5
 
 
-
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_aten_gelu_is_nn_gelu_eager_and_compiled(approximate, dtype):
