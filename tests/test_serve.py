@@ -316,9 +316,12 @@ def test_serve_refuses_to_start_with_a_one_line_error(problem, run_dir, tmp_path
 
 @pytest.fixture(scope="module")
 def live_server(run_dir):
-    """`vitkit serve RUN --port 0` in its own process, as a person starts it."""
+    """`vitkit serve RUN --port 0` in its own process, as a person starts it from a terminal: with
+    SIGINT's default action even when the tests run as a background job, which ignores SIGINT and
+    passes that on (uvicorn then stops on Ctrl-C but re-raises it into the ignored disposition)."""
     process = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", str(run_dir), "--port", "0", "--json",
-                                "--dtype", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--dtype", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         started = json.loads(process.stdout.readline() or "{}")
         assert "url" in started, process.stderr.read() if process.poll() is not None else "no start line"
