@@ -1,10 +1,11 @@
-"""Shared by the benchmarks: describe the machine and append a result section to RESULTS.md."""
+"""Shared by the benchmarks: describe the machine, show a spread, append a result section to RESULTS.md."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +31,11 @@ def machine() -> str:
     return (f"{cpu} ({os.cpu_count()} cores; {', '.join(isa) or 'no AVX-512'}), {gpu}, "
             f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """min / median / max, as every table here shows a repeated measurement."""
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def record(title: str, command: str, table: str, notes: str = "") -> None:

@@ -12,7 +12,6 @@ runs next to each other in time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import record, spread, this_command
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
@@ -58,10 +57,6 @@ def training_step(config, gelu: str):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:

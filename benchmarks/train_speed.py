@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import record, spread, this_command
 
 ROOT = Path(__file__).parents[1]
 # The baseline's default CIFAR model and recipe, pinned so that both commits train the same thing.
@@ -66,10 +66,6 @@ def train(src: Path, data: Path, out: Path, extra: list[str]) -> dict:
     second = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     return {"img_per_s": second["img_per_s"], "wait": second["loader_wait_s"] / second.get(
         "train_seconds", second["seconds"])}
-
-
-def spread(values: list[float], fmt: str = "{:.0f}") -> str:
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
