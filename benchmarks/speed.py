@@ -32,26 +32,28 @@ TINY = [("vit_ti16", 32, 2, "fp32", "infer"), ("vit_ti16", 32, 2, "bf16", "infer
         ("vit_ti16", 32, 2, "bf16", "train")]
 
 
-def spread(s: dict) -> str:
-    return f"{s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f}"
+def spread(s: dict, form: str = "{:.1f}") -> str:
+    return " / ".join(form.format(s[k]) for k in ("min", "median", "max"))
 
 
 def tables(results: list[dict]) -> tuple[list[str], list[str], list[str]]:
     """The rows, the comparisons, and the matmul peaks, as markdown lines."""
-    rows = ["| model | mode | dtype | batch | library | execution | img/s min / median / max | GFLOP/s | of peak |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    pairs = ["| model | mode | dtype | comparison | vitkit | peer | vitkit / peer (medians) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | mode | dtype | batch | library | execution | img/s min / median / max | GFLOP/s | of peak "
+            "| of peak, by round |", "|---|---|---|---|---|---|---|---|---|---|"]
+    pairs = ["| model | mode | dtype | comparison | vitkit | peer | vitkit / peer (medians) | verdict "
+             "| round by round (min / median / max) | rounds won |", "|---|---|---|---|---|---|---|---|---|---|"]
     peaks = []
     for r in results:
         name = f"{r['model']} @{r['image_size'][0]}"
         for row in r["rows"]:
             rows.append(f"| {name} | {r['mode']} | {r['dtype']} | {r['batch']} | {row['library']} | "
                         f"{row['execution']} | {spread(row['img_per_s'])} | {row['gflop_per_s']:.0f} | "
-                        f"{100 * row['fraction_of_peak']:.0f}% |")
+                        f"{100 * row['fraction_of_peak']:.0f}% | "
+                        f"{100 * row['fraction_of_round_peak']['median']:.0f}% |")
         for c in r["comparisons"]:
             pairs.append(f"| {name} | {r['mode']} | {r['dtype']} | {c['kind']} | {c['vitkit_execution']} | "
-                         f"{c['peer']} {c['peer_execution']} | {c['ratio_of_medians']:.2f} | {c['verdict']} |")
+                         f"{c['peer']} {c['peer_execution']} | {c['ratio_of_medians']:.2f} | {c['verdict']} | "
+                         f"{spread(c['ratio_by_round'], '{:.2f}')} | {c['rounds_won']} of {r['rounds']} |")
         p = r["matmul_peak"]["tflops"]
         peaks.append(f"{name} {r['mode']} {r['dtype']}: {r['matmul_peak']['dtype']} matmul peak "
                      f"{p['min']:.3f} / {p['median']:.3f} / {p['max']:.3f} TFLOP/s over {r['rounds']} rounds")

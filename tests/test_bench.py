@@ -95,6 +95,29 @@ def test_a_win_only_beyond_the_spread():
     assert verdict(Spread(8, 9, 10), Spread(10.5, 11, 12)) == "loss"
 
 
+def test_comparisons_pair_the_rows_round_by_round(monkeypatch, capsys):
+    """The machine slows down 2x each round: the ranges of img/s overlap (no win by the ranges),
+    while vitkit ran twice as fast as the peer in every round and at the same share of each
+    round's peak, which the round-by-round figures show."""
+    def scripted(steps, repeats, iters, peak_dtype, device):
+        slowdown = [1.0, 2.0, 4.0]
+        times = {key: [(1.0 if key.startswith("vitkit") else 2.0) * s for s in slowdown] for key in steps}
+        return times, [1e12 / s for s in slowdown], "float32"
+
+    monkeypatch.setattr(bench_module, "measure", scripted)
+    r = bench("vit_ti16", 32, 2, "fp32", "infer", ("timm",), repeats=1, iters=1)
+    (c,) = r["comparisons"]
+    assert c["verdict"] == "within spread" and c["ratio_of_medians"] == pytest.approx(2.0)
+    assert c["ratio_by_round"] == pytest.approx({"min": 2.0, "median": 2.0, "max": 2.0}) and c["rounds_won"] == 3
+    ours = next(row for row in r["rows"] if row["library"] == "vitkit")
+    macs = r["gmacs_per_image"] * 1e9
+    share = 2 * macs * 2 / 1e12  # batch 2 in 1 s at 1 TFLOP/s, and the same in every later round
+    assert ours["fraction_of_round_peak"] == pytest.approx({"min": share, "median": share, "max": share})
+    assert ours["fraction_of_peak"] == pytest.approx(share)  # the medians' ratio: here the same
+    print("\n".join(bench_module.report_lines(r)))
+    assert "round by round 2.00x / 2.00x / 2.00x, faster in 3 of 3" in capsys.readouterr().out
+
+
 def test_bench_compares_modes_and_reports_spreads(capsys, monkeypatch):
     # compiling takes a while on 2 cores, and the compiled paths are tested in test_fast.py;
     # here: the rows, comparisons and checks around them

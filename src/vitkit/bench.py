@@ -7,7 +7,10 @@ allows, and the bench checks that those compute the same logits), runs in the sa
 same way (weights cast to bf16 once, or fp32 weights under autocast: one choice for all).
 Libraries take turns within each round, in a rotating order, with the matmul peak measured in
 every round; rounds repeat until the spread of every row is known, and a difference counts as a
-win only when the two rows' ranges do not overlap.
+win only when the two rows' ranges do not overlap. A machine whose speed drifts between rounds
+widens every range alike, so each comparison also pairs the rows round by round (their ratio in
+each round, and how many rounds vitkit won), and each row's share of the peak is also taken
+against the peak of its own round.
 """
 
 from __future__ import annotations
@@ -228,8 +231,10 @@ def verdict(ours: Spread, theirs: Spread) -> str:
 
 
 def comparisons(rows: list[dict], peers: tuple[str, ...]) -> list[dict]:
-    """vitkit against each peer: execution for execution, and each at its best (highest median)."""
+    """vitkit against each peer: execution for execution, and each at its best (highest median);
+    the ratio of medians with its verdict, and the ratios of the two rows' runs in each round."""
     by = {(r["library"], r["execution"]): Spread(**r["img_per_s"]) for r in rows}
+    rounds = {(r["library"], r["execution"]): r["img_per_s_by_round"] for r in rows}
     executions = [r["execution"] for r in rows if r["library"] == "vitkit"]
     best = {lib: max(executions, key=lambda e: by[(lib, e)].median) for lib in ("vitkit", *peers)}
     out = []
@@ -239,8 +244,10 @@ def comparisons(rows: list[dict], peers: tuple[str, ...]) -> list[dict]:
             pairs.append(("best vs best", best["vitkit"], best[peer]))
         for kind, ours, theirs in pairs:
             a, b = by[("vitkit", ours)], by[(peer, theirs)]
+            paired = [x / y for x, y in zip(rounds[("vitkit", ours)], rounds[(peer, theirs)], strict=True)]
             out.append({"peer": peer, "kind": kind, "vitkit_execution": ours, "peer_execution": theirs,
-                        "ratio_of_medians": a.median / b.median, "verdict": verdict(a, b)})
+                        "ratio_of_medians": a.median / b.median, "verdict": verdict(a, b),
+                        "ratio_by_round": asdict(Spread.of(paired)), "rounds_won": sum(x > 1 for x in paired)})
     return out
 
 
@@ -281,11 +288,14 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     peak = Spread.of(peaks)
     rows = []
     for key, t in times.items():
-        rate = Spread.of([batch / s for s in t])
+        by_round = [batch / s for s in t]
+        rate, of_round_peak = Spread.of(by_round), [2 * macs * r / p for r, p in zip(by_round, peaks, strict=True)]
         error, limit = errors[key], tolerance(dtype, config.depth)
         rows.append({"library": key.split("/")[0], "execution": key.split("/")[1], "img_per_s": asdict(rate),
-                     "latency_s": asdict(Spread.of(t)), "gflop_per_s": 2 * macs * rate.median / 1e9,
-                     "fraction_of_peak": 2 * macs * rate.median / peak.median, "max_rel_diff_vs_reference": error,
+                     "img_per_s_by_round": by_round, "latency_s": asdict(Spread.of(t)),
+                     "gflop_per_s": 2 * macs * rate.median / 1e9,
+                     "fraction_of_peak": 2 * macs * rate.median / peak.median,
+                     "fraction_of_round_peak": asdict(Spread.of(of_round_peak)), "max_rel_diff_vs_reference": error,
                      "matches_reference": None if error is None else error < limit})
     check = (agreement_on_run(agreement_run, agreement_data, agreement_images or 1000, dtype, bf16, compile,
                               device=str(dev)) if agreement_run else None)
@@ -370,15 +380,21 @@ def report_lines(r: dict) -> list[str]:
              f"matmul peak ({r['matmul_peak']['dtype']}): min {p['min']:.3f} / median {p['median']:.3f} / "
              f"max {p['max']:.3f} TFLOP/s",
              f"{'library':<12} {'execution':<9} {'img/s min':>9} {'median':>8} {'max':>8} {'GFLOP/s':>8} "
-             f"{'of peak':>7} {'vs ref':>8}"]
+             f"{'of peak':>7} {'by round':>8} {'vs ref':>8}"]
     for row in r["rows"]:
         s, diff = row["img_per_s"], row["max_rel_diff_vs_reference"]
         shown = "own wts" if diff is None else f"{diff:.1e}" + ("" if row["matches_reference"] else " DIFFERS")
         lines.append(f"{row['library']:<12} {row['execution']:<9} {s['min']:>9.1f} {s['median']:>8.1f} "
-                     f"{s['max']:>8.1f} {row['gflop_per_s']:>8.0f} {100 * row['fraction_of_peak']:>6.1f}% {shown:>8}")
+                     f"{s['max']:>8.1f} {row['gflop_per_s']:>8.0f} {100 * row['fraction_of_peak']:>6.1f}% "
+                     f"{100 * row['fraction_of_round_peak']['median']:>7.1f}% {shown:>8}")
+    lines.append("(of peak: the median img/s against the median peak; by round: the median of each round's "
+                 "img/s against that round's peak)")
     for c in r["comparisons"]:
+        p = c["ratio_by_round"]
         lines.append(f"vitkit ({c['vitkit_execution']}) vs {c['peer']} ({c['peer_execution']}), {c['kind']}: "
-                     f"{c['ratio_of_medians']:.2f}x of medians: {c['verdict']}")
+                     f"{c['ratio_of_medians']:.2f}x of medians: {c['verdict']}; round by round "
+                     f"{p['min']:.2f}x / {p['median']:.2f}x / {p['max']:.2f}x, faster in {c['rounds_won']} "
+                     f"of {r['rounds']}")
     if r["agreement"]:
         a = r["agreement"]
         lines.append(f"agreement on {a['run']} ({a['data']} [{a['split']}], {a['images']} real images): "
