@@ -2,7 +2,8 @@
 like: every library eager and compiled (torch.compile; with freezing for inference), bf16 the same
 way for all (weights cast to bf16 once, or autocast: --bf16), the rows interleaved over rounds
 until their spread is known, min/median/max img/s per row, and a difference called a win only
-when the two ranges do not overlap. Recorded in RESULTS.md with the machine and versions.
+when the two ranges do not overlap; each comparison also paired round by round (the VM's speed
+drifts between rounds). Recorded in RESULTS.md with the machine and versions.
 
     python benchmarks/speed.py [--threads 2] [--repeats 7] [--bf16 weights|autocast] [--tiny --no-record]
 
