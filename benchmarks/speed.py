@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import record, spread, this_command
 from vitkit.bench import bench
 
 ROWS = [  # (model, image size, batch, dtype, mode)
@@ -33,8 +33,9 @@ TINY = [("vit_ti16", 32, 2, "fp32", "infer"), ("vit_ti16", 32, 2, "bf16", "infer
         ("vit_ti16", 32, 2, "bf16", "train")]
 
 
-def spread(s: dict, form: str = "{:.1f}") -> str:
-    return " / ".join(form.format(s[k]) for k in ("min", "median", "max"))
+def shown(s: dict, fmt: str = "{:.1f}") -> str:
+    """A Spread as bench returns it (a dict), as `spread` shows a list of measurements."""
+    return spread([s["min"], s["median"], s["max"]], fmt)
 
 
 def tables(results: list[dict]) -> tuple[list[str], list[str], list[str]]:
@@ -48,16 +49,16 @@ def tables(results: list[dict]) -> tuple[list[str], list[str], list[str]]:
         name = f"{r['model']} @{r['image_size'][0]}"
         for row in r["rows"]:
             rows.append(f"| {name} | {r['mode']} | {r['dtype']} | {r['batch']} | {row['library']} | "
-                        f"{row['execution']} | {spread(row['img_per_s'])} | {row['gflop_per_s']:.0f} | "
+                        f"{row['execution']} | {shown(row['img_per_s'])} | {row['gflop_per_s']:.0f} | "
                         f"{100 * row['fraction_of_peak']:.0f}% | "
                         f"{100 * row['fraction_of_round_peak']['median']:.0f}% |")
         for c in r["comparisons"]:
             pairs.append(f"| {name} | {r['mode']} | {r['dtype']} | {c['kind']} | {c['vitkit_execution']} | "
                          f"{c['peer']} {c['peer_execution']} | {c['ratio_of_medians']:.2f} | {c['verdict']} | "
-                         f"{spread(c['ratio_by_round'], '{:.2f}')} | {c['rounds_won']} of {r['rounds']} |")
+                         f"{shown(c['ratio_by_round'], '{:.2f}')} | {c['rounds_won']} of {r['rounds']} |")
         p = r["matmul_peak"]["tflops"]
         peaks.append(f"{name} {r['mode']} {r['dtype']}: {r['matmul_peak']['dtype']} matmul peak "
-                     f"{p['min']:.3f} / {p['median']:.3f} / {p['max']:.3f} TFLOP/s over {r['rounds']} rounds")
+                     f"{shown(p, '{:.3f}')} TFLOP/s over {r['rounds']} rounds")
     return rows, pairs, peaks
 
 
@@ -74,7 +75,9 @@ def notes(results: list[dict], compare: tuple[str, ...], bf16: str) -> str:
             f"weights and bf16 autocast for all (vitkit with its explicit CPU attention, as its trainer does). "
             f"vitkit and {', '.join(compare)} run the same weights; each row's logits were checked against "
             f"vitkit's fp32 model and {check}. Rows interleave within each round, in a rotating order, with the "
-            f"matmul peak measured every round; a win is a win only when the two rows' img/s ranges do not overlap.")
+            f"matmul peak measured every round; a win is a win only when the two rows' img/s ranges do not overlap. "
+            f"'of peak, by round': the median over rounds of a row's img/s against that round's peak; 'round by "
+            f"round': the ratio of the two rows' img/s within each round, and the rounds vitkit was faster in.")
 
 
 def main() -> None:

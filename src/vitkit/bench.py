@@ -234,7 +234,7 @@ def comparisons(rows: list[dict], peers: tuple[str, ...]) -> list[dict]:
     """vitkit against each peer: execution for execution, and each at its best (highest median);
     the ratio of medians with its verdict, and the ratios of the two rows' runs in each round."""
     by = {(r["library"], r["execution"]): Spread(**r["img_per_s"]) for r in rows}
-    rounds = {(r["library"], r["execution"]): r["img_per_s_by_round"] for r in rows}
+    by_round = {(r["library"], r["execution"]): r["img_per_s_by_round"] for r in rows}
     executions = [r["execution"] for r in rows if r["library"] == "vitkit"]
     best = {lib: max(executions, key=lambda e: by[(lib, e)].median) for lib in ("vitkit", *peers)}
     out = []
@@ -244,7 +244,7 @@ def comparisons(rows: list[dict], peers: tuple[str, ...]) -> list[dict]:
             pairs.append(("best vs best", best["vitkit"], best[peer]))
         for kind, ours, theirs in pairs:
             a, b = by[("vitkit", ours)], by[(peer, theirs)]
-            paired = [x / y for x, y in zip(rounds[("vitkit", ours)], rounds[(peer, theirs)], strict=True)]
+            paired = [x / y for x, y in zip(by_round[("vitkit", ours)], by_round[(peer, theirs)], strict=True)]
             out.append({"peer": peer, "kind": kind, "vitkit_execution": ours, "peer_execution": theirs,
                         "ratio_of_medians": a.median / b.median, "verdict": verdict(a, b),
                         "ratio_by_round": asdict(Spread.of(paired)), "rounds_won": sum(x > 1 for x in paired)})
@@ -289,7 +289,8 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     rows = []
     for key, t in times.items():
         by_round = [batch / s for s in t]
-        rate, of_round_peak = Spread.of(by_round), [2 * macs * r / p for r, p in zip(by_round, peaks, strict=True)]
+        rate = Spread.of(by_round)
+        of_round_peak = [2 * macs * r / p for r, p in zip(by_round, peaks, strict=True)]
         error, limit = errors[key], tolerance(dtype, config.depth)
         rows.append({"library": key.split("/")[0], "execution": key.split("/")[1], "img_per_s": asdict(rate),
                      "img_per_s_by_round": by_round, "latency_s": asdict(Spread.of(t)),
@@ -390,10 +391,10 @@ def report_lines(r: dict) -> list[str]:
     lines.append("(of peak: the median img/s against the median peak; by round: the median of each round's "
                  "img/s against that round's peak)")
     for c in r["comparisons"]:
-        p = c["ratio_by_round"]
+        ratio = c["ratio_by_round"]
         lines.append(f"vitkit ({c['vitkit_execution']}) vs {c['peer']} ({c['peer_execution']}), {c['kind']}: "
                      f"{c['ratio_of_medians']:.2f}x of medians: {c['verdict']}; round by round "
-                     f"{p['min']:.2f}x / {p['median']:.2f}x / {p['max']:.2f}x, faster in {c['rounds_won']} "
+                     f"{ratio['min']:.2f}x / {ratio['median']:.2f}x / {ratio['max']:.2f}x, faster in {c['rounds_won']} "
                      f"of {r['rounds']}")
     if r["agreement"]:
         a = r["agreement"]
