@@ -76,7 +76,8 @@ def notes(results: list[dict], compare: tuple[str, ...], bf16: str) -> str:
             f"vitkit and {', '.join(compare)} run the same weights; each row's logits were checked against "
             f"vitkit's fp32 model and {check}. Rows interleave within each round, in a rotating order, with the "
             f"matmul peak measured every round; a win is a win only when the two rows' img/s ranges do not overlap. "
-            f"'of peak, by round': the median over rounds of a row's img/s against that round's peak; 'round by "
+            f"'of peak': the median img/s against the median peak; 'of peak, by round': the median over rounds "
+            f"of a row's img/s against that round's peak; 'round by "
             f"round': the ratio of the two rows' img/s within each round, and the rounds vitkit was faster in.")
 
 
