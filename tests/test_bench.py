@@ -117,6 +117,11 @@ def test_comparisons_pair_the_rows_round_by_round(monkeypatch):
     unit = 2 * r["gmacs_per_image"] * 1e9 / 1e12  # FLOPs of 1 img/s against 1 TFLOP/s
     # rounds: 2 img/s at 1 TFLOP/s, 0.5 at 0.5, 1 at 4 (against the median peak: 2, 0.5 and 1 units)
     assert ours["fraction_of_round_peak"] == pytest.approx({"min": 0.25 * unit, "median": unit, "max": 2 * unit})
+    # each row's share counts its own library's work: timm runs the last block for every token
+    theirs = next(row for row in r["rows"] if row["library"] == "timm")
+    assert r["peer_gmacs_per_image"] > 1.05 * r["gmacs_per_image"]
+    for row, gmacs in ((ours, r["gmacs_per_image"]), (theirs, r["peer_gmacs_per_image"])):
+        assert row["gflop_per_s"] == pytest.approx(2 * gmacs * row["img_per_s"]["median"])
     report = "\n".join(bench_module.report_lines(r))
     assert "round by round 0.80x / 2.00x / 3.00x, faster in 2 of 3" in report
 

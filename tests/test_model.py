@@ -97,6 +97,10 @@ def test_flops_agree_with_flop_counter(name, overrides):
         model(x)
     measured_macs = counter.get_total_flops() / 2 / x.shape[0]
     assert abs(vitkit.flops(config) - measured_macs) / measured_macs < 0.01
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model.forward_head(model.forward_tokens(x)[0])  # the last block for every token, as the peers
+    every_token = counter.get_total_flops() / 2 / x.shape[0]
+    assert abs(vitkit.flops(config, every_token=True) - every_token) / every_token < 0.01
 
 
 CONFIG_FAMILIES = [
@@ -125,6 +129,33 @@ def test_sdpa_and_explicit_attention_agree(overrides):
     for a in attentions:
         assert a.shape == (3, config.heads, tokens, tokens)
         torch.testing.assert_close(a.sum(-1), torch.ones(3, config.heads, tokens))
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(distilled=True, reg_tokens=1),
+                                       dict(reg_tokens=2, qk_norm=True, init_values=0.1, pre_norm=True)])
+def test_the_last_block_runs_only_for_the_tokens_the_head_reads(overrides):
+    """`model(x)` runs the last block for the class (and distillation) token only: in training the
+    logits and gradients of running it for every token, for less work."""
+    config = vitkit.ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64, num_classes=5,
+                              drop_path=0.2, patch_dropout=0.25).replace(**overrides)
+    model = randomize(vitkit.ViT(config)).train()
+    x = torch.randn(4, 3, 32, 32)
+
+    def run(every_token: bool) -> tuple[torch.Tensor, list[torch.Tensor], float]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the same patches and stochastic-depth rows dropped
+        with FlopCounterMode(display=False) as counter:
+            out = model.forward_head(model.forward_tokens(x)[0]) if every_token else model(x)
+        out = torch.cat(out, dim=-1) if config.distilled else out  # the class and distillation heads
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()], counter.get_total_flops()
+
+    (fast, fast_grads, fast_flops), (full, full_grads, full_flops) = run(False), run(True)
+    assert fast.std() > 0.1
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert fast_flops < 0.9 * full_flops
 
 
 def test_features_when_no_classes():

@@ -152,6 +152,14 @@ class ViTConfig:
         return 0 if self.no_embed_class else self.num_prefix_tokens
 
     @property
+    def head_tokens(self) -> int | None:
+        """How many leading tokens the head reads: 1 (the class token) or 2 (DeiT's class and
+        distillation tokens); None when it pools the patches."""
+        if self.distilled:
+            return 2
+        return 1 if self.pool == "cls" else None
+
+    @property
     def inner_dim(self) -> int:
         """Width of q, k and v together: heads * head_dim."""
         return self.heads * (self.head_dim or self.dim // self.heads)

@@ -12,8 +12,11 @@ from vitkit.model import stems
 from vitkit.model.config import ViTConfig
 
 
-def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None) -> int:
-    """Multiply-accumulates for one image (at `image_size` if given, else the config's)."""
+def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None, every_token: bool = False) -> int:
+    """Multiply-accumulates for one image (at `image_size` if given, else the config's), as
+    `ViT.forward` computes the logits: a class-token model's last block only for the tokens that
+    the head reads (`config.head_tokens`). `every_token`: the last block for every token, as
+    `forward_tokens` and the other libraries' models compute it (the paper's count)."""
     if image_size is not None:
         config = config.replace(image_size=image_size)
     patches = config.num_patches
@@ -24,14 +27,18 @@ def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None) ->
     backbone, channels = backbone_macs(config)
     stride = config.stem_stride
     embed = backbone + patches * channels * (ph // stride) * (pw // stride) * dim
-    attention = tokens * dim * 3 * inner + 2 * tokens * tokens * inner + tokens * inner * dim
-    mlp_macs = 2 * tokens * dim * mlp
+
+    def block(queries: int) -> int:  # q, k, v for every token; the rest for the queries
+        attention = tokens * dim * 3 * inner + 2 * queries * tokens * inner + queries * inner * dim
+        return attention + 2 * queries * dim * mlp
+
+    last = tokens if every_token or config.head_tokens is None else config.head_tokens
     pre_logits = dim * config.representation_size if config.representation_size else 0
     head = config.feature_dim * config.num_classes * (2 if config.distilled else 1)
     # attention pooling: one query (q, proj) over the patches (k, v, two products), then an MLP
     map_head = 2 * dim * dim + patches * dim * 2 * dim + 2 * patches * dim + 2 * dim * mlp
     pooling = map_head if config.pool == "map" else 0
-    return embed + config.depth * (attention + mlp_macs) + pooling + pre_logits + head
+    return embed + (config.depth - 1) * block(tokens) + block(last) + pooling + pre_logits + head
 
 
 def backbone_macs(config: ViTConfig) -> tuple[int, int]:

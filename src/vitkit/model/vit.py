@@ -80,12 +80,13 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(config.dropout)
         self.fused = True
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False
+    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`queries`: only the first this many tokens attend (and come out); all are attended to."""
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.q_norm(q[:, :, :queries]), self.k_norm(k)
         dropout = self.attn_dropout if self.training else 0.0
         probs = None
         if return_attention or not self.fused:
@@ -94,7 +95,7 @@ class Attention(nn.Module):
             probs = probs if return_attention else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], self.heads * self.head_dim)
         return self.proj_drop(self.proj(out)), probs
 
 
@@ -138,10 +139,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(config.dim, scale) if scale else nn.Identity()
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False
+    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, probs = self.attn(self.norm1(x), return_attention)
-        x = x + self.drop_path(self.ls1(y))
+        """`queries`: compute only the first this many output tokens (`ViTConfig.head_tokens`)."""
+        y, probs = self.attn(self.norm1(x), return_attention, queries)
+        x = x[:, :queries] + self.drop_path(self.ls1(y))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, probs
 
@@ -253,9 +255,12 @@ class ViT(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        tokens, attentions = self.forward_tokens(x, return_attention)
-        logits = self.forward_head(tokens)
-        return (logits, attentions) if return_attention else logits
+        if return_attention:
+            tokens, attentions = self.forward_tokens(x, return_attention=True)
+            return self.forward_head(tokens), attentions
+        # Only the tokens that the head reads (config.head_tokens) leave the last block: the same
+        # logits for about 9/12 of one block's work less (6% of ViT-B/16, in inference and training).
+        return self.forward_head(self.forward_tokens(x, last_queries=self.config.head_tokens)[0])
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images -> the tokens the first block sees (B, prefix + patches, dim; before patch
@@ -284,24 +289,25 @@ class ViT(nn.Module):
         patches = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
         return torch.cat([prefix, patches], dim=1)
 
-    def forward_tokens(self, x: torch.Tensor, return_attention: bool = False
+    def forward_tokens(self, x: torch.Tensor, return_attention: bool = False, last_queries: int | None = None
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All output tokens after the final norm (B, prefix + patches, dim; fewer patches under
-        patch dropout in training), and attentions."""
+        patch dropout in training), and attentions. `last_queries`: only the first this many
+        tokens out of the last block."""
         x = self.drop_patches(self.embed(x)[0])
         attentions = []
-        for block in self.blocks:
-            x, probs = self._block(block, x, return_attention)
+        for i, block in enumerate(self.blocks):
+            x, probs = self._block(block, x, return_attention, last_queries if i == len(self.blocks) - 1 else None)
             if return_attention:
                 attentions.append(probs)
         return self.norm(x), attentions
 
-    def _block(self, block: Block, x: torch.Tensor, return_attention: bool
+    def _block(self, block: Block, x: torch.Tensor, return_attention: bool, queries: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One block; under gradient checkpointing its activations are recomputed in backward."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, return_attention, use_reentrant=False)
-        return block(x, return_attention)
+            return checkpoint(block, x, return_attention, queries, use_reentrant=False)
+        return block(x, return_attention, queries)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input in training and recompute the rest in backward: memory

@@ -70,7 +70,7 @@ def forward_features(model: ViT, x: torch.Tensor, layer: int | None = None,
     final norm are what `model.pool` (and so the head) sees. `norm`: pass block `layer`'s tokens
     through the final norm too."""
     if layer is None:
-        return model.pool(model.forward_tokens(x)[0]), None
+        return model.pool(model.forward_tokens(x, last_queries=model.config.head_tokens)[0]), None
     depth = model.config.depth
     if not -depth <= layer < depth:
         raise ValueError(f"layer {layer} is not a block of this {depth}-block model (0 to {depth - 1}, or -1 to "
