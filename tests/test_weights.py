@@ -75,7 +75,7 @@ def test_round_trip_through_timm(tmp_path):
     back = vitkit.load(tmp_path / "timm")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(theirs(x), model(x))
+        close(model(x), theirs(x))  # not bit for bit: vitkit's last block runs for the class token alone
     for key, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value)
 
