@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,6 +49,20 @@ def record(title: str, command: str, table: str, notes: str = "") -> None:
                            "`benchmarks/`; the command that produced it is shown.\n")
     with RESULTS.open("a") as f:
         f.write(section)
+
+
+def take_turns(steps: dict[str, Callable[[], None]], rounds: int, images: int) -> dict[str, list[float]]:
+    """Images per second of each step (which handles `images` images), round by round. The steps
+    take turns within each round, their order rotating, so that the VM's drift hits them alike
+    and each round's ratio pairs runs next to each other in time."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            rates[name].append(images / (time.perf_counter() - start))
+    return rates
 
 
 def training_rate(history: list[dict]) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, this_command
+from common import record, spread, take_turns, this_command
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
@@ -34,16 +34,22 @@ MODELS = {  # name -> config: the bench's vit_ti4_32, and the CIFAR-10 default (
 BATCH, STEPS = 128, 5  # steps per timed round
 
 
-def training_step(config, gelu: str):
-    """A compiled training step of a fresh model, with nn.GELU or (as the trainer on CPU) AtenGELU."""
+def with_gelu(config, gelu: str) -> ViT:
+    """A fresh model with the trainer's CPU kernels, and nn.GELU or (as the trainer) AtenGELU."""
     torch.manual_seed(0)
     model = use_training_kernels(ViT(config), torch.device("cpu"))
     if gelu == "nn.GELU":
         for module in model.modules():
             if isinstance(getattr(module, "act", None), AtenGELU):
                 module.act = nn.GELU(module.act.approximate)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as the trainer on CPU
-    x = torch.randn(BATCH, 3, *config.image_hw)
+    return model
+
+
+def training_step(model: ViT) -> Callable[[], None]:
+    """STEPS compiled training steps of `model` (forward, backward, AdamW), as the trainer runs
+    them on CPU: bf16 autocast, fused AdamW, batch BATCH."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(BATCH, 3, *model.config.image_hw)
     y = torch.randint(0, 10, (BATCH,))
 
     @torch.compile
@@ -52,11 +58,12 @@ def training_step(config, gelu: str):
             logits = model(x)
         F.cross_entropy(logits.float(), y).backward()
 
-    def step() -> None:
-        forward_backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    def steps() -> None:
+        for _ in range(STEPS):
+            forward_backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return steps
 
 
 def main() -> None:
@@ -69,17 +76,10 @@ def main() -> None:
     lines = ["| model | GELU | img/s (min / median / max) | AtenGELU / nn.GELU, per round (min / median / max) |",
              "|---|---|---|---|"]
     for name, config in MODELS.items():
-        steps = {gelu: training_step(config(), gelu) for gelu in ("nn.GELU", "AtenGELU")}
+        steps = {gelu: training_step(with_gelu(config(), gelu)) for gelu in ("nn.GELU", "AtenGELU")}
         for step in steps.values():  # compile, then warm up
-            for _ in range(3):
-                step()
-        rates: dict[str, list[float]] = {gelu: [] for gelu in steps}
-        for r in range(args.rounds):
-            for gelu in sorted(steps, reverse=r % 2 == 1):  # alternate which goes first
-                start = time.perf_counter()
-                for _ in range(STEPS):
-                    steps[gelu]()
-                rates[gelu].append(STEPS * BATCH / (time.perf_counter() - start))
+            step()
+        rates = take_turns(steps, args.rounds, STEPS * BATCH)
         ratios = [a / b for a, b in zip(rates["AtenGELU"], rates["nn.GELU"], strict=True)]
         for gelu, rate in rates.items():
             paired = spread(ratios, "{:.2f}x") if gelu == "AtenGELU" else "-"
