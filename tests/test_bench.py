@@ -4,6 +4,7 @@ the benchmark's dtype; rounds interleave the rows and repeat until the spread st
 win is a win only beyond the spread. (Speed itself is a benchmark, not a test.)"""
 
 import json
+import statistics
 import sys
 
 import pytest
@@ -121,9 +122,14 @@ def test_comparisons_pair_the_rows_round_by_round(monkeypatch):
     theirs = next(row for row in r["rows"] if row["library"] == "timm")
     assert r["peer_gmacs_per_image"] > 1.05 * r["gmacs_per_image"]
     for row, gmacs in ((ours, r["gmacs_per_image"]), (theirs, r["peer_gmacs_per_image"])):
-        assert row["gflop_per_s"] == pytest.approx(2 * gmacs * row["img_per_s"]["median"])
+        rates, flop = row["img_per_s_by_round"], 2 * gmacs * 1e9  # FLOPs per image
+        assert row["gflop_per_s"] == pytest.approx(flop * statistics.median(rates) / 1e9)
+        assert row["fraction_of_peak"] == pytest.approx(flop * statistics.median(rates) / statistics.median(peaks))
+        assert row["fraction_of_round_peak"]["median"] == pytest.approx(
+            statistics.median(flop * x / p for x, p in zip(rates, peaks, strict=True)))
     report = "\n".join(bench_module.report_lines(r))
     assert "round by round 0.80x / 2.00x / 3.00x, faster in 2 of 3" in report
+    assert f"(the peers {r['peer_gmacs_per_image']:.2f}: the last block for every token)" in report
 
 
 def test_bench_compares_modes_and_reports_spreads(capsys, monkeypatch):

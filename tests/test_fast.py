@@ -14,6 +14,7 @@ from torch import nn
 
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.data.arrays import digits
+from vitkit.model import fast
 from vitkit.model.fast import DTYPES, AtenGELU, for_inference, use_training_kernels
 
 FAMILIES = ["vit_ti16", "vit_s16", "vit_b16", "vit_l16", "vit_h14"]
@@ -132,8 +133,6 @@ def test_aten_gelu_is_nn_gelu_eager_and_compiled(approximate, dtype, monkeypatch
     in eager mode (nn.GELU itself, without the custom op's dispatch cost) and under torch.compile,
     where it stays one call to ATen's kernel instead of inductor's own erf."""
     from torch._inductor.utils import run_and_get_code
-
-    from vitkit.model import fast
 
     x = torch.randn(64, 96, generator=torch.Generator().manual_seed(0)).to(dtype)
     grad = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)).to(dtype)

@@ -54,7 +54,9 @@ def finish(args: argparse.Namespace, data: object, text: str) -> int:
 def add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the named models with parameters and GMACs",
                    description="List the named models (the paper's Table 1 and small-image presets) with "
-                               "their parameter counts and compute per image.")
+                               "their parameter counts and compute per image: GMACs as usually counted (every "
+                               "token through every block), and what model(x) computes (a class-token model's "
+                               "last block for the class token alone).")
 
 
 @command("models")
@@ -66,17 +68,19 @@ def run_models(args: argparse.Namespace) -> int:
         rows.append({"name": name, "image_size": config.image_size, "patch_size": config.patch_size,
                      "dim": config.dim, "depth": config.depth, "heads": config.heads,
                      "mlp_dim": config.mlp_dim, "num_classes": config.num_classes,
-                     "params": params, "gmacs": flops(config) / 1e9, "weights": list(PRETRAINED.get(name, {}))})
+                     "params": params, "gmacs": flops(config, every_token=True) / 1e9,
+                     "gmacs_logits": flops(config) / 1e9, "weights": list(PRETRAINED.get(name, {}))})
     if args.json:
         emit_json(rows)
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'name':<{width}} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} "
-          f"{'mlp':>5} {'classes':>7} {'params':>9} {'GMACs':>8}  weights (NAME:TAG for --init, load, convert)")
+          f"{'mlp':>5} {'classes':>7} {'params':>9} {'GMACs':>8} {'model(x)':>8}  "
+          "weights (NAME:TAG for --init, load, convert)")
     for r in rows:
         print(f"{r['name']:<{width}} {r['image_size']:>5} {r['patch_size']:>5} {r['dim']:>5} "
               f"{r['depth']:>5} {r['heads']:>5} {r['mlp_dim']:>5} {r['num_classes']:>7} "
-              f"{r['params'] / 1e6:>8.2f}M {r['gmacs']:>8.2f}  {', '.join(r['weights'])}")
+              f"{r['params'] / 1e6:>8.2f}M {r['gmacs']:>8.2f} {r['gmacs_logits']:>8.2f}  {', '.join(r['weights'])}")
     return 0
 
 

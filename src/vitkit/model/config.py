@@ -154,7 +154,7 @@ class ViTConfig:
     @property
     def head_tokens(self) -> int | None:
         """How many leading tokens the head reads: 1 (the class token) or 2 (DeiT's class and
-        distillation tokens); None when it pools the patches."""
+        distillation tokens); None when it pools (mean, mean-all, map)."""
         if self.distilled:
             return 2
         return 1 if self.pool == "cls" else None

@@ -16,7 +16,7 @@ def flops(config: ViTConfig, image_size: int | tuple[int, int] | None = None, ev
     """Multiply-accumulates for one image (at `image_size` if given, else the config's), as
     `ViT.forward` computes the logits: a class-token model's last block only for the tokens that
     the head reads (`config.head_tokens`). `every_token`: the last block for every token, as
-    `forward_tokens` and the other libraries' models compute it (the paper's count)."""
+    `forward_tokens` and the other libraries' models compute it (the usual count: timm's, fvcore's)."""
     if image_size is not None:
         config = config.replace(image_size=image_size)
     patches = config.num_patches

@@ -185,7 +185,9 @@ class ViT(nn.Module):
     """Vision Transformer. `model(images)` gives logits, or features when num_classes=0.
 
     `model(images, return_attention=True)` gives (logits, [per-layer attention probabilities of
-    shape (batch, heads, tokens, tokens)]). A distilled (DeiT) model in training mode gives the
+    shape (batch, heads, tokens, tokens)]). Without it, a class-token model's last block computes
+    the class token alone (`ViTConfig.head_tokens`), so hooks on that block or the final norm
+    see (batch, 1, dim); `forward_tokens` gives every token. A distilled (DeiT) model in training mode gives the
     pair (class-token logits, distillation-token logits) instead of logits, for a distillation
     loss; in eval mode their average, as DeiT does.
     """
@@ -259,7 +261,7 @@ class ViT(nn.Module):
             tokens, attentions = self.forward_tokens(x, return_attention=True)
             return self.forward_head(tokens), attentions
         # Only the tokens that the head reads (config.head_tokens) leave the last block: the same
-        # logits for about 9/12 of one block's work less (6% of ViT-B/16, in inference and training).
+        # logits up to float rounding for about 9/12 of one block's work less (6% of ViT-B/16).
         return self.forward_head(self.forward_tokens(x, last_queries=self.config.head_tokens)[0])
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -293,7 +295,7 @@ class ViT(nn.Module):
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All output tokens after the final norm (B, prefix + patches, dim; fewer patches under
         patch dropout in training), and attentions. `last_queries`: only the first this many
-        tokens out of the last block."""
+        tokens out of the last block (whose attention then has this many rows)."""
         x = self.drop_patches(self.embed(x)[0])
         attentions = []
         for i, block in enumerate(self.blocks):
