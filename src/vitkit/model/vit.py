@@ -186,10 +186,10 @@ class ViT(nn.Module):
 
     `model(images, return_attention=True)` gives (logits, [per-layer attention probabilities of
     shape (batch, heads, tokens, tokens)]). Without it, a class-token model's last block computes
-    the class token alone (`ViTConfig.head_tokens`), so hooks on that block or the final norm
-    see (batch, 1, dim); `forward_tokens` gives every token. A distilled (DeiT) model in training mode gives the
-    pair (class-token logits, distillation-token logits) instead of logits, for a distillation
-    loss; in eval mode their average, as DeiT does.
+    only the tokens the head reads (`ViTConfig.head_tokens`), so hooks on that block or on the
+    final norm see (batch, 1 or 2, dim); `forward_tokens` gives every token. A distilled (DeiT)
+    model in training mode gives the pair (class-token logits, distillation-token logits) instead
+    of logits, for a distillation loss; in eval mode their average, as DeiT does.
     """
 
     def __init__(self, config: ViTConfig | None = None, **overrides):
