@@ -49,10 +49,8 @@ def main() -> None:
     notes = (f"Run {args.run}; images: {a['data']} [{a['split']}], spread evenly over the split. The fp32 model "
              "is the reference; 'weights': bf16 weights and inputs (vitkit.for_inference), 'autocast': fp32 "
              "weights under bf16 autocast; compiled: torch.compile with freezing.")
-    if args.no_record:
-        print("\n".join(lines) + "\n" + notes)
-        return
-    record("Agreement: bf16 vs fp32 on a trained model and real images", this_command(), "\n".join(lines), notes)
+    record("Agreement: bf16 vs fp32 on a trained model and real images", this_command(), "\n".join(lines), notes,
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

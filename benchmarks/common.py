@@ -39,11 +39,14 @@ def spread(values: list[float], fmt: str = "{:.0f}") -> str:
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
-def record(title: str, command: str, table: str, notes: str = "") -> None:
-    """Print a result and append it to benchmarks/RESULTS.md."""
+def record(title: str, command: str, table: str, notes: str = "", save: bool = True) -> None:
+    """Print a result and, unless `save` is off (a script's --no-record), append it to
+    benchmarks/RESULTS.md."""
     section = (f"\n## {title}\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.\n\n"
                f"```\n{command}\n```\n\n{table}\n{notes}\n")
     print(section)
+    if not save:
+        return
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script under "
                            "`benchmarks/`; the command that produced it is shown.\n")
@@ -52,9 +55,12 @@ def record(title: str, command: str, table: str, notes: str = "") -> None:
 
 
 def take_turns(steps: dict[str, Callable[[], None]], rounds: int, images: int) -> dict[str, list[float]]:
-    """Images per second of each step (which handles `images` images), round by round. The steps
-    take turns within each round, their order rotating, so that the VM's drift hits them alike
-    and each round's ratio pairs runs next to each other in time."""
+    """Images per second of each step (which handles `images` images), round by round, after one
+    untimed call each (compilation, warm-up). The steps take turns within each round, their order
+    rotating, so that the VM's drift hits them alike and each round's ratio pairs runs next to
+    each other in time."""
+    for step in steps.values():
+        step()
     rates: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     for r in range(rounds):

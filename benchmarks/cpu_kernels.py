@@ -77,8 +77,6 @@ def main() -> None:
              "|---|---|---|---|"]
     for name, config in MODELS.items():
         steps = {gelu: training_step(with_gelu(config(), gelu)) for gelu in ("nn.GELU", "AtenGELU")}
-        for step in steps.values():  # compile, then warm up
-            step()
         rates = take_turns(steps, args.rounds, STEPS * BATCH)
         ratios = [a / b for a, b in zip(rates["AtenGELU"], rates["nn.GELU"], strict=True)]
         for gelu, rate in rates.items():
@@ -88,10 +86,8 @@ def main() -> None:
     table = "\n".join(lines)
     notes = (f"Compiled training step (forward, backward, AdamW), batch {BATCH}, bf16 autocast, {args.threads} "
              f"threads; {args.rounds} rounds of {STEPS} steps, the two variants alternating which goes first.")
-    if args.no_record:
-        print(table + "\n" + notes)
-        return
-    record("CPU training kernels: ATen's GELU against inductor's", this_command(), table, notes)
+    record("CPU training kernels: ATen's GELU against inductor's", this_command(), table, notes,
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

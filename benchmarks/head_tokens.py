@@ -76,8 +76,6 @@ def main() -> None:
     for what, (preset, make, images) in ROWS.items():
         models = {"every token": fresh(EveryToken, preset), "class token": fresh(ViT, preset)}
         steps = {variant: make(model) for variant, model in models.items()}
-        for step in steps.values():  # compile, then warm up
-            step()
         rates = take_turns(steps, args.rounds, images)
         ratios = [a / b for a, b in zip(rates["class token"], rates["every token"], strict=True)]
         won = f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
@@ -89,10 +87,7 @@ def main() -> None:
     table = "\n".join(lines)
     notes = (f"{args.rounds} rounds, the two variants alternating which goes first; training: {STEPS} compiled steps "
              f"of batch {BATCH} per round; inference: {INFER_CALLS} calls of batch {INFER_BATCH}.")
-    if args.no_record:
-        print(table + "\n" + notes)
-        return
-    record("The last block for the class token alone", this_command(), table, notes)
+    record("The last block for the class token alone", this_command(), table, notes, save=not args.no_record)
 
 
 if __name__ == "__main__":

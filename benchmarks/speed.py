@@ -97,11 +97,8 @@ def main() -> None:
         results.append(bench(model, size, batch, dtype, mode, compare, args.repeats, compile=True, bf16=args.bf16))
         print("\n".join(tables(results[-1:])[0][2:]), flush=True)
     table, text = "\n".join(tables(results)[0]), notes(results, compare, args.bf16)
-    if args.no_record:
-        print(table + "\n" + text)
-        return
     title = f"Speed: vitkit vs {', '.join(compare)}, like for like ({args.threads} threads)"
-    record(title, this_command(), table, text)
+    record(title, this_command(), table, text, save=not args.no_record)
 
 
 if __name__ == "__main__":
