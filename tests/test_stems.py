@@ -202,8 +202,10 @@ def test_conv_stem_presets_keep_their_grid_and_are_listed(capsys):
         stem = vitkit.create_model("vit_ti4_32_convstem").patch_embed.backbone
     assert len(stem) == 2 and stem[-1].conv.out_channels == small.dim
     assert cli_main(["models", "--json"]) == 0
-    listed = {row["name"] for row in json.loads(capsys.readouterr().out)}
-    assert {"vit_ti4_32_convstem", "vit_b16_convstem", *HYBRID_PRESETS} <= listed
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {"vit_ti4_32_convstem", "vit_b16_convstem", *HYBRID_PRESETS} <= set(rows)
+    # ViT-B/16 as timm's model card counts it (17.6 GMACs), and what model(x) computes: 1.1 fewer
+    assert round(rows["vit_b16"]["gmacs"], 1) == 17.6 and round(rows["vit_b16"]["gmacs_logits"], 1) == 16.5
 
 
 @pytest.mark.parametrize("fields", [

@@ -290,12 +290,12 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     peak = Spread.of(peaks)
     rows = []
     for key, t in times.items():
-        library = key.split("/")[0]
+        library, execution = key.split("/")
         by_round = [batch / s for s in t]
         rate = Spread.of(by_round)
         of_round_peak = [2 * macs[library] * r / p for r, p in zip(by_round, peaks, strict=True)]
         error, limit = errors[key], tolerance(dtype, config.depth)
-        rows.append({"library": library, "execution": key.split("/")[1], "img_per_s": asdict(rate),
+        rows.append({"library": library, "execution": execution, "img_per_s": asdict(rate),
                      "img_per_s_by_round": by_round, "latency_s": asdict(Spread.of(t)),
                      "gflop_per_s": 2 * macs[library] * rate.median / 1e9,
                      "fraction_of_peak": 2 * macs[library] * rate.median / peak.median,
