@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from vitkit.memory import keep_freed_memory
 from vitkit.model import PRESETS, ViT, flops
 from vitkit.model.presets import PRETRAINED
 from vitkit.train.recipe import Recipe
@@ -598,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    keep_freed_memory()  # every command runs tensors through the allocator, step after step
     try:
         return COMMANDS[args.command](args)
     except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

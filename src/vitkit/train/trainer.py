@@ -35,6 +35,7 @@ from vitkit import atomic
 from vitkit.data import spec as data_spec
 from vitkit.data.loader import mix_seed
 from vitkit.data.normalization import HALF, Normalization
+from vitkit.memory import keep_freed_memory
 from vitkit.model.cnn import CNNConfig, build_model, config_from_dict
 from vitkit.model.config import ViTConfig
 from vitkit.model.fast import use_training_kernels
@@ -116,6 +117,7 @@ class Run:
     def __init__(self, data: str = "digits", recipe: Recipe | None = None, given: set[str] | None = None,
                  out: str | Path | None = None, resume: str | Path | None = None, strict: bool = False,
                  device: str | None = None, progress: bool | None = None):
+        keep_freed_memory()  # for library callers too; the `vitkit` command has already
         self.world = World.setup(device)
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
