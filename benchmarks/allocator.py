@@ -1,0 +1,97 @@
+"""What keeping freed memory buys (`vitkit.memory.keep_freed_memory`): the compiled training step
+with glibc's default malloc against the same step with freed blocks kept for reuse.
+
+    python benchmarks/allocator.py [--rounds 4] [--no-record]
+
+malloc's settings are process-wide and cannot be put back, so each measurement is a fresh process
+(the same model, step and seed; the second and later compile from inductor's cache), and the two
+settings take turns round by round, alternating which goes first. Each process reports its rate
+and, from getrusage, the page faults and the share of its CPU time spent in the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record, spread, this_command
+from cpu_kernels import BATCH, MODELS, STEPS, training_step, with_gelu
+
+SETTINGS = ("glibc default", "kept")
+CHUNKS = 4  # timed chunks of STEPS steps per process
+
+
+def child(model: str, keep: bool, threads: int) -> dict:
+    """One process's measurement: img/s of each chunk, faults per step, kernel share of CPU time."""
+    if keep:
+        from vitkit.memory import keep_freed_memory
+
+        assert keep_freed_memory(), "keep_freed_memory did not apply"
+    torch.set_num_threads(threads)
+    steps = training_step(with_gelu(MODELS[model](), "AtenGELU"))
+    steps()
+    steps()  # compiled, and the allocator has seen a whole step
+    rates, before = [], resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(CHUNKS):
+        start = time.perf_counter()
+        steps()
+        rates.append(STEPS * BATCH / (time.perf_counter() - start))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    system, user = after.ru_stime - before.ru_stime, after.ru_utime - before.ru_utime
+    return {"rates": rates, "faults": (after.ru_minflt - before.ru_minflt) / (CHUNKS * STEPS),
+            "system": system / (system + user)}
+
+
+def measure(model: str, keep: bool, threads: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", model, "--threads", str(threads)]
+                          + ["--keep"] * keep, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {model} process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--child", choices=list(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.keep, args.threads)))
+        return
+    lines = ["| model | malloc | img/s (min / median / max) | page faults per step (min / median / max) | "
+             "kernel's share of CPU time | kept / default, per round (min / median / max) |",
+             "|---|---|---|---|---|---|"]
+    for model in MODELS:
+        runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
+        for r in range(args.rounds):
+            for setting in SETTINGS[::-1] if r % 2 else SETTINGS:
+                runs[setting].append(measure(model, setting == "kept", args.threads))
+        medians = {s: [statistics.median(run["rates"]) for run in runs[s]] for s in SETTINGS}
+        ratios = [k / d for k, d in zip(medians["kept"], medians["glibc default"], strict=True)]
+        for setting, rows in runs.items():
+            rates = [rate for run in rows for rate in run["rates"]]
+            paired = spread(ratios, "{:.2f}x") if setting == "kept" else "-"
+            lines.append(f"| {model} | {setting} | {spread(rates)} | {spread([run['faults'] for run in rows])} | "
+                         f"{spread([100 * run['system'] for run in rows], '{:.1f}%')} | {paired} |")
+        print("\n".join(lines[-2:]), flush=True)
+    notes = (f"Compiled training step (forward, backward, AdamW; bf16 autocast, batch {BATCH}, {args.threads} "
+             f"threads), {args.rounds} rounds; in each, one fresh process per setting timing {CHUNKS} chunks of "
+             f"{STEPS} steps after two untimed ones. The per-round ratio pairs the two processes' median rates.")
+    record("The allocator: glibc's default malloc against freed memory kept", this_command(), "\n".join(lines),
+           notes, save=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()
