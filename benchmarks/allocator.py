@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record, spread, this_command
 from cpu_kernels import BATCH, MODELS, STEPS, training_step, with_gelu
+from vitkit.memory import MALLOC_ENV, keep_freed_memory
 
 SETTINGS = ("glibc default", "kept")
 CHUNKS = 4  # timed chunks of STEPS steps per process
@@ -32,15 +34,14 @@ CHUNKS = 4  # timed chunks of STEPS steps per process
 
 def child(model: str, keep: bool, threads: int) -> dict:
     """One process's measurement: img/s of each chunk, faults per step, kernel share of CPU time."""
-    if keep:
-        from vitkit.memory import keep_freed_memory
-
-        assert keep_freed_memory(), "keep_freed_memory did not apply"
+    if keep and not keep_freed_memory():
+        raise SystemExit("keep_freed_memory did not apply here (not glibc, or malloc tuned by the environment)")
     torch.set_num_threads(threads)
     steps = training_step(with_gelu(MODELS[model](), "AtenGELU"))
     steps()
     steps()  # compiled, and the allocator has seen a whole step
-    rates, before = [], resource.getrusage(resource.RUSAGE_SELF)
+    rates = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(CHUNKS):
         start = time.perf_counter()
         steps()
@@ -52,9 +53,11 @@ def child(model: str, keep: bool, threads: int) -> dict:
 
 
 def measure(model: str, keep: bool, threads: int) -> dict:
+    """`child` in a fresh process, whose malloc is glibc's default unless `keep`."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     done = subprocess.run([sys.executable, __file__, "--child", model, "--threads", str(threads)]
-                          + ["--keep"] * keep, capture_output=True, text=True)
-    if done.returncode:
+                          + ["--keep"] * keep, capture_output=True, text=True, env=env)
+    if done.returncode or not done.stdout.strip():
         raise SystemExit(f"the {model} process failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--child", choices=list(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.child:
         print(json.dumps(child(args.child, args.keep, args.threads)))
         return
@@ -88,7 +93,8 @@ def main() -> None:
         print("\n".join(lines[-2:]), flush=True)
     notes = (f"Compiled training step (forward, backward, AdamW; bf16 autocast, batch {BATCH}, {args.threads} "
              f"threads), {args.rounds} rounds; in each, one fresh process per setting timing {CHUNKS} chunks of "
-             f"{STEPS} steps after two untimed ones. The per-round ratio pairs the two processes' median rates.")
+             f"{STEPS} steps after two untimed ones. img/s: every chunk of every process; page faults and the "
+             "kernel's share: per process; the per-round ratio pairs the two processes' median rates.")
     record("The allocator: glibc's default malloc against freed memory kept", this_command(), "\n".join(lines),
            notes, save=not args.no_record)
 

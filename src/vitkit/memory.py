@@ -3,11 +3,14 @@
 glibc's malloc serves large blocks with mmap and gives them back to the kernel when freed (and
 trims the heap's free top likewise). A training step frees its activations and allocates the
 same sizes again in the next step, so every step page-faults its memory back in, and the kernel
-zeroes each page: on a 2-core CPU, 160,000 faults and about a fifth of the CPU time of a
+zeroes each page: on a 2-core CPU, about 145,000 faults and 18% of the CPU time of a compiled
 `vit_ti4_32` training step at batch 128 ("The allocator" in benchmarks/RESULTS.md). With freed
-blocks of up to 32 MiB kept in the process, the next step reuses them: no faults, and the process
-keeps its peak memory, which the next step needs again anyway. PyTorch's own CPU tuning guide
+blocks of up to 32 MiB kept in the process, the next step reuses them. PyTorch's CPU tuning guide
 makes the same point with jemalloc or tcmalloc; this needs no library.
+
+What it costs: the process keeps the memory of its largest step (each thread's malloc arena its
+own), and a long-running `vitkit serve` that of its largest burst; forked loader workers inherit
+the setting. Tensors above 32 MiB are still mapped afresh each time (glibc's limit).
 """
 
 from __future__ import annotations
@@ -17,18 +20,24 @@ import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-MMAP_THRESHOLD = 32 << 20  # the most glibc accepts (half its 64 MiB heap size on 64-bit systems)
-TRIM_THRESHOLD = 2**31 - 1  # never trim the heap's free top
-GLIBC_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+KEEP_UP_TO = 32 << 20  # freed blocks up to this size stay: the most glibc accepts on 64-bit systems
+TRIM_ABOVE = 2**31 - 1  # the heap's free top goes back to the kernel only beyond 2 GiB
+# The user's own settings of the same knobs, which then stay in charge
+GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+GLIBC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
+MALLOC_ENV = (*GLIBC_ENV, "GLIBC_TUNABLES", "LD_PRELOAD")  # every variable that can choose or tune malloc
 
 
 def keep_freed_memory() -> bool:
     """Make malloc keep freed blocks of up to 32 MiB for reuse. Returns whether it did: not on
-    other C libraries, nor where the user tunes glibc's malloc through its own environment
-    variables (GLIBC_TUNABLES or MALLOC_*_), which then stay in charge. Process-wide and lasting."""
+    other C libraries, nor under another malloc (jemalloc, tcmalloc, ... in LD_PRELOAD), nor where
+    the user sets these knobs through glibc's environment (GLIBC_ENV, GLIBC_TUNABLES). Process-wide
+    and lasting."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(v in os.environ for v in GLIBC_MALLOC_ENV):
+    tunables = [t.split("=")[0] for t in os.environ.get("GLIBC_TUNABLES", "").split(":")]
+    if (any(v in os.environ for v in GLIBC_ENV) or any(t in tunables for t in GLIBC_TUNABLES)
+            or "malloc" in os.environ.get("LD_PRELOAD", "")):
         return False
     mallopt = ctypes.CDLL(None).mallopt
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
