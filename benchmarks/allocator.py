@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, this_command
+from common import paired_parser, record, spread, this_command
 from cpu_kernels import BATCH, MODELS, STEPS, training_step, with_gelu
 from vitkit.memory import MALLOC_ENV, keep_freed_memory
 
@@ -63,15 +63,10 @@ def measure(model: str, keep: bool, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser = paired_parser(__doc__, rounds=4)
     parser.add_argument("--child", choices=list(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.child:
         print(json.dumps(child(args.child, args.keep, args.threads)))
         return

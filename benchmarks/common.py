@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -52,6 +53,20 @@ def record(title: str, command: str, table: str, notes: str = "", save: bool = T
                            "`benchmarks/`; the command that produced it is shown.\n")
     with RESULTS.open("a") as f:
         f.write(section)
+
+
+def paired_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The options of a script whose variants take turns round by round (`take_turns`)."""
+    def at_least_one(text: str) -> int:
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+        return int(text)
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=at_least_one, default=rounds)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    return parser
 
 
 def take_turns(steps: dict[str, Callable[[], None]], rounds: int, images: int) -> dict[str, list[float]]:

@@ -11,7 +11,6 @@ runs next to each other in time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, take_turns, this_command
+from common import paired_parser, record, spread, take_turns, this_command
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
@@ -67,10 +66,7 @@ def training_step(model: ViT) -> Callable[[], None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser = paired_parser(__doc__, rounds=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = ["| model | GELU | img/s (min / median / max) | AtenGELU / nn.GELU, per round (min / median / max) |",

@@ -13,7 +13,6 @@ cast to bf16, compiled with freezing, batch 16), as `vitkit bench` and speed.py 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, take_turns, this_command
+from common import paired_parser, record, spread, take_turns, this_command
 from cpu_kernels import BATCH, STEPS, training_step
 from vitkit import ViT, flops, get_config
 from vitkit.model.fast import for_inference, use_training_kernels
@@ -65,10 +64,7 @@ ROWS = {  # name -> (preset, a round's work on a model, images per round)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser = paired_parser(__doc__, rounds=12)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = ["| what | last block | GMACs per image | img/s (min / median / max) | class token / every token, "

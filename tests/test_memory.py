@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from vitkit import bench as bench_module
 from vitkit.memory import GLIBC_ENV, GLIBC_TUNABLES, MALLOC_ENV
 from vitkit.train import trainer
 
@@ -62,13 +63,16 @@ def test_the_vitkit_command_keeps_freed_memory():
     assert sum(kept["faults"][-4:]) < PAGES, kept
 
 
-def test_the_trainer_keeps_freed_memory_for_library_callers(monkeypatch, tmp_path):
-    """The call alone: a Run's loader threads allocate meanwhile, and the heap they share with the
+def test_the_trainer_and_bench_keep_freed_memory_for_library_callers(monkeypatch, tmp_path):
+    """The calls alone: a Run's loader threads allocate meanwhile, and the heap they share with the
     pattern above fragments, which makes the fault count of that pattern vary."""
     calls = []
-    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append("train"))
+    monkeypatch.setattr(bench_module, "keep_freed_memory", lambda: calls.append("bench"))
+    monkeypatch.setattr(bench_module, "measure", lambda steps, *_: ({k: [1.0] for k in steps}, [1e12], "float32"))
     trainer.Run("digits", out=tmp_path)
-    assert calls == [True]
+    bench_module.bench("vit_ti16", 32, 2, "fp32", "infer")
+    assert calls == ["train", "bench"]
 
 
 THEIRS = [{name: "131072"} for name in GLIBC_ENV] + [
