@@ -1,0 +1,173 @@
+"""Where the training step's time goes: each kernel's rate, its gradients against its forward.
+
+    python benchmarks/kernel_rates.py [--rounds 8] [--no-record]
+
+The CPU training step of vitkit is mostly kernels that every PyTorch ViT runs alike (oneDNN's
+matmuls and convolutions, ATen's GELU). This script times them one by one, in bf16 at the shapes
+of the two models of #13's goals (vit_ti4_32 and the CIFAR-10 default, batch 128), with the layers
+and their counts read from one forward pass of each model in training mode (patch dropout
+included). For each linear and convolution: the forward, the input gradient and the weight
+gradient; for GELU, its forward and backward next to ReLU's forward, an elementwise operation of
+the same size that only moves memory. The compiled training step itself and a 2048^3 bf16 matmul
+(the peak) run in the same rounds, every kernel taking turns with the others.
+
+The estimate under the table sums each kernel's isolated time over the step's layers: what the
+step would save if every weight gradient ran at its forward's rate, and if GELU cost only its
+memory traffic. It bounds what faster kernels could buy; it is not a measured step. These kernels
+are the ones the peers run too, so a faster one would speed them up as much.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import paired_parser, record, spread, take_turns, this_command
+from cpu_kernels import BATCH, MODELS, STEPS, training_step
+from vitkit import ViT
+from vitkit.model.fast import use_training_kernels
+
+CALLS = 5  # calls of a kernel per timed turn
+PEAK = 2048
+# kernel -> the kernel of the same layer whose time it would take if it ran as well as it could
+# (GELU's two at the cost of the elementwise operation that moves the same memory)
+IDEAL = {"weight grad": "forward", "GELU forward": "ReLU forward", "GELU backward": "multiply"}
+MIN_TOKENS = 4  # per image: smaller layers (the head, the last block's class-token rows) are left out
+
+
+def layers(model: ViT) -> Counter:
+    """(kind, shape...) -> how many times one training forward pass runs it."""
+    seen: Counter = Counter()
+
+    def linear(module: nn.Linear, args: tuple) -> None:
+        if args[0].shape[:-1].numel() >= MIN_TOKENS * BATCH:
+            seen["linear", args[0].shape[:-1].numel(), module.in_features, module.out_features] += 1
+
+    def conv(module: nn.Conv2d, args: tuple) -> None:
+        n, c, size, _ = args[0].shape
+        seen["conv", n, c, size, module.out_channels, module.kernel_size[0], module.stride[0], module.padding[0]] += 1
+
+    def gelu(module: nn.Module, args: tuple) -> None:
+        if args[0].shape[:-1].numel() >= MIN_TOKENS * BATCH:
+            seen["gelu", args[0].numel()] += 1
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_pre_hook(linear))
+        elif isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_pre_hook(conv))
+        elif isinstance(module, nn.GELU):
+            hooks.append(module.register_forward_pre_hook(gelu))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()(torch.randn(BATCH, 3, *model.config.image_hw))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def kernels(layer: tuple) -> tuple[str, float, dict[str, Callable[[], object]]]:
+    """A layer's description, its forward FLOPs and its kernels (bf16, the step's layouts). GELU's
+    come with two that only move memory: ReLU's forward (one read, one write, as GELU's forward)
+    and a multiply (two reads, one write, as its backward)."""
+    bf16 = dict(dtype=torch.bfloat16)
+    if layer[0] == "linear":
+        _, tokens, fan_in, fan_out = layer
+        x, w = torch.randn(tokens, fan_in, **bf16), torch.randn(fan_out, fan_in, **bf16)
+        dy = torch.randn(tokens, fan_out, **bf16)
+        work = {"forward": lambda: F.linear(x, w), "input grad": lambda: dy @ w, "weight grad": lambda: dy.t() @ x}
+        return f"linear {fan_in}->{fan_out}, {tokens} tokens", 2 * tokens * fan_in * fan_out, work
+    if layer[0] == "conv":
+        _, n, c, size, out, k, stride, pad = layer
+        channels_last = dict(memory_format=torch.channels_last)  # oneDNN's own layout (acdb)
+        x = torch.randn(n, c, size, size, **bf16).contiguous(**channels_last)
+        w = torch.randn(out, c, k, k, **bf16).contiguous(**channels_last)
+        dy = F.conv2d(x, w, stride=stride, padding=pad).contiguous(**channels_last)
+
+        def grad(mask: list[bool]) -> Callable[[], object]:
+            return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1],
+                                                               False, [0, 0], 1, mask)
+        work = {"forward": lambda: F.conv2d(x, w, stride=stride, padding=pad),
+                "input grad": grad([True, False, False]), "weight grad": grad([False, True, False])}
+        return (f"conv {k}x{k}/{stride} {c}->{out} at {size}x{size}",
+                2 * dy.numel() * c * k * k, work)
+    _, numel = layer
+    x, dy = torch.randn(numel, **bf16), torch.randn(numel, **bf16)
+    work = {"GELU forward": lambda: F.gelu(x), "GELU backward": lambda: torch.ops.aten.gelu_backward(dy, x),
+            "ReLU forward": lambda: torch.relu(x), "multiply": lambda: dy * x}
+    return f"GELU, {numel:,} values", 0, work
+
+
+def repeated(kernel: Callable[[], object]) -> Callable[[], None]:
+    def turn() -> None:
+        for _ in range(CALLS):
+            kernel()
+    return turn
+
+
+def main() -> None:
+    parser = paired_parser(__doc__, rounds=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    a = torch.randn(PEAK, PEAK, dtype=torch.bfloat16)
+    steps: dict[str, Callable[[], None]] = {"peak": repeated(lambda: a @ a)}
+    rows: list[tuple[str, str, str, float, int]] = []  # model, layer, kernel, FLOPs, count per step
+    for name, config in MODELS.items():
+        torch.manual_seed(0)
+        model = ViT(config())
+        for layer, count in layers(model).items():
+            label, work, fns = kernels(layer)
+            for kernel, fn in fns.items():
+                steps[f"{name}|{label}|{kernel}"] = repeated(fn)
+                rows.append((name, label, kernel, work, count))
+        steps[f"{name}|step"] = training_step(use_training_kernels(model, torch.device("cpu")))
+    # take_turns with 1 "image" per turn gives turns per second: a call's time is 1 / (rate * CALLS)
+    rates = take_turns(steps, args.rounds, 1)
+    ms = {key: [1e3 / (r * CALLS) for r in rate] for key, rate in rates.items() if not key.endswith("|step")}
+    step_ms = {name: [1e3 / (r * STEPS) for r in rates[f"{name}|step"]] for name in MODELS}
+    peak = [2 * PEAK**3 / (t / 1e3) / 1e12 for t in ms["peak"]]
+
+    lines = ["| model | layer | per step | kernel | ms (min / median / max) | TFLOP/s (median) | of the round's "
+             "peak (median) | time / the layer's first kernel's, per round (min / median / max) |",
+             "|---|---|---|---|---|---|---|---|"]
+    saved = {name: [0.0] * args.rounds for name in MODELS}  # ms a step would save, per round
+    for name, label, kernel, work, count in rows:
+        t = ms[f"{name}|{label}|{kernel}"]
+        first = ms[f"{name}|{label}|{'forward' if work else 'GELU forward'}"]
+        rate = [work / (x / 1e3) / 1e12 for x in t]  # TFLOP/s
+        tflops = f"{statistics.median(rate):.2f}" if work else "-"
+        of_peak = f"{statistics.median(r / p for r, p in zip(rate, peak, strict=True)):.0%}" if work else "-"
+        against = "-" if t is first else spread([x / f for x, f in zip(t, first, strict=True)], "{:.2f}x")
+        lines.append(f"| {name} | {label} | {count} | {kernel} | {spread(t, '{:.2f}')} | {tflops} | {of_peak} "
+                     f"| {against} |")
+        if kernel in IDEAL:
+            ideal = ms[f"{name}|{label}|{IDEAL[kernel]}"]
+            for i, (x, b) in enumerate(zip(t, ideal, strict=True)):
+                saved[name][i] += count * max(x - b, 0.0)
+    lines.append(f"| - | bf16 matmul {PEAK}^3 | - | - | {spread(ms['peak'], '{:.2f}')} | {statistics.median(peak):.2f} "
+                 "| 100% | - |")
+    notes = [f"{args.threads} threads, {args.rounds} rounds; each turn {CALLS} calls of one kernel, every kernel and "
+             f"each model's compiled training step (batch {BATCH}, {STEPS} steps a turn) taking turns within a round. "
+             "'per step': how many times one training forward runs the layer (its backward runs each gradient "
+             "once; the first convolution's input gradient is not needed). Left out: layers that see fewer than "
+             f"{MIN_TOKENS} tokens per image (the head, the last block's class-token rows), a fraction of a "
+             "millisecond each."]
+    for name in MODELS:
+        share = [s / t for s, t in zip(saved[name], step_ms[name], strict=True)]
+        notes.append(f"- {name}: the compiled step {spread(step_ms[name], '{:.0f}')} ms; weight gradients at the "
+                     "forward's rate and GELU at the cost of its memory traffic would save "
+                     f"{spread(share, '{:.0%}')} of it (estimate from the isolated kernels, per round).")
+    record("Where the training step's time goes: each kernel against its forward", this_command(),
+           "\n".join(lines), "\n".join(notes), save=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()
