@@ -135,25 +135,24 @@ def main() -> None:
     step_ms = {name: [1e3 / (r * STEPS) for r in rates[f"{name}|step"]] for name in MODELS}
     peak = [2 * PEAK**3 / (t / 1e3) / 1e12 for t in ms["peak"]]
 
-    lines = ["| model | layer | per step | kernel | ms (min / median / max) | TFLOP/s (median) | of the round's "
-             "peak (median) | time / the layer's first kernel's, per round (min / median / max) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | layer | per step | kernel | ms (min / median / max) | TFLOP/s (median) | "
+             "time / the layer's first kernel's, per round (min / median / max) |",
+             "|---|---|---|---|---|---|---|"]
     saved = {name: [0.0] * args.rounds for name in MODELS}  # ms a step would save, per round
     for name, label, kernel, work, count in rows:
         t = ms[f"{name}|{label}|{kernel}"]
         first = ms[f"{name}|{label}|{'forward' if work else 'GELU forward'}"]
         rate = [work / (x / 1e3) / 1e12 for x in t]  # TFLOP/s
         tflops = f"{statistics.median(rate):.2f}" if work else "-"
-        of_peak = f"{statistics.median(r / p for r, p in zip(rate, peak, strict=True)):.0%}" if work else "-"
         against = "-" if t is first else spread([x / f for x, f in zip(t, first, strict=True)], "{:.2f}x")
-        lines.append(f"| {name} | {label} | {count} | {kernel} | {spread(t, '{:.2f}')} | {tflops} | {of_peak} "
+        lines.append(f"| {name} | {label} | {count} | {kernel} | {spread(t, '{:.2f}')} | {tflops} "
                      f"| {against} |")
         if kernel in IDEAL:
             ideal = ms[f"{name}|{label}|{IDEAL[kernel]}"]
             for i, (x, b) in enumerate(zip(t, ideal, strict=True)):
                 saved[name][i] += count * max(x - b, 0.0)
-    lines.append(f"| - | bf16 matmul {PEAK}^3 | - | - | {spread(ms['peak'], '{:.2f}')} | {statistics.median(peak):.2f} "
-                 "| 100% | - |")
+    lines.append(f"| - | bf16 matmul {PEAK}^3 (the peak) | - | - | {spread(ms['peak'], '{:.2f}')} | "
+                 f"{statistics.median(peak):.2f} | - |")
     notes = [f"{args.threads} threads, {args.rounds} rounds; each turn {CALLS} calls of one kernel, every kernel and "
              f"each model's compiled training step (batch {BATCH}, {STEPS} steps a turn) taking turns within a round. "
              "'per step': how many times one training forward runs the layer (its backward runs each gradient "
