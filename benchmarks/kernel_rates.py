@@ -1,20 +1,21 @@
-"""Where the training step's time goes: each kernel's rate, its gradients against its forward.
+"""Where the training step's time goes: the linears, convolutions and GELU, each kernel timed alone.
 
     python benchmarks/kernel_rates.py [--rounds 8] [--no-record]
 
-The CPU training step of vitkit is mostly kernels that every PyTorch ViT runs alike (oneDNN's
-matmuls and convolutions, ATen's GELU). This script times them one by one, in bf16 at the shapes
-of the two models of #13's goals (vit_ti4_32 and the CIFAR-10 default, batch 128), with the layers
-and their counts read from one forward pass of each model in training mode (patch dropout
-included). For each linear and convolution: the forward, the input gradient and the weight
-gradient; for GELU, its forward and backward next to ReLU's forward, an elementwise operation of
-the same size that only moves memory. The compiled training step itself and a 2048^3 bf16 matmul
-(the peak) run in the same rounds, every kernel taking turns with the others.
+Much of vitkit's CPU training step runs in kernels that any PyTorch ViT runs (oneDNN's matmuls and
+convolutions, ATen's GELU). This script times them one by one, in bf16 at the shapes of the two
+models of #13's goals (vit_ti4_32 and the CIFAR-10 default, batch 128), with the layers and their
+counts read from one forward pass of each model in training mode (patch dropout included). For
+each linear and convolution: the forward, the input gradient and the weight gradient; for GELU,
+its forward and backward next to two elementwise operations that only move the same memory (ReLU's
+forward, a multiply). The compiled training step itself and a 2048^3 bf16 matmul (the peak) run in
+the same rounds, every kernel taking turns with the others. Not timed: attention's batched
+matmuls and softmax, the norms, the residual adds, AdamW.
 
-The estimate under the table sums each kernel's isolated time over the step's layers: what the
-step would save if every weight gradient ran at its forward's rate, and if GELU cost only its
-memory traffic. It bounds what faster kernels could buy; it is not a measured step. These kernels
-are the ones the peers run too, so a faster one would speed them up as much.
+Under the table, per model: the timed kernels' share of the step (each kernel's time alone, summed
+over the step's layers), and an estimate of what the step would save if every weight gradient ran
+at its forward's rate and GELU cost only its memory traffic. Kernels timed alone are not the
+step, so both are estimates, not measurements of a step.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from vitkit.model.fast import use_training_kernels
 
 CALLS = 5  # calls of a kernel per timed turn
 PEAK = 2048
-# kernel -> the kernel of the same layer whose time it would take if it ran as well as it could
-# (GELU's two at the cost of the elementwise operation that moves the same memory)
-IDEAL = {"weight grad": "forward", "GELU forward": "ReLU forward", "GELU backward": "multiply"}
+# kernel -> the kernel of the same layer it is measured against in the estimate (a weight gradient
+# against its forward; GELU's two against the elementwise operation that moves the same memory)
+REFERENCE = {"weight grad": "forward", "GELU forward": "ReLU forward", "GELU backward": "multiply"}
 MIN_TOKENS = 4  # per image: smaller layers (the head, the last block's class-token rows) are left out
 
 
@@ -83,8 +84,8 @@ def kernels(layer: tuple) -> tuple[str, float, dict[str, Callable[[], object]]]:
         _, tokens, fan_in, fan_out = layer
         x, w = torch.randn(tokens, fan_in, **bf16), torch.randn(fan_out, fan_in, **bf16)
         dy = torch.randn(tokens, fan_out, **bf16)
-        work = {"forward": lambda: F.linear(x, w), "input grad": lambda: dy @ w, "weight grad": lambda: dy.t() @ x}
-        return f"linear {fan_in}->{fan_out}, {tokens} tokens", 2 * tokens * fan_in * fan_out, work
+        timed = {"forward": lambda: F.linear(x, w), "input grad": lambda: dy @ w, "weight grad": lambda: dy.t() @ x}
+        return f"linear {fan_in}->{fan_out}, {tokens} tokens", 2 * tokens * fan_in * fan_out, timed
     if layer[0] == "conv":
         _, n, c, size, out, k, stride, pad = layer
         channels_last = dict(memory_format=torch.channels_last)  # oneDNN's own layout (acdb)
@@ -95,18 +96,18 @@ def kernels(layer: tuple) -> tuple[str, float, dict[str, Callable[[], object]]]:
         def grad(mask: list[bool]) -> Callable[[], object]:
             return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1],
                                                                False, [0, 0], 1, mask)
-        work = {"forward": lambda: F.conv2d(x, w, stride=stride, padding=pad),
-                "input grad": grad([True, False, False]), "weight grad": grad([False, True, False])}
-        return (f"conv {k}x{k}/{stride} {c}->{out} at {size}x{size}",
-                2 * dy.numel() * c * k * k, work)
+        timed = {"forward": lambda: F.conv2d(x, w, stride=stride, padding=pad),
+                 "input grad": grad([True, False, False]), "weight grad": grad([False, True, False])}
+        return f"conv {k}x{k}/{stride} {c}->{out} at {size}x{size}", 2 * dy.numel() * c * k * k, timed
     _, numel = layer
     x, dy = torch.randn(numel, **bf16), torch.randn(numel, **bf16)
-    work = {"GELU forward": lambda: F.gelu(x), "GELU backward": lambda: torch.ops.aten.gelu_backward(dy, x),
-            "ReLU forward": lambda: torch.relu(x), "multiply": lambda: dy * x}
-    return f"GELU, {numel:,} values", 0, work
+    timed = {"GELU forward": lambda: F.gelu(x), "GELU backward": lambda: torch.ops.aten.gelu_backward(dy, x),
+             "ReLU forward": lambda: torch.relu(x), "multiply": lambda: dy * x}
+    return f"GELU, {numel:,} values", 0, timed
 
 
 def repeated(kernel: Callable[[], object]) -> Callable[[], None]:
+    """A turn of CALLS calls: a single call of the smallest kernels is too short to time alone."""
     def turn() -> None:
         for _ in range(CALLS):
             kernel()
@@ -119,15 +120,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     a = torch.randn(PEAK, PEAK, dtype=torch.bfloat16)
     steps: dict[str, Callable[[], None]] = {"peak": repeated(lambda: a @ a)}
-    rows: list[tuple[str, str, str, float, int]] = []  # model, layer, kernel, FLOPs, count per step
+    rows: list[tuple[str, str, str, str, float, int]] = []  # model, layer, kernel, its first kernel, FLOPs, count
+    in_step: dict[str, set[str]] = {}  # per model, the kernels its training step runs (steps' keys)
     for name, config in MODELS.items():
         torch.manual_seed(0)
         model = ViT(config())
+        in_step[name] = set()
         for layer, count in layers(model).items():
-            label, work, fns = kernels(layer)
-            for kernel, fn in fns.items():
-                steps[f"{name}|{label}|{kernel}"] = repeated(fn)
-                rows.append((name, label, kernel, work, count))
+            label, flop, timed = kernels(layer)
+            reads_image = layer[0] == "conv" and layer[2] == model.config.in_channels
+            for kernel, fn in timed.items():
+                key = f"{name}|{label}|{kernel}"
+                steps[key] = repeated(fn)
+                rows.append((name, label, kernel, next(iter(timed)), flop, count))
+                if kernel not in ("ReLU forward", "multiply") and not (reads_image and kernel == "input grad"):
+                    in_step[name].add(key)  # the image needs no gradient; the memory-only pair is a reference
         steps[f"{name}|step"] = training_step(use_training_kernels(model, torch.device("cpu")))
     # take_turns with 1 "image" per turn gives turns per second: a call's time is 1 / (rate * CALLS)
     rates = take_turns(steps, args.rounds, 1)
@@ -138,33 +145,38 @@ def main() -> None:
     lines = ["| model | layer | per step | kernel | ms (min / median / max) | TFLOP/s (median) | "
              "time / the layer's first kernel's, per round (min / median / max) |",
              "|---|---|---|---|---|---|---|"]
-    saved = {name: [0.0] * args.rounds for name in MODELS}  # ms a step would save, per round
-    for name, label, kernel, work, count in rows:
+    timed_ms = {name: [0.0] * args.rounds for name in MODELS}  # the step's timed kernels, summed, per round
+    saved = {name: [0.0] * args.rounds for name in MODELS}  # the estimate, ms per step, per round
+    for name, label, kernel, first, flop, count in rows:
         t = ms[f"{name}|{label}|{kernel}"]
-        first = ms[f"{name}|{label}|{'forward' if work else 'GELU forward'}"]
-        rate = [work / (x / 1e3) / 1e12 for x in t]  # TFLOP/s
-        tflops = f"{statistics.median(rate):.2f}" if work else "-"
-        against = "-" if t is first else spread([x / f for x, f in zip(t, first, strict=True)], "{:.2f}x")
-        lines.append(f"| {name} | {label} | {count} | {kernel} | {spread(t, '{:.2f}')} | {tflops} "
+        tflops = f"{statistics.median(flop / (x / 1e3) / 1e12 for x in t):.2f}" if flop else "-"
+        against = "-" if kernel == first else spread(
+            [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)], "{:.2f}x")
+        note = "" if kernel == first or f"{name}|{label}|{kernel}" in in_step[name] else " (not in the step)"
+        lines.append(f"| {name} | {label} | {count} | {kernel}{note} | {spread(t, '{:.2f}')} | {tflops} "
                      f"| {against} |")
-        if kernel in IDEAL:
-            ideal = ms[f"{name}|{label}|{IDEAL[kernel]}"]
-            for i, (x, b) in enumerate(zip(t, ideal, strict=True)):
-                saved[name][i] += count * max(x - b, 0.0)
+        if f"{name}|{label}|{kernel}" in in_step[name]:
+            timed_ms[name] = [total + count * x for total, x in zip(timed_ms[name], t, strict=True)]
+        if kernel in REFERENCE:
+            reference = ms[f"{name}|{label}|{REFERENCE[kernel]}"]
+            saved[name] = [total + count * (x - r) for total, x, r in zip(saved[name], t, reference, strict=True)]
     lines.append(f"| - | bf16 matmul {PEAK}^3 (the peak) | - | - | {spread(ms['peak'], '{:.2f}')} | "
                  f"{statistics.median(peak):.2f} | - |")
     notes = [f"{args.threads} threads, {args.rounds} rounds; each turn {CALLS} calls of one kernel, every kernel and "
              f"each model's compiled training step (batch {BATCH}, {STEPS} steps a turn) taking turns within a round. "
              "'per step': how many times one training forward runs the layer (its backward runs each gradient "
-             "once; the first convolution's input gradient is not needed). Left out: layers that see fewer than "
-             f"{MIN_TOKENS} tokens per image (the head, the last block's class-token rows), a fraction of a "
-             "millisecond each."]
+             "once; the image needs no gradient, so the first convolution's input gradient is not in the step). "
+             f"Left out: layers that see fewer than {MIN_TOKENS} tokens per image (the head, the last block's "
+             "class-token rows), a fraction of a millisecond each; not timed: attention's batched matmuls and "
+             "softmax, the norms, the residual adds, AdamW."]
     for name in MODELS:
-        share = [s / t for s, t in zip(saved[name], step_ms[name], strict=True)]
-        notes.append(f"- {name}: the compiled step {spread(step_ms[name], '{:.0f}')} ms; weight gradients at the "
-                     "forward's rate and GELU at the cost of its memory traffic would save "
-                     f"{spread(share, '{:.0%}')} of it (estimate from the isolated kernels, per round).")
-    record("Where the training step's time goes: each kernel against its forward", this_command(),
+        per_round = zip(timed_ms[name], saved[name], step_ms[name], strict=True)
+        share, could = zip(*((timed / step, save / step) for timed, save, step in per_round), strict=True)
+        notes.append(f"- {name}: the compiled step {spread(step_ms[name], '{:.0f}')} ms; the timed kernels, each "
+                     f"alone, add up to {spread(list(share), '{:.0%}')} of it; weight gradients at their forward's "
+                     "rate and GELU at the cost of its memory traffic would save an estimated "
+                     f"{spread(list(could), '{:.0%}')} of it (per round, min / median / max).")
+    record("Where the training step's time goes: the linears, convolutions and GELU, kernel by kernel", this_command(),
            "\n".join(lines), "\n".join(notes), save=not args.no_record)
 
 
