@@ -41,6 +41,7 @@ PEAK = 2048
 # kernel -> the kernel of the same layer it is measured against in the estimate (a weight gradient
 # against its forward; GELU's two against the elementwise operation that moves the same memory)
 REFERENCE = {"weight grad": "forward", "GELU forward": "ReLU forward", "GELU backward": "multiply"}
+MEMORY_ONLY = ("ReLU forward", "multiply")  # references, not kernels of the step
 MIN_TOKENS = 4  # per image: smaller layers (the head, the last block's class-token rows) are left out
 
 
@@ -133,8 +134,8 @@ def main() -> None:
                 key = f"{name}|{label}|{kernel}"
                 steps[key] = repeated(fn)
                 rows.append((name, label, kernel, next(iter(timed)), flop, count))
-                if kernel not in ("ReLU forward", "multiply") and not (reads_image and kernel == "input grad"):
-                    in_step[name].add(key)  # the image needs no gradient; the memory-only pair is a reference
+                if kernel not in MEMORY_ONLY and not (reads_image and kernel == "input grad"):  # the image
+                    in_step[name].add(key)  # needs no gradient
         steps[f"{name}|step"] = training_step(use_training_kernels(model, torch.device("cpu")))
     # take_turns with 1 "image" per turn gives turns per second: a call's time is 1 / (rate * CALLS)
     rates = take_turns(steps, args.rounds, 1)
@@ -148,14 +149,15 @@ def main() -> None:
     timed_ms = {name: [0.0] * args.rounds for name in MODELS}  # the step's timed kernels, summed, per round
     saved = {name: [0.0] * args.rounds for name in MODELS}  # the estimate, ms per step, per round
     for name, label, kernel, first, flop, count in rows:
-        t = ms[f"{name}|{label}|{kernel}"]
+        key = f"{name}|{label}|{kernel}"
+        t = ms[key]
         tflops = f"{statistics.median(flop / (x / 1e3) / 1e12 for x in t):.2f}" if flop else "-"
         against = "-" if kernel == first else spread(
             [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)], "{:.2f}x")
-        note = "" if kernel == first or f"{name}|{label}|{kernel}" in in_step[name] else " (not in the step)"
+        note = "" if key in in_step[name] else " (not in the step)"
         lines.append(f"| {name} | {label} | {count} | {kernel}{note} | {spread(t, '{:.2f}')} | {tflops} "
                      f"| {against} |")
-        if f"{name}|{label}|{kernel}" in in_step[name]:
+        if key in in_step[name]:
             timed_ms[name] = [total + count * x for total, x in zip(timed_ms[name], t, strict=True)]
         if kernel in REFERENCE:
             reference = ms[f"{name}|{label}|{REFERENCE[kernel]}"]
@@ -170,12 +172,12 @@ def main() -> None:
              "class-token rows), a fraction of a millisecond each; not timed: attention's batched matmuls and "
              "softmax, the norms, the residual adds, AdamW."]
     for name in MODELS:
-        per_round = zip(timed_ms[name], saved[name], step_ms[name], strict=True)
-        share, could = zip(*((timed / step, save / step) for timed, save, step in per_round), strict=True)
+        share = [x / step for x, step in zip(timed_ms[name], step_ms[name], strict=True)]
+        could = [x / step for x, step in zip(saved[name], step_ms[name], strict=True)]
         notes.append(f"- {name}: the compiled step {spread(step_ms[name], '{:.0f}')} ms; the timed kernels, each "
-                     f"alone, add up to {spread(list(share), '{:.0%}')} of it; weight gradients at their forward's "
+                     f"alone, add up to {spread(share, '{:.0%}')} of it; weight gradients at their forward's "
                      "rate and GELU at the cost of its memory traffic would save an estimated "
-                     f"{spread(list(could), '{:.0%}')} of it (per round, min / median / max).")
+                     f"{spread(could, '{:.0%}')} of it (per round, min / median / max).")
     record("Where the training step's time goes: the linears, convolutions and GELU, kernel by kernel", this_command(),
            "\n".join(lines), "\n".join(notes), save=not args.no_record)
 
