@@ -49,26 +49,20 @@ def layers(model: ViT) -> Counter:
     """(kind, shape...) -> how many times one training forward pass runs it."""
     seen: Counter = Counter()
 
-    def linear(module: nn.Linear, args: tuple) -> None:
-        if args[0].shape[:-1].numel() >= MIN_TOKENS * BATCH:
-            seen["linear", args[0].shape[:-1].numel(), module.in_features, module.out_features] += 1
+    def count(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if isinstance(module, nn.Conv2d):
+            n, c, size, _ = x.shape
+            seen["conv", n, c, size, module.out_channels, module.kernel_size[0], module.stride[0],
+                 module.padding[0]] += 1
+        elif x.shape[:-1].numel() >= MIN_TOKENS * BATCH:  # a linear or GELU over enough tokens
+            if isinstance(module, nn.Linear):
+                seen["linear", x.shape[:-1].numel(), module.in_features, module.out_features] += 1
+            else:
+                seen["gelu", x.numel()] += 1
 
-    def conv(module: nn.Conv2d, args: tuple) -> None:
-        n, c, size, _ = args[0].shape
-        seen["conv", n, c, size, module.out_channels, module.kernel_size[0], module.stride[0], module.padding[0]] += 1
-
-    def gelu(module: nn.Module, args: tuple) -> None:
-        if args[0].shape[:-1].numel() >= MIN_TOKENS * BATCH:
-            seen["gelu", args[0].numel()] += 1
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_pre_hook(linear))
-        elif isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_pre_hook(conv))
-        elif isinstance(module, nn.GELU):
-            hooks.append(module.register_forward_pre_hook(gelu))
+    hooks = [module.register_forward_pre_hook(count) for module in model.modules()
+             if isinstance(module, (nn.Linear, nn.Conv2d, nn.GELU))]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model.train()(torch.randn(BATCH, 3, *model.config.image_hw))
     for hook in hooks:
