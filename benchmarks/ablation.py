@@ -9,7 +9,8 @@ Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options show
                a 3x3 stride-1 one), mean pooling, half of each training image's patch tokens
                dropped (PatchDropout), compiled
   xiao-stem    Xiao et al.'s stem instead: the two 3x3 stride-2 convolutions alone
-  quarter-patches  the default keeping a quarter of the patch tokens instead of half
+  quarter-patches  the default keeping a quarter of the patch tokens instead of half (patch
+               dropout 0.75)
   all-patches  the default without patch dropout: every block sees every patch token
   plain        the paper's patch projection (one 4x4 stride-4 convolution) instead of the conv stem
   paper        the paper's ViT: plain patches, a class token and its output as the pooled feature
