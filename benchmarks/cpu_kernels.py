@@ -25,7 +25,7 @@ from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
 
-MODELS = {  # name -> config: the bench's vit_ti4_32, and the CIFAR-10 default (patch dropout 0.5)
+MODELS = {  # name -> config: the bench's vit_ti4_32, and the CIFAR-10 default (its patch dropout)
     "vit_ti4_32": lambda: get_config("vit_ti4_32", num_classes=10),
     "CIFAR-10 default": lambda: ViTConfig(image_size=32, num_classes=10, **SMALL_IMAGES[0],
                                           patch_dropout=SMALL_IMAGES[1]["patch_dropout"]),
