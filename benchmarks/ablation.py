@@ -9,8 +9,8 @@ Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options show
                a 3x3 stride-1 one), mean pooling, 70% of each training image's patch tokens
                dropped (PatchDropout), compiled
   xiao-stem    Xiao et al.'s stem instead: the two 3x3 stride-2 convolutions alone
-  half-patches the default keeping half of the patch tokens (patch dropout 0.5, the default
-               until 0.7 replaced it)
+  half-patches the default keeping half of the patch tokens (patch dropout 0.5, the
+               default until 0.7 replaced it)
   all-patches  the default without patch dropout: every block sees every patch token
   plain        the paper's patch projection (one 4x4 stride-4 convolution) instead of the conv stem
   paper        the paper's ViT: plain patches, a class token and its output as the pooled feature
