@@ -30,21 +30,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record, this_command, training_rate, vitkit
+from vitkit.train.recipe import SMALL_IMAGES
 from vitkit.weights import load
 
+DROP = f"patch dropout {SMALL_IMAGES[1]['patch_dropout']}"  # the default's, read from the recipe
 ROWS = {
-    "default": ("conv stem of four convolutions, mean pooling, patch dropout 0.7, compiled (the default: no options)",
+    "default": (f"conv stem of four convolutions, mean pooling, {DROP}, compiled (the default: no options)",
                 []),
-    "xiao-stem": ("conv stem of two stride-2 convolutions (Xiao et al.), mean pooling, patch dropout 0.7, compiled",
+    "xiao-stem": (f"conv stem of two stride-2 convolutions (Xiao et al.), mean pooling, {DROP}, compiled",
                   ["--model-option", "stem_depth=1"]),
     "half-patches": ("conv stem, mean pooling, patch dropout 0.5, compiled", ["--patch-dropout", "0.5"]),
     "all-patches": ("conv stem, mean pooling, no patch dropout, compiled", ["--patch-dropout", "0"]),
-    "plain": ("plain 4x4 patches, mean pooling, patch dropout 0.7, compiled",
+    "plain": (f"plain 4x4 patches, mean pooling, {DROP}, compiled",
               ["--model-option", "patch_embed=conv"]),
     "paper": ("the paper's ViT: plain 4x4 patches, class token, every patch, compiled",
               ["--model-option", "patch_embed=conv", "--model-option", "class_token=true",
                "--model-option", "pool=cls", "--patch-dropout", "0"]),
-    "eager": ("conv stem, mean pooling, patch dropout 0.7, not compiled", ["--no-compile"]),
+    "eager": (f"conv stem, mean pooling, {DROP}, not compiled", ["--no-compile"]),
 }
 
 
