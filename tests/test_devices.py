@@ -37,6 +37,32 @@ def test_a_training_step_on_the_gpu_computes_what_the_cpu_computes(tmp_path, dev
         assert (ours[key] - cpu[key]).abs().max().item() <= 1e-4, key
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_steps_compute_what_eager_steps_compute(tmp_path, device, monkeypatch):
+    """--compile's step; on one GPU it is replayed as a CUDA graph, whose input and output buffers
+    the next step reuses: each of three steps' loss, and the weights after them, match eager steps'."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # else eager's and the graph's convolutions differ
+
+    def three_steps(compiled: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+        fields = {**FIELDS, "compile": compiled}
+        run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / str(compiled), device=device)
+        assert getattr(run.compute, "cuda_graphs", False) == (compiled and device == "cuda")
+        run.stop = StopFlag()
+        run.feed.sampler.set_epoch(0)
+        losses, batches = [], iter(run.feed.loader)
+        for _ in range(3):
+            before = run.progress.totals.loss_sum
+            run.step(*next(batches)[:2], 0.0)
+            losses.append(run.progress.totals.loss_sum - before)
+        return losses, {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+
+    (compiled_losses, compiled_weights), (eager_losses, eager_weights) = three_steps(True), three_steps(False)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert len(set(eager_losses)) == 3  # three different batches, so a stale input would show
+    for key in eager_weights:
+        assert (compiled_weights[key] - eager_weights[key]).abs().max().item() <= 1e-4, key
+
+
 @pytest.mark.parametrize("device", GPUS)
 def test_vitkit_on_the_gpu_computes_timms_logits(device):
     import timm

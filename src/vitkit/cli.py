@@ -20,7 +20,7 @@ import torch
 from vitkit.memory import keep_freed_memory
 from vitkit.model import PRESETS, ViT, flops
 from vitkit.model.presets import PRETRAINED
-from vitkit.train.recipe import Recipe
+from vitkit.train.recipe import COMPILE_FROM, Recipe
 from vitkit.train.trainer import TrainingError
 from vitkit.weights.io import FORMATS
 
@@ -116,7 +116,8 @@ RECIPE_HELP = {
     "patch_dropout": "fraction of patch tokens each training image drops: every block costs that much less",
     "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
     "precision": "auto (bf16 where the CPU/GPU supports it), bf16 or fp32",
-    "compile": "torch.compile the model",
+    "compile": f"torch.compile the training step (replayed as CUDA graphs on one GPU); default: on from "
+               f"{COMPILE_FROM:,} training images",
     "seed": "random seed: same seed, same data, same machine = same metrics",
     "workers": "data-loading worker processes (default: up to 2)",
     "val_split": "fraction of the training images held out when the data has no validation split",

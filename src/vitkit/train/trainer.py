@@ -229,7 +229,11 @@ class Run:
         use_training_kernels(self.model, world.device)
         self.teacher = load_teacher(recipe.teacher, self.config.num_classes, world.device) if recipe.teacher else None
         self.forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
-        self.compute = CompiledOrEager(self.losses) if recipe.compile else self.losses
+        # On one GPU a small model's step is bound by launching its hundreds of kernels: replay it
+        # as CUDA graphs ("GPU check again" in benchmarks/RESULTS.md). Not with --accum-steps (a
+        # replay would overwrite the gradients of the pieces before) nor DDP/FSDP (not tried).
+        graphs = world.device.type == "cuda" and world.size == 1 and recipe.accum_steps == 1
+        self.compute = CompiledOrEager(self.losses, graphs) if recipe.compile else self.losses
 
     def initial_model(self) -> ViT:
         """A fresh model, or the --init weights (never re-read on resume: the checkpoint has them)."""
@@ -516,14 +520,19 @@ class StopFlag:
 class CompiledOrEager:
     """torch.compile(fn), or fn itself for the rest of the run if compiling fails (no C++ compiler,
     an unsupported platform): a slower run beats a failed one. Compilation happens in the first
-    call, so its time counts in --time-budget like any other step."""
+    call, so its time counts in --time-budget like any other step. With `cuda_graphs`, each call
+    is a whole step, its outputs used and its gradients zeroed before the next: the
+    "reduce-overhead" mode then replays its forward and its backward as CUDA graphs."""
 
-    def __init__(self, fn: Callable):
-        self.fn, self.compiled = fn, torch.compile(fn)
+    def __init__(self, fn: Callable, cuda_graphs: bool = False):
+        self.fn, self.cuda_graphs = fn, cuda_graphs
+        self.compiled = torch.compile(fn, mode="reduce-overhead" if cuda_graphs else None)
 
     def __call__(self, *args):
         if self.compiled is not None:
             try:
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 return self.compiled(*args)
             except Exception as e:  # torch._dynamo and inductor raise many kinds
                 log.warning("torch.compile failed (%s); training without it", str(e).strip().splitlines()[0][:200])
