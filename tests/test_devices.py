@@ -40,27 +40,37 @@ def test_a_training_step_on_the_gpu_computes_what_the_cpu_computes(tmp_path, dev
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_steps_compute_what_eager_steps_compute(tmp_path, device, monkeypatch):
     """--compile's step; on one GPU it is replayed as a CUDA graph, whose input and output buffers
-    the next step reuses: each of three steps' loss, and the weights after them, match eager steps'."""
+    the next step reuses: each of three steps' loss, and the gradients the optimizer is given,
+    match eager steps'."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # else eager's and the graph's convolutions differ
 
-    def three_steps(compiled: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    def three_steps(compiled: bool) -> tuple[list[float], list[dict[str, torch.Tensor]]]:
         fields = {**FIELDS, "compile": compiled}
         run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / str(compiled), device=device)
         assert getattr(run.compute, "cuda_graphs", False) == (compiled and device == "cuda")
         run.stop = StopFlag()
         run.feed.sampler.set_epoch(0)
-        losses, batches = [], iter(run.feed.loader)
+        losses, grads, batches, optimizer_step = [], [], iter(run.feed.loader), run.optimizer.step
+
+        def record_then_step():
+            grads.append({n: p.grad.detach().cpu().clone() for n, p in run.model.named_parameters()})
+            optimizer_step()
+
+        run.optimizer.step = record_then_step
         for _ in range(3):
             before = run.progress.totals.loss_sum
             run.step(*next(batches)[:2], 0.0)
             losses.append(run.progress.totals.loss_sum - before)
-        return losses, {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+        assert not compiled or run.compute.compiled is not None  # no fallback to eager
+        return losses, grads
 
-    (compiled_losses, compiled_weights), (eager_losses, eager_weights) = three_steps(True), three_steps(False)
+    (compiled_losses, compiled_grads), (eager_losses, eager_grads) = three_steps(True), three_steps(False)
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
     assert len(set(eager_losses)) == 3  # three different batches, so a stale input would show
-    for key in eager_weights:
-        assert (compiled_weights[key] - eager_weights[key]).abs().max().item() <= 1e-4, key
+    for step, (ours, reference) in enumerate(zip(compiled_grads, eager_grads, strict=True)):
+        for name in reference:
+            torch.testing.assert_close(ours[name], reference[name], rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, step=step, name=name: f"step {step}, {name}: {m}")
 
 
 @pytest.mark.parametrize("device", GPUS)

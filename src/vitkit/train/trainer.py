@@ -520,9 +520,10 @@ class StopFlag:
 class CompiledOrEager:
     """torch.compile(fn), or fn itself for the rest of the run if compiling fails (no C++ compiler,
     an unsupported platform): a slower run beats a failed one. Compilation happens in the first
-    call, so its time counts in --time-budget like any other step. With `cuda_graphs`, each call
-    is a whole step, its outputs used and its gradients zeroed before the next: the
-    "reduce-overhead" mode then replays its forward and its backward as CUDA graphs."""
+    call, so its time counts in --time-budget like any other step; the backward is compiled in
+    the first `.backward()`, outside this guard. With `cuda_graphs`, each call is a whole step, its
+    outputs used and its gradients zeroed before the next: the "reduce-overhead" mode then replays
+    its forward and its backward as CUDA graphs."""
 
     def __init__(self, fn: Callable, cuda_graphs: bool = False):
         self.fn, self.cuda_graphs = fn, cuda_graphs
