@@ -229,9 +229,9 @@ class Run:
         use_training_kernels(self.model, world.device)
         self.teacher = load_teacher(recipe.teacher, self.config.num_classes, world.device) if recipe.teacher else None
         self.forward = DistributedDataParallel(self.model) if world.size > 1 and not self.sharded else self.model
-        # On one GPU a small model's step is bound by launching its hundreds of kernels: replay it
-        # as CUDA graphs ("GPU check again" in benchmarks/RESULTS.md). Not with --accum-steps (a
-        # replay would overwrite the gradients of the pieces before) nor DDP/FSDP (not tried).
+        # On one GPU a small model's step is bound by the host, Python and launching its hundreds of
+        # kernels: replay it as CUDA graphs ("GPU check again" in benchmarks/RESULTS.md). Not with
+        # --accum-steps (a replay would overwrite the earlier pieces' gradients) nor DDP/FSDP (not tried).
         graphs = world.device.type == "cuda" and world.size == 1 and recipe.accum_steps == 1
         self.compute = CompiledOrEager(self.losses, graphs) if recipe.compile else self.losses
 
