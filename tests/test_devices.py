@@ -22,10 +22,16 @@ GPUS = DEVICES[1:] or [pytest.param("cuda", marks=pytest.mark.skip(reason="no GP
 FIELDS = dict(epochs=2, batch_size=64, workers=0, precision="fp32", seed=2)
 
 
-def one_step_weights(device: str, tmp_path: Path) -> dict[str, torch.Tensor]:
-    run = Run("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / device, device=device)
+def ready_run(device: str, out: Path, fields: dict = FIELDS) -> Run:
+    """A digits run built and ready to take steps by hand, from its first epoch's batches."""
+    run = Run("digits", Recipe(**fields), set(fields), out=out, device=device)
     run.stop = StopFlag()
     run.feed.sampler.set_epoch(0)
+    return run
+
+
+def one_step_weights(device: str, tmp_path: Path) -> dict[str, torch.Tensor]:
+    run = ready_run(device, tmp_path / device)
     run.step(*next(iter(run.feed.loader))[:2], 0.0)
     return {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
 
@@ -45,11 +51,8 @@ def test_compiled_steps_compute_what_eager_steps_compute(tmp_path, device, monke
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # else eager's and the graph's convolutions differ
 
     def three_steps(compiled: bool) -> tuple[list[float], list[dict[str, torch.Tensor]]]:
-        fields = {**FIELDS, "compile": compiled}
-        run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / str(compiled), device=device)
+        run = ready_run(device, tmp_path / str(compiled), {**FIELDS, "compile": compiled})
         assert getattr(run.compute, "cuda_graphs", False) == (compiled and device == "cuda")
-        run.stop = StopFlag()
-        run.feed.sampler.set_epoch(0)
         losses, grads, batches, optimizer_step = [], [], iter(run.feed.loader), run.optimizer.step
 
         def record_then_step():
