@@ -76,6 +76,28 @@ def test_compiled_steps_compute_what_eager_steps_compute(tmp_path, device, monke
                                        msg=lambda m, step=step, name=name: f"step {step}, {name}: {m}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_steps_draw_patch_dropout_from_each_steps_seed(tmp_path, device):
+    """The trainer seeds each step; patch dropout's draw inside the compiled step (on one GPU, a
+    replayed CUDA graph) must follow that seed: another seed drops other patches, the same seed
+    the same ones. A draw frozen into the graph would give every step the same patches."""
+    run = ready_run(device, tmp_path, {**FIELDS, "compile": True, "patch_dropout": 0.5})
+    torch.nn.init.normal_(run.model.head.weight)  # the zero-initialised head's logits ignore the patches
+    batch = run.feed.prepare(*next(iter(run.feed.loader))[:2], 0, 0)
+
+    def loss(seed: int) -> float:
+        torch.manual_seed(seed)
+        losses, _ = run.compute(batch.images, batch.targets, batch.weights)
+        losses.sum().backward()  # as in a step: the graph's backward runs before the next replay
+        run.optimizer.zero_grad(set_to_none=True)
+        return losses.sum().item()
+
+    first, other, again = loss(1), loss(2), loss(1)
+    assert run.compute.compiled is not None  # no fallback to eager
+    assert other != pytest.approx(first, rel=1e-3)
+    assert again == pytest.approx(first, rel=1e-6)
+
+
 @pytest.mark.parametrize("device", GPUS)
 def test_vitkit_on_the_gpu_computes_timms_logits(device):
     import timm
@@ -94,9 +116,12 @@ def test_vitkit_on_the_gpu_computes_timms_logits(device):
         assert (ours(x) - theirs(x)).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, device, monkeypatch):
-    whole = trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "whole", device=device)
+@pytest.mark.parametrize(("device", "compiled"), [(d, False) for d in DEVICES] + [pytest.param(
+    "cuda", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here"))])
+def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, device, compiled, monkeypatch):
+    """On one GPU --compile replays CUDA graphs, whose random draws and buffers a resume must restore too."""
+    fields = {**FIELDS, "compile": compiled}
+    whole = trainer.train("digits", Recipe(**fields), set(fields), out=tmp_path / "whole", device=device)
 
     def stop(run):
         if (run.progress.epoch, run.progress.step) == (1, 3):
@@ -104,12 +129,12 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, devic
 
     monkeypatch.setattr(trainer, "STEP_HOOKS", [stop])
     with pytest.raises(KeyboardInterrupt):
-        trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "stopped", device=device)
+        trainer.train("digits", Recipe(**fields), set(fields), out=tmp_path / "stopped", device=device)
     monkeypatch.setattr(trainer, "STEP_HOOKS", [])
     resumed = trainer.train(resume=tmp_path / "stopped", device=device)
     assert resumed["val_top1"] == whole["val_top1"]
     off = weight_difference(tmp_path / "whole", tmp_path / "stopped")
-    assert off <= resume_tolerance(device, tmp_path, whole=tmp_path / "whole"), off
+    assert off <= resume_tolerance(device, fields, tmp_path, whole=tmp_path / "whole"), off
 
 
 def weight_difference(run_a: Path, run_b: Path) -> float:
@@ -117,14 +142,14 @@ def weight_difference(run_a: Path, run_b: Path) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def resume_tolerance(device: str, tmp_path: Path, whole: Path) -> float:
+def resume_tolerance(device: str, fields: dict, tmp_path: Path, whole: Path) -> float:
     """0 on the CPU, where training is deterministic. On a GPU some backward kernels add with
     atomics (attention, convolution weights), so two uninterrupted runs differ already: a resumed
     run may differ from one by that much (times 4: the restart is one more such perturbation),
     and by no more than 1e-5 where the GPU run is deterministic."""
     if device == "cpu":
         return 0.0
-    trainer.train("digits", Recipe(**FIELDS), set(FIELDS), out=tmp_path / "again", device=device)
+    trainer.train("digits", Recipe(**fields), set(fields), out=tmp_path / "again", device=device)
     return max(1e-5, 4 * weight_difference(whole, tmp_path / "again"))
 
 
