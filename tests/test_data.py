@@ -12,7 +12,9 @@ from PIL import Image
 from helpers import write_idx
 from vitkit.data import arrays, folder
 from vitkit.data import spec as data_spec
+from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
+from vitkit.data.loader import ArrayBatches, EpochSampler, train_loader
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -222,3 +224,21 @@ def test_train_and_test_folders_hold_out_validation_from_train(tmp_path):
     make_tree(tmp_path / "test", per_class=2)
     splits = data_spec.load(str(tmp_path), val_split=0.2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 2, 4)
+
+
+@pytest.mark.parametrize(("world", "skip"), [(1, 0), (2, 0), (2, 3)])
+def test_array_batches_are_the_data_loaders_batches(world, skip):
+    """In-memory images are gathered a batch at a time; each rank must get what the DataLoader
+    path gives it, batch for batch, also when a resumed epoch skips its done batches."""
+    images = torch.randint(0, 256, (103, 3, 4, 4), dtype=torch.uint8)
+    data = ArrayImages(images, torch.randint(0, 10, (103,)))
+    for rank in range(world):
+        loader, sampler = train_loader(data, None, 12, seed=7, workers=0, rank=rank, world=world)
+        ours = ArrayBatches(data, EpochSampler(103, 12, 7, rank, world), torch.device("cpu"))
+        for epoch in (0, 1):
+            for s in (sampler, ours.sampler):
+                s.set_epoch(epoch, skip)
+            expected, got = list(loader), list(ours)
+            assert len(got) == len(ours) == 103 // 12 - skip == len(expected)
+            for (x, y, problems), (x_ref, y_ref, _) in zip(got, expected, strict=True):
+                assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and problems == []

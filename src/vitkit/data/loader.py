@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vitkit.data.datasets import Sample, Transformed, collate
+from vitkit.data.datasets import ArrayImages, Sample, Transformed, collate
 
 
 def mix_seed(*parts: int) -> int:
@@ -39,14 +39,20 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Each remaining batch's share for this rank: its position in the epoch's permutation
+        (the per-sample seeds derive from it) and its indices."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.size, generator=g).tolist()
+        order = torch.randperm(self.size, generator=g)
         per_rank = self.batch_size // self.world
         for b in range(self.skip_batches, self.batches_per_epoch()):
             start = b * self.batch_size + self.rank * per_rank
-            for pos in range(start, start + per_rank):
-                yield order[pos], mix_seed(self.seed, self.epoch, pos)
+            yield start, order[start:start + per_rank]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for start, indices in self.batches():
+            for pos, index in enumerate(indices.tolist(), start):
+                yield index, mix_seed(self.seed, self.epoch, pos)
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.skip_batches) * (self.batch_size // self.world)
@@ -85,6 +91,29 @@ def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, 
                         sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     return loader, sampler
+
+
+class ArrayBatches:
+    """The training batches of in-memory images that need no per-image work, the same ones in the
+    same order as `train_loader`'s: one gather a batch, on the training device, where the images
+    are copied once (unless they would take over a quarter of its free memory). A DataLoader
+    splits each batch into images, stacks them again and copies the batch over, host work that
+    a small model's GPU step waits for: 9.6-10.6 ms a step against 7.1 on one H200
+    (benchmarks/RESULTS.md, "The GPU step's host time")."""
+
+    def __init__(self, dataset: ArrayImages, sampler: EpochSampler, device: torch.device):
+        fits = device.type != "cuda" or dataset.images.nbytes < torch.cuda.mem_get_info(device)[0] // 4
+        self.device = device if fits else torch.device("cpu")
+        self.images, self.labels = dataset.images.to(self.device), dataset.labels.to(self.device)
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]]:
+        for _, indices in self.sampler.batches():
+            indices = indices.to(self.device)
+            yield self.images[indices], self.labels[indices], []
+
+    def __len__(self) -> int:
+        return self.sampler.batches_per_epoch() - self.sampler.skip_batches
 
 
 def eval_loader(dataset: Dataset, transform: Callable | None, batch_size: int, workers: int,

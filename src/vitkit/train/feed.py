@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from vitkit.data import transforms
 from vitkit.data.datasets import ArrayImages, FileImages
-from vitkit.data.loader import EpochSampler, default_workers, eval_loader, mix_seed, train_loader
+from vitkit.data.loader import ArrayBatches, EpochSampler, default_workers, eval_loader, mix_seed, train_loader
 from vitkit.data.normalization import Normalization
 from vitkit.data.spec import DataSplits
 from vitkit.model.config import ViTConfig
@@ -40,7 +40,7 @@ class Batch:
 @dataclasses.dataclass
 class Feed:
     recipe: Recipe  # its batch size clamped to the data
-    loader: DataLoader
+    loader: DataLoader | ArrayBatches
     sampler: EpochSampler
     val_loader: DataLoader
     eval_tf: Callable | None
@@ -98,8 +98,12 @@ def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, normalizat
     if recipe.batch_size % world.size:
         raise ValueError(f"--batch-size {recipe.batch_size} is the global batch and must divide among "
                          f"{world.size} processes; use a multiple of {world.size}")
-    loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
-                                   world.rank, world.size, pin_memory=world.device.type == "cuda")
+    if per_image_work:
+        loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
+                                       world.rank, world.size, pin_memory=world.device.type == "cuda")
+    else:
+        sampler = EpochSampler(len(splits.train), recipe.batch_size, recipe.seed, world.rank, world.size)
+        loader = ArrayBatches(splits.train, sampler, world.device)
     val_loader = eval_loader(splits.val, eval_tf, EVAL_BATCH, workers, world.shard(len(splits.val)))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
     return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, normalization, world)
