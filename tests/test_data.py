@@ -14,7 +14,7 @@ from vitkit.data import arrays, folder
 from vitkit.data import spec as data_spec
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
-from vitkit.data.loader import ArrayBatches, EpochSampler, train_loader
+from vitkit.data.loader import ArrayBatches, EpochSampler, mix_seed, train_loader
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -228,8 +228,9 @@ def test_train_and_test_folders_hold_out_validation_from_train(tmp_path):
 
 @pytest.mark.parametrize(("world", "skip"), [(1, 0), (2, 0), (2, 3)])
 def test_array_batches_are_the_data_loaders_batches(world, skip):
-    """In-memory images are gathered a batch at a time; each rank must get what the DataLoader
-    path gives it, batch for batch, also when a resumed epoch skips its done batches."""
+    """In-memory images are gathered a batch at a time; each rank must get its slice of the epoch's
+    permutation (made here by hand), as the DataLoader path gives it, also when a resumed epoch
+    skips its done batches."""
     images = torch.randint(0, 256, (103, 3, 4, 4), dtype=torch.uint8)
     data = ArrayImages(images, torch.randint(0, 10, (103,)))
     for rank in range(world):
@@ -238,7 +239,17 @@ def test_array_batches_are_the_data_loaders_batches(world, skip):
         for epoch in (0, 1):
             for s in (sampler, ours.sampler):
                 s.set_epoch(epoch, skip)
-            expected, got = list(loader), list(ours)
-            assert len(got) == len(ours) == 103 // 12 - skip == len(expected)
-            for (x, y, problems), (x_ref, y_ref, _) in zip(got, expected, strict=True):
-                assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and problems == []
+            order = torch.randperm(103, generator=torch.Generator().manual_seed(mix_seed(7, epoch)))
+            by_hand = [order[b * 12 + rank * 12 // world:][:12 // world] for b in range(skip, 103 // 12)]
+            got, expected = list(ours), list(loader)
+            assert len(got) == len(ours) == len(by_hand) == len(expected)
+            for (x, y, _), index, (x_loader, y_loader, _) in zip(got, by_hand, expected, strict=True):
+                assert torch.equal(x, images[index]) and torch.equal(y, data.labels[index])
+                assert torch.equal(x, x_loader) and torch.equal(y, y_loader)
+
+
+def test_array_batches_leave_the_gpu_to_the_model_when_the_images_are_large(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 103 * 48 - 1, 10**9))
+    data = ArrayImages(torch.zeros(103, 3, 4, 4, dtype=torch.uint8), torch.zeros(103, dtype=torch.long))
+    ours = ArrayBatches(data, EpochSampler(103, 12, 7), torch.device("cuda"))
+    assert ours.device.type == ours.images.device.type == "cpu"

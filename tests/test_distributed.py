@@ -68,6 +68,16 @@ def test_ddp_two_processes_equal_one(one):
     assert_same_run(one / "one", one / "ddp")
 
 
+def test_ddp_two_processes_equal_one_on_in_memory_images(tmp_path):
+    """Arrays (digits) skip the DataLoader: each process gathers its own share of every batch."""
+    args = ["digits", "--epochs", "2", "--batch-size", "32", "--precision", "fp32", "--seed", "3", "--json"]
+    assert train(*args, "--out", str(tmp_path / "one")).returncode == 0
+    two = train(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
 def test_fsdp_two_processes_equal_one(one):
     two = train(str(one / "data"), *COMMON, "--out", str(one / "fsdp"), "--nproc", "2", "--fsdp")
     assert two.returncode == 0, two.stderr[-3000:]

@@ -8,6 +8,7 @@ it stopped. With several processes (torchrun), each rank takes its own slice of 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitkit.data.datasets import ArrayImages, Sample, Transformed, collate
+
+log = logging.getLogger("vitkit")
 
 
 def mix_seed(*parts: int) -> int:
@@ -39,11 +42,11 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+    def batches(self, device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Each remaining batch's share for this rank: its position in the epoch's permutation
-        (the per-sample seeds derive from it) and its indices."""
+        (the per-sample seeds derive from it) and its indices, on `device` (copied once an epoch)."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.size, generator=g)
+        order = torch.randperm(self.size, generator=g).to(device)
         per_rank = self.batch_size // self.world
         for b in range(self.skip_batches, self.batches_per_epoch()):
             start = b * self.batch_size + self.rank * per_rank
@@ -95,21 +98,21 @@ def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, 
 
 class ArrayBatches:
     """The training batches of in-memory images that need no per-image work, the same ones in the
-    same order as `train_loader`'s: one gather a batch, on the training device, where the images
-    are copied once (unless they would take over a quarter of its free memory). A DataLoader
-    splits each batch into images, stacks them again and copies the batch over, host work that
-    a small model's GPU step waits for: 9.6-10.6 ms a step against 7.1 on one H200
-    (benchmarks/RESULTS.md, "The GPU step's host time")."""
+    same order as `train_loader`'s, each one gather from the images kept on the training device:
+    a DataLoader's splitting, restacking and copying of every batch is host time that a small
+    model's GPU step waits for (benchmarks/RESULTS.md, "The GPU step's host time")."""
 
     def __init__(self, dataset: ArrayImages, sampler: EpochSampler, device: torch.device):
-        fits = device.type != "cuda" or dataset.images.nbytes < torch.cuda.mem_get_info(device)[0] // 4
-        self.device = device if fits else torch.device("cpu")
+        self.device = device
+        if device.type == "cuda" and dataset.images.nbytes > torch.cuda.mem_get_info(device)[0] // 4:
+            self.device = torch.device("cpu")  # leave the GPU's memory to the model
+            log.info("the training images (%.1f GB) stay in host memory: over a quarter of the GPU's free memory",
+                     dataset.images.nbytes / 1e9)
         self.images, self.labels = dataset.images.to(self.device), dataset.labels.to(self.device)
         self.sampler = sampler
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]]:
-        for _, indices in self.sampler.batches():
-            indices = indices.to(self.device)
+        for _, indices in self.sampler.batches(self.device):
             yield self.images[indices], self.labels[indices], []
 
     def __len__(self) -> int:
