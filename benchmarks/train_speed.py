@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import record, spread, this_command
 
 ROOT = Path(__file__).parents[1]
-# The baseline's default CIFAR model and recipe, pinned so that both commits train the same thing.
+# 6fb4836's default CIFAR model and recipe, pinned so that this commit trains what that baseline does
+# (with another --baseline, the pinned row's ratio compares two models).
 BASELINE_MODEL = ["--model-option", "patch_size=4", "--model-option", "dim=128", "--model-option", "depth=6",
                   "--model-option", "heads=4", "--model-option", "mlp_dim=256",
                   "--model-option", "patch_embed=conv", "--batch-size", "128", "--patch-dropout", "0"]

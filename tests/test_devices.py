@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 import vitkit
 from vitkit.train import trainer
@@ -92,9 +93,11 @@ def test_compiled_steps_draw_patch_dropout_from_each_steps_seed(tmp_path, device
         run.optimizer.zero_grad(set_to_none=True)
         return losses.sum().item()
 
+    skips = counters["inductor"]["cudagraph_skips"]  # inductor falls back without graphs quietly
     loss(0), loss(0)  # under CUDA graphs: the warm-up, then the recording; replays from here on
     first, other, again = loss(1), loss(2), loss(1)
     assert run.compute.compiled is not None and run.compute.cuda_graphs == (device == "cuda")
+    assert counters["inductor"]["cudagraph_skips"] == skips
     assert other != pytest.approx(first, rel=1e-3)
     assert again == pytest.approx(first, rel=1e-6)
 

@@ -50,15 +50,15 @@ def one(tmp_path_factory):
     return root
 
 
-def assert_same_run(a, b, tol=1e-5, skip_key_bias_of_width=None):
-    """The same weights and metrics. `skip_key_bias_of_width`: leave out the attention keys' bias,
+def assert_same_run(a, b, tol=1e-5, skip_key_bias_of_inner_dim=None):
+    """The same weights and metrics. `skip_key_bias_of_inner_dim`: leave out the attention keys' bias,
     whose gradient is zero up to rounding (softmax ignores a shift shared by a row's logits), so
     that AdamW turns two processes' different rounding into steps of the learning rate's size."""
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     for key in wa:
         diff = (wa[key] - wb[key]).abs()
-        if skip_key_bias_of_width and key.endswith("attn.qkv.bias"):  # [queries, keys, values]
-            diff = torch.cat([diff[:skip_key_bias_of_width], diff[2 * skip_key_bias_of_width:]])
+        if skip_key_bias_of_inner_dim and key.endswith("attn.qkv.bias"):  # [queries, keys, values]
+            diff = torch.cat([diff[:skip_key_bias_of_inner_dim], diff[2 * skip_key_bias_of_inner_dim:]])
         assert diff.max().item() < tol, key
     ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +81,7 @@ def test_ddp_two_processes_equal_one_on_in_memory_images(tmp_path):
     two = train(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
-    assert_same_run(tmp_path / "one", tmp_path / "two", skip_key_bias_of_width=64)  # digits' model: width 64
+    assert_same_run(tmp_path / "one", tmp_path / "two", skip_key_bias_of_inner_dim=64)  # digits' model: 4 heads of 16
 
 
 def test_fsdp_two_processes_equal_one(one):

@@ -120,7 +120,8 @@ RECIPE_HELP = {
                f"{COMPILE_FROM:,} training images",
     "seed": "random seed: same seed, same data, same machine = same metrics",
     "workers": "data-loading worker processes for per-image work: decoding, RandAugment, ... (default: up "
-               "to 2; in-memory images without such work are gathered a batch at a time instead)",
+               "to 2; in-memory images without such work are gathered a batch at a time instead, and only "
+               "evaluation uses the workers)",
     "val_split": "fraction of the training images held out when the data has no validation split",
     "image_size": "train at this image size (pixels)",
     "init": "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); the model keeps "
