@@ -76,11 +76,6 @@ class SeededTransform(Dataset):
             torch.manual_seed(seed)
         return self.inner[index]
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Sample]:
-        if self.inner.transform is None:
-            return self.inner.__getitems__([k[0] for k in keys])
-        return [self[k] for k in keys]
-
 
 def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
