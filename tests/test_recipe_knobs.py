@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import write_idx
-from vitkit.train.optim import build_optimizer
+from vitkit.train.optim import Schedule, build_optimizer
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import Run, StopFlag
 
@@ -166,6 +166,19 @@ def test_warmup_and_min_lr_shape_the_schedule(data):
     assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)
     run.step(*first_batch(run), 0.0)
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / steps)
+
+
+def test_a_warmup_longer_than_half_the_run_is_cut_to_half(data):
+    """--epochs 2 with a 3-epoch warm-up: the rate peaks mid-run and decays to min_lr, not ending mid-ramp."""
+    run = run_with(data, lr=0.01, warmup_epochs=3, min_lr=1e-4)
+    steps = run.steps_per_epoch  # 2 epochs: the warm-up becomes the first of them
+    assert run.schedule.lr(0) == pytest.approx(0.01 / steps)
+    assert run.schedule.lr(steps - 1) == pytest.approx(0.01)
+    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)
+    late = Schedule(0.01, 0.0, warmup=100)  # a time budget: the length is known only after a few steps
+    assert late.lr(9) == pytest.approx(0.01 * 10 / 100)
+    late.total = 40
+    assert late.lr(9) == pytest.approx(0.01 * 10 / 20) and late.lr(19) == pytest.approx(0.01)
 
 
 def test_weight_decay_spares_norms_biases_and_tokens(data):

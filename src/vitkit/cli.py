@@ -95,7 +95,7 @@ RECIPE_HELP = {
     "lr": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "weight_decay": "decoupled weight decay (never on norms, biases, position embedding, learned tokens)",
-    "warmup_epochs": "linear warm-up length in epochs",
+    "warmup_epochs": "linear warm-up length in epochs (at most half of the run)",
     "label_smoothing": "label smoothing of the cross-entropy targets",
     "clip_grad": "clip the gradient norm to this value (0 = off)",
     "accum_steps": "split each batch into this many pieces (gradient accumulation)",

@@ -42,17 +42,21 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device, shar
 
 
 class Schedule:
-    """Linear warm-up, then cosine decay to min_lr; the length may be set late (time budgets)."""
+    """Linear warm-up, then cosine decay to min_lr; the length may be set late (time budgets). The
+    warm-up takes at most half of the run once its length is known, so that a run shorter than its
+    recipe's warm-up (`--epochs 2` on photos, whose recipe warms up for 3) still reaches the peak
+    and decays from it instead of ending mid-ramp."""
 
     def __init__(self, base_lr: float, min_lr: float, warmup: int, total: int | None = None):
         self.base_lr, self.min_lr, self.warmup, self.total = base_lr, min_lr, warmup, total
 
     def lr(self, step: int) -> float:
-        if step < self.warmup:
-            return self.base_lr * (step + 1) / self.warmup
+        warmup = self.warmup if self.total is None else min(self.warmup, self.total // 2)
+        if step < warmup:
+            return self.base_lr * (step + 1) / warmup
         if self.total is None:
             return self.base_lr
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        progress = min(1.0, (step - warmup) / max(1, self.total - warmup))
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
