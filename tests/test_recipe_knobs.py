@@ -169,16 +169,19 @@ def test_warmup_and_min_lr_shape_the_schedule(data):
 
 
 def test_a_warmup_longer_than_half_the_run_is_cut_to_half(data):
-    """--epochs 2 with a 3-epoch warm-up: the rate peaks mid-run and decays to min_lr, not ending mid-ramp."""
+    """--epochs 2 with a 3-epoch warm-up: the rate peaks mid-run and decays after, not ending mid-ramp."""
     run = run_with(data, lr=0.01, warmup_epochs=3, min_lr=1e-4)
     steps = run.steps_per_epoch  # 2 epochs: the warm-up becomes the first of them
     assert run.schedule.lr(0) == pytest.approx(0.01 / steps)
-    assert run.schedule.lr(steps - 1) == pytest.approx(0.01)
-    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)
+    assert run.schedule.lr(steps - 1) == run.schedule.lr(steps) == pytest.approx(0.01)
+    assert run.schedule.lr(2 * steps - 1) < 0.01  # the last step taken
+    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)  # where the cosine ends
     late = Schedule(0.01, 0.0, warmup=100)  # a time budget: the length is known only after a few steps
     assert late.lr(9) == pytest.approx(0.01 * 10 / 100)
     late.total = 40
     assert late.lr(9) == pytest.approx(0.01 * 10 / 20) and late.lr(19) == pytest.approx(0.01)
+    late.total = 39  # an odd length: the warm-up rounds down
+    assert late.lr(17) == pytest.approx(0.01 * 18 / 19) and late.lr(20) < 0.01
 
 
 def test_weight_decay_spares_norms_biases_and_tokens(data):
