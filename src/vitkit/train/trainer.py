@@ -122,6 +122,7 @@ class Run:
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
         self.started, self.strict, self.step_times, self.last_plot = time.time(), strict, [], 0.0
+        self.plot_seconds = 0.0  # the last plot's: the run's last epoch always plots, so the budget keeps it
         self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
@@ -415,7 +416,7 @@ class Run:
         p = self.progress
         test = len(self.splits.test) / max(len(self.splits.val), 1) if self.splits.test is not None else 0.0
         p.steps = self.world.broadcast(self.planner.steps(self.elapsed(), p.global_step, step_seconds, eval_seconds,
-                                                          test * eval_seconds))
+                                                          test * eval_seconds + self.plot_seconds))
         p.epochs = math.ceil(p.steps / self.steps_per_epoch)
         self.schedule.total = p.steps
 
@@ -475,8 +476,10 @@ class Run:
         save_weights(weights, self.config, self.paths.root, meta)
         atomic.write_text(self.paths.metrics, "".join(json.dumps(h) + "\n" for h in self.progress.history))
         if final or time.time() - self.last_plot > PLOT_EVERY_S:
+            start = time.time()
             plots.curves(self.progress.history, self.paths.curves)
             self.last_plot = time.time()
+            self.plot_seconds = self.last_plot - start
 
     def finish(self) -> dict:
         """The result, with the test split (when the data has one) scored once, at the end."""
