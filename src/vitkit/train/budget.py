@@ -29,7 +29,8 @@ class BudgetPlanner:
               final_seconds: float = 0.0) -> int:
         """Optimizer steps for the whole run: the `steps_done` in `elapsed` seconds, then as many
         as fit in what is left, each epoch (the last one too, however short) ending with an
-        evaluation of `eval_seconds`, and the run with `final_seconds` (the test split, the last plot)."""
+        evaluation of `eval_seconds`, and the run with `final_seconds` (the test split, the last
+        plot)."""
         per_epoch, step_seconds = self.steps_per_epoch, max(step_seconds, 1e-6)
         left = max(0.0, self.budget * (1 - END) - elapsed - final_seconds) * SAFETY
         steps = steps_done

@@ -52,7 +52,8 @@ from vitkit.weights.native import save_weights
 
 log = logging.getLogger("vitkit")
 NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; Fashion-MNIST flips: a garment stays one
-PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often (a plot costs ~0.2 s)
+PLOT_EVERY_S = 10  # curves.png: after every epoch, but at most this often
+PLOT_SECONDS = 0.3  # a plot's time until one is timed (0.26 s alone on the 2-core development CPU)
 TIMING_KEYS = ("seconds", "train_seconds", "elapsed", "img_per_s", "loader_wait_s")  # differ run to run
 CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
 # Called with the run before every training step: for tests that inject faults, and for anyone
@@ -122,7 +123,8 @@ class Run:
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
         self.started, self.strict, self.step_times, self.last_plot = time.time(), strict, [], 0.0
-        self.plot_seconds = 0.0  # the last plot's: the run's last epoch always plots, so the budget keeps it
+        self.plot_seconds = PLOT_SECONDS  # the last plot's (rank 0's, whose plan is broadcast): the
+        # run's last epoch always plots, after the last plan, so the plans keep this much for it
         self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
