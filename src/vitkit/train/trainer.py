@@ -123,8 +123,9 @@ class Run:
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
         self.started, self.strict, self.step_times, self.last_plot = time.time(), strict, [], 0.0
-        self.plot_seconds = PLOT_SECONDS  # the last plot's (rank 0's, whose plan is broadcast): the
-        # run's last epoch always plots, after the last plan, so the plans keep this much for it
+        # The last plot's time (rank 0's, whose plan is broadcast): the run's last epoch always plots,
+        # after the last plan, so the plans keep this much for it.
+        self.plot_seconds = PLOT_SECONDS
         self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
