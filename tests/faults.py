@@ -14,12 +14,18 @@ before the model's forward pass, i.e. the stream that dropout, drop-path and Mix
     python tests/faults.py heartbeat:FILE train ...
 
 writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from outside).
+
+    python tests/faults.py slow:RANK:STEP:SECONDS train ...
+
+makes the process of that rank sleep SECONDS before every step from global step STEP on (a
+machine that slows down).
 """
 
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -62,7 +68,17 @@ def heartbeat(path: str) -> None:
     trainer.STEP_HOOKS.append(lambda run: Path(path).write_text(f"{run.progress.epoch} {run.progress.step}"))
 
 
+def slow(spec: str) -> None:
+    rank, step, seconds = spec.split(":")
+
+    def sleep(run: trainer.Run) -> None:
+        if run.world.rank == int(rank) and run.progress.global_step >= int(step):
+            time.sleep(float(seconds))
+
+    trainer.STEP_HOOKS.append(sleep)
+
+
 if __name__ == "__main__":
     kind, _, rest = sys.argv[1].partition(":")
-    {"draws": record_draws, "heartbeat": heartbeat}.get(kind, lambda _: install(sys.argv[1]))(rest)
+    {"draws": record_draws, "heartbeat": heartbeat, "slow": slow}.get(kind, lambda _: install(sys.argv[1]))(rest)
     sys.exit(main(sys.argv[2:]))

@@ -87,6 +87,19 @@ def test_ddp_two_processes_equal_one_on_in_memory_images(tmp_path):
     assert_same_run(tmp_path / "one", tmp_path / "two", skip_key_bias_of_inner_dim=64)  # digits' model: 4 heads of 16
 
 
+def test_a_budget_run_ends_on_time_when_one_process_slows_down(tmp_path):
+    """Rank 1's steps take 2 s more from step 50 on: rank 0 waits for it in every collective, so its
+    clock sees the slowdown, and every process ends at the same step, before the epoch's end would
+    have planned again (step 60) and within the budget."""
+    done = subprocess.run([*TORCHRUN, FAULTS, "slow:1:50:2.0", "train", "digits", "--time-budget", "12",
+                           "--batch-size", "64", "--precision", "fp32", "--json", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=ENV, timeout=120)  # a process left waiting: a hang
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert done.stderr.count("the steps have slowed down faster than the plans follow") == 1  # rank 0 speaks
+    assert 51 < result["steps"] < 60 and result["seconds"] <= 12 * 1.05
+
+
 def test_fsdp_two_processes_equal_one(one):
     two = train(str(one / "data"), *COMMON, "--out", str(one / "fsdp"), "--nproc", "2", "--fsdp")
     assert two.returncode == 0, two.stderr[-3000:]

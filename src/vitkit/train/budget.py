@@ -4,9 +4,10 @@ The plan counts steps, not epochs, so that a run spends its whole budget: the la
 cut short (it still ends with an evaluation). It is made from the first timed steps (so the
 cosine schedule knows its length early), then again after every epoch from that epoch's own
 speed and evaluation time (the first epoch less what its first steps spent compiling, which
-later epochs do not pay), so a machine that slows down mid-run does not overrun the budget. The
-plan is saved in every checkpoint, so a resumed run keeps it until its next epoch ends; a run
-stopped before it had a plan makes one after resuming.
+later epochs do not pay), so a machine that slows down mid-run does not overrun the budget;
+steps that slow down within an epoch meet the trainer's backstop at `deadline`. The plan is
+saved in every checkpoint, so a resumed run keeps it until its next epoch ends; a run stopped
+before it had a plan makes one after resuming.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class BudgetPlanner:
         evaluation of `eval_seconds`, and the run with `final_seconds` (the test split, the last
         plot)."""
         per_epoch, step_seconds = self.steps_per_epoch, max(step_seconds, 1e-6)
-        left = max(0.0, self.budget * (1 - END) - elapsed - final_seconds) * SAFETY
+        left = max(0.0, self.deadline(0.0, final_seconds) - elapsed) * SAFETY
         steps = steps_done
         to_end = -steps_done % per_epoch  # the rest of the epoch in progress
         if to_end and to_end * step_seconds + eval_seconds <= left:
@@ -47,6 +48,11 @@ class BudgetPlanner:
         log.info("time budget %.0f s: %.3f s per step, %.1f s per evaluation -> %d steps (%.2f epochs)",
                  self.budget, step_seconds, eval_seconds, steps, steps / per_epoch)
         return steps
+
+    def deadline(self, eval_seconds: float, final_seconds: float) -> float:
+        """The elapsed seconds by which training must stop so that the last evaluation and the run's
+        final outputs still fit: the plans end short of it (SAFETY), the trainer's backstop at it."""
+        return self.budget * (1 - END) - eval_seconds - final_seconds
 
     @staticmethod
     def steady_seconds(seconds: float, step_times: list[float]) -> float:

@@ -127,6 +127,7 @@ class Run:
         # after the last plan, so the plans keep this much for it.
         self.plot_seconds = PLOT_SECONDS
         self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
+        self.deadline = math.inf  # elapsed() past which a step would leave too little for the run's end
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
             resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
@@ -288,7 +289,7 @@ class Run:
         planned = self.steps_per_epoch if p.steps is None else p.steps - p.epoch * self.steps_per_epoch
         bar = tqdm(total=min(self.steps_per_epoch, planned), initial=p.step, disable=not self.show_progress,
                    leave=False, desc=f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else ""), file=sys.stderr)
-        tick = time.time()
+        tick, last_wall = time.time(), 0.0
         for images, labels, problems in self.feed.loader:
             totals.load_wait += time.time() - tick
             for hook in STEP_HOOKS:
@@ -301,6 +302,14 @@ class Run:
             if p.steps is None and (step_s := BudgetPlanner.step_seconds(self.step_times)):
                 # a first plan; evaluation guessed at ~2.5x the training rate per image (forward only)
                 self.plan_steps(step_s * 1.03, len(self.splits.val) * step_s / self.recipe.batch_size / 2.5)
+            wall = time.time() - tick  # this step's, loading included; the shorter of two ignores one hiccup
+            if (self.planner and p.steps is not None and p.global_step < p.steps
+                    and self.world.any(self.world.main and self.out_of_time(min(wall, last_wall)))):
+                if self.world.main:  # the decision is rank 0's; the other processes follow it
+                    log.warning("time budget: the steps have slowed down faster than the plans follow; ending the "
+                                "run after step %d of the planned %d", p.global_step, p.steps)
+                p.steps, p.epochs = p.global_step, p.epoch + 1
+            last_wall = wall
             bar.update(1)
             if totals.seen and p.step % 10 == 0:
                 bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.3f}",
@@ -418,10 +427,19 @@ class Run:
         """The run's steps (budget.py) and so its epochs and the schedule's length."""
         p = self.progress
         test = len(self.splits.test) / max(len(self.splits.val), 1) if self.splits.test is not None else 0.0
+        final_seconds = test * eval_seconds + self.plot_seconds
         p.steps = self.world.broadcast(self.planner.steps(self.elapsed(), p.global_step, step_seconds, eval_seconds,
-                                                          test * eval_seconds + self.plot_seconds))
+                                                          final_seconds))
         p.epochs = math.ceil(p.steps / self.steps_per_epoch)
         self.schedule.total = p.steps
+        self.deadline = self.planner.deadline(eval_seconds, final_seconds)
+
+    def out_of_time(self, step_seconds: float) -> bool:
+        """Whether one more step of `step_seconds` would leave too little of the budget for the last
+        evaluation and the final outputs: the backstop for steps that slow down within an epoch,
+        which the plans (made at epochs' ends) see too late. The plans keep a margin short of this
+        line, so a run that keeps to its plan does not meet it."""
+        return self.elapsed() + step_seconds > self.deadline
 
     # -- evaluate, save, publish -------------------------------------------------------------------
     def epoch_totals(self) -> EpochTotals:
