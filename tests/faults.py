@@ -15,10 +15,10 @@ before the model's forward pass, i.e. the stream that dropout, drop-path and Mix
 
 writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from outside).
 
-    python tests/faults.py slow:RANK:STEP:SECONDS train ...
+    python tests/faults.py slow:RANK:LEFT:SECONDS train ...
 
-makes the process of that rank sleep SECONDS before every step from global step STEP on (a
-machine that slows down).
+makes the process of that rank sleep SECONDS before every step once less than LEFT seconds are
+left before its --time-budget deadline (a machine that slows down near a run's end).
 """
 
 import json
@@ -69,10 +69,10 @@ def heartbeat(path: str) -> None:
 
 
 def slow(spec: str) -> None:
-    rank, step, seconds = spec.split(":")
+    rank, left, seconds = spec.split(":")
 
     def sleep(run: trainer.Run) -> None:
-        if run.world.rank == int(rank) and run.progress.global_step >= int(step):
+        if run.world.rank == int(rank) and run.progress.deadline - run.elapsed() < float(left):
             time.sleep(float(seconds))
 
     trainer.STEP_HOOKS.append(sleep)

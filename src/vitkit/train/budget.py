@@ -33,7 +33,7 @@ class BudgetPlanner:
         evaluation of `eval_seconds`, and the run with `final_seconds` (the test split, the last
         plot)."""
         per_epoch, step_seconds = self.steps_per_epoch, max(step_seconds, 1e-6)
-        left = max(0.0, self.deadline(0.0, final_seconds) - elapsed) * SAFETY
+        left = max(0.0, self.budget * (1 - END) - elapsed - final_seconds) * SAFETY
         steps = steps_done
         to_end = -steps_done % per_epoch  # the rest of the epoch in progress
         if to_end and to_end * step_seconds + eval_seconds <= left:

@@ -87,6 +87,7 @@ class Progress:
     epochs: int | None = None  # None until a --time-budget run has planned; the last may be cut short
     steps: int | None = None  # optimizer steps of the whole run (the plan, with --time-budget)
     elapsed: float = 0.0  # wall seconds of earlier attempts (the budget counts them)
+    deadline: float = math.inf  # elapsed seconds by which training must stop (the last plan's; --time-budget)
     nonfinite: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)
     skipped_files: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -127,7 +128,6 @@ class Run:
         # after the last plan, so the plans keep this much for it.
         self.plot_seconds = PLOT_SECONDS
         self.epoch_ended: float | None = None  # elapsed() when the last epoch of this attempt ended
-        self.deadline = math.inf  # elapsed() past which a step would leave too little for the run's end
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if resume is None and restarted() and out and RunPaths(out).checkpoint.exists():
             resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
@@ -289,7 +289,7 @@ class Run:
         planned = self.steps_per_epoch if p.steps is None else p.steps - p.epoch * self.steps_per_epoch
         bar = tqdm(total=min(self.steps_per_epoch, planned), initial=p.step, disable=not self.show_progress,
                    leave=False, desc=f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else ""), file=sys.stderr)
-        tick, last_wall = time.time(), 0.0
+        tick, last_wall = time.time(), 0.0  # 0: an epoch's first step (its wall holds the loader's start)
         for images, labels, problems in self.feed.loader:
             totals.load_wait += time.time() - tick
             for hook in STEP_HOOKS:
@@ -302,13 +302,8 @@ class Run:
             if p.steps is None and (step_s := BudgetPlanner.step_seconds(self.step_times)):
                 # a first plan; evaluation guessed at ~2.5x the training rate per image (forward only)
                 self.plan_steps(step_s * 1.03, len(self.splits.val) * step_s / self.recipe.batch_size / 2.5)
-            wall = time.time() - tick  # this step's, loading included; the shorter of two ignores one hiccup
-            if (self.planner and p.steps is not None and p.global_step < p.steps
-                    and self.world.any(self.world.main and self.out_of_time(min(wall, last_wall)))):
-                if self.world.main:  # the decision is rank 0's; the other processes follow it
-                    log.warning("time budget: the steps have slowed down faster than the plans follow; ending the "
-                                "run after step %d of the planned %d", p.global_step, p.steps)
-                p.steps, p.epochs = p.global_step, p.epoch + 1
+            wall = time.time() - tick  # this step's, loading included
+            self.end_if_out_of_time(wall, last_wall)
             last_wall = wall
             bar.update(1)
             if totals.seen and p.step % 10 == 0:
@@ -432,14 +427,23 @@ class Run:
                                                           final_seconds))
         p.epochs = math.ceil(p.steps / self.steps_per_epoch)
         self.schedule.total = p.steps
-        self.deadline = self.planner.deadline(eval_seconds, final_seconds)
+        p.deadline = self.planner.deadline(eval_seconds, final_seconds)
 
-    def out_of_time(self, step_seconds: float) -> bool:
-        """Whether one more step of `step_seconds` would leave too little of the budget for the last
-        evaluation and the final outputs: the backstop for steps that slow down within an epoch,
-        which the plans (made at epochs' ends) see too late. The plans keep a margin short of this
-        line, so a run that keeps to its plan does not meet it."""
-        return self.elapsed() + step_seconds > self.deadline
+    def end_if_out_of_time(self, wall: float, last_wall: float) -> None:
+        """The backstop for steps that slow down within an epoch, which the plans (made at epochs'
+        ends) see too late: once one more step as long as the shorter of the last two (one hiccup is
+        not a slowdown) would pass the deadline, this step is the run's last. The plans end ~3% of
+        what was left at the last plan short of the deadline, so a run meets it only when its steps
+        run slower than that. Rank 0's clock decides for every process; all call this at the same
+        steps."""
+        p = self.progress
+        if not self.planner or p.steps is None or p.global_step >= p.steps:
+            return
+        if self.world.any(self.world.main and self.elapsed() + min(wall, last_wall) > p.deadline):
+            if self.world.main:
+                log.warning("time budget: the steps ran slower than planned; ending after step %d of %d to stay "
+                            "within %.0f s", p.global_step, p.steps, self.planner.budget)
+            p.steps, p.epochs = p.global_step, p.epoch + 1  # the schedule keeps its length: ends undecayed
 
     # -- evaluate, save, publish -------------------------------------------------------------------
     def epoch_totals(self) -> EpochTotals:
