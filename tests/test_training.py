@@ -89,7 +89,7 @@ def test_a_checkpoint_from_before_step_plans_resumes_with_its_epochs(tmp_path, h
 
 
 def test_a_budget_run_plans_again_each_epoch_and_ends_on_its_planned_step(tmp_path, hook, monkeypatch, caplog):
-    """The machine slows down (each step takes 200 ms more) after two epochs: the plan made after
+    """The machine slows down (each step takes 150 ms more) after two epochs: the plan made after
     the first slow epoch sees the slow steps and shrinks, so the run still ends within its budget,
     on the step the last plan names (inside an epoch, as a rule), or in its last epoch, before
     that step, where that epoch's steps slow down further and the backstop says so (a loaded CI
@@ -97,7 +97,7 @@ def test_a_budget_run_plans_again_each_epoch_and_ends_on_its_planned_step(tmp_pa
     does not hang on the machine's own speed (a ratio of plans did: CI's slower steps failed it)."""
     def slow_after_two_epochs(run: Run) -> None:
         if run.progress.epoch >= 2:
-            time.sleep(0.2)
+            time.sleep(0.15)
     hook(slow_after_two_epochs)
     plans, step_seconds = [], []
     real = budget.BudgetPlanner.steps
@@ -107,16 +107,16 @@ def test_a_budget_run_plans_again_each_epoch_and_ends_on_its_planned_step(tmp_pa
         plans.append(real(self, *args))
         return plans[-1]
     monkeypatch.setattr(budget.BudgetPlanner, "steps", planned)
-    result = train("digits", Recipe(time_budget=12, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
-    assert len(plans) >= 3 and step_seconds[-1] >= 0.2 > step_seconds[1] and plans[-1] < plans[1]
+    result = train("digits", Recipe(time_budget=15, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
+    assert len(plans) >= 3 and step_seconds[-1] >= 0.15 > step_seconds[1] and plans[-1] < plans[1]
     if result["steps"] != plans[-1]:  # the backstop's end, in the planned last epoch
         assert "the steps ran slower than planned" in caplog.text and result["epochs"] == -(-plans[-1] // 20)
-    assert result["steps"] <= plans[-1] and result["seconds"] <= 12 * 1.05
+    assert result["steps"] <= plans[-1] and result["seconds"] <= 15 * 1.05
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(h["steps"] for h in history) == result["steps"] and len(history) == result["epochs"]
 
 
-def slow_near_the_deadline(left: float, seconds: float, slowed: list[int], times: int = 10**9):
+def slow_near_the_deadline(left: float, seconds: float, slowed: list[int], times: int):
     """A hook: once less than `left` seconds are left before the budget's deadline, the next `times`
     steps take `seconds` more, starting at least two steps before an epoch's end (digits has 20
     steps an epoch at batch 64), so that its first two slow steps fall in one epoch. `slowed`
@@ -135,7 +135,7 @@ def test_a_budget_run_ends_early_when_its_steps_slow_down_within_an_epoch(tmp_pa
     (a step is judged by the shorter of it and the one before), which leaves too little for one
     more and the last evaluation. The checkpoint and the metrics say where it ended."""
     slowed = []
-    hook(slow_near_the_deadline(5.0, 2.0, slowed))
+    hook(slow_near_the_deadline(5.0, 2.0, slowed, times=5))
     result = train("digits", Recipe(time_budget=10, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
     assert result["steps"] == slowed[0] + 2 and result["seconds"] <= 10 * 1.05
     assert "the steps ran slower than planned; ending after step" in caplog.text
@@ -146,26 +146,26 @@ def test_a_budget_run_ends_early_when_its_steps_slow_down_within_an_epoch(tmp_pa
 
 
 def test_one_slow_step_near_the_deadline_does_not_end_a_budget_run_at_once(tmp_path, hook):
-    """A single 0.6 s hiccup with ~1 s left before the deadline: judged alone, a step that long
-    would leave too little for another; judged with the step before it, the run goes on (and
-    ends when the plan or the deadline says)."""
+    """A single 2 s hiccup with 3 s left before the deadline: judged alone, a step that long would
+    leave too little for another; judged with the step before it, the run goes on (and ends when
+    the plan or the deadline says)."""
     slowed = []
-    hook(slow_near_the_deadline(1.0, 0.6, slowed, times=1))
+    hook(slow_near_the_deadline(3.0, 2.0, slowed, times=1))
     result = train("digits", Recipe(time_budget=10, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
     assert slowed and result["steps"] >= slowed[0] + 2
 
 
 def test_a_resumed_budget_run_keeps_its_deadline(tmp_path, hook):
-    """The deadline is saved with the plan: an attempt resumed with ~7 s left whose steps take 2 s
-    from its start (five of them) ends on time, before its first epoch's end would plan again."""
-    hook(stop_at(3, 3))
+    """The deadline is saved with the plan: an attempt resumed with ~8 s left whose steps take 2 s
+    from its start (six of them) ends on time, before its first epoch's end would plan again."""
+    hook(stop_at(2, 8))  # after the first plan (at epoch 1's end)
     with pytest.raises(KeyboardInterrupt):
         train("digits", Recipe(time_budget=10, **FAST), {"time_budget", *FAST}, out=tmp_path / "run")
     trainer.STEP_HOOKS.clear()
     slowed = []
-    hook(lambda run: (slowed.append(run.progress.global_step), time.sleep(2.0)) if len(slowed) < 5 else None)
+    hook(lambda run: (slowed.append(run.progress.global_step), time.sleep(2.0)) if len(slowed) < 6 else None)
     result = train(resume=tmp_path / "run")
-    assert len(slowed) < 5 and result["seconds"] <= 10 * 1.05
+    assert len(slowed) < 6 and result["seconds"] <= 10 * 1.05
 
 
 def test_a_budget_keeps_time_for_the_last_plot(tmp_path, monkeypatch):

@@ -124,6 +124,7 @@ class Run:
         if not self.world.main:
             log.setLevel(logging.WARNING)  # one process speaks
         self.started, self.strict, self.step_times, self.last_plot = time.time(), strict, [], 0.0
+        self.last_wall = 0.0  # the last step's wall seconds; 0 before this attempt's first (start-up, compilation)
         # The last plot's time (rank 0's, whose plan is broadcast): the run's last epoch always plots,
         # after the last plan, so the plans keep this much for it.
         self.plot_seconds = PLOT_SECONDS
@@ -289,7 +290,7 @@ class Run:
         planned = self.steps_per_epoch if p.steps is None else p.steps - p.epoch * self.steps_per_epoch
         bar = tqdm(total=min(self.steps_per_epoch, planned), initial=p.step, disable=not self.show_progress,
                    leave=False, desc=f"epoch {p.epoch + 1}" + (f"/{p.epochs}" if p.epochs else ""), file=sys.stderr)
-        tick, last_wall = time.time(), 0.0  # 0: an epoch's first step (its wall holds the loader's start)
+        tick = time.time()
         for images, labels, problems in self.feed.loader:
             totals.load_wait += time.time() - tick
             for hook in STEP_HOOKS:
@@ -302,9 +303,7 @@ class Run:
             if p.steps is None and (step_s := BudgetPlanner.step_seconds(self.step_times)):
                 # a first plan; evaluation guessed at ~2.5x the training rate per image (forward only)
                 self.plan_steps(step_s * 1.03, len(self.splits.val) * step_s / self.recipe.batch_size / 2.5)
-            wall = time.time() - tick  # this step's, loading included
-            self.end_if_out_of_time(wall, last_wall)
-            last_wall = wall
+            self.end_if_out_of_time(time.time() - tick)  # this step's wall seconds, loading included
             bar.update(1)
             if totals.seen and p.step % 10 == 0:
                 bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.3f}",
@@ -429,17 +428,17 @@ class Run:
         self.schedule.total = p.steps
         p.deadline = self.planner.deadline(eval_seconds, final_seconds)
 
-    def end_if_out_of_time(self, wall: float, last_wall: float) -> None:
+    def end_if_out_of_time(self, wall: float) -> None:
         """The backstop for steps that slow down within an epoch, which the plans (made at epochs'
         ends) see too late: once one more step as long as the shorter of the last two (one hiccup is
         not a slowdown) would pass the deadline, this step is the run's last. The plans end ~3% of
-        what was left at the last plan short of the deadline, so a run meets it only when its steps
-        run slower than that. Rank 0's clock decides for every process; all call this at the same
-        steps."""
-        p = self.progress
+        what was left at the last plan short of the deadline, so a run meets it only when it runs
+        slower than its plan by more than that. Rank 0's clock decides for every process; all call
+        this at the same steps."""
+        p, shorter, self.last_wall = self.progress, min(wall, self.last_wall), wall
         if not self.planner or p.steps is None or p.global_step >= p.steps:
             return
-        if self.world.any(self.world.main and self.elapsed() + min(wall, last_wall) > p.deadline):
+        if self.world.any(self.world.main and self.elapsed() + shorter > p.deadline):
             if self.world.main:
                 log.warning("time budget: the steps ran slower than planned; ending after step %d of %d to stay "
                             "within %.0f s", p.global_step, p.steps, self.planner.budget)
