@@ -1,4 +1,4 @@
-"""What keeping freed memory buys (`vitkit.memory.keep_freed_memory`): the compiled training step
+"""What keeping freed memory buys (`vitkit.runtime.keep_freed_memory`): the compiled training step
 with glibc's default malloc against the same step with freed blocks kept for reuse.
 
     python benchmarks/allocator.py [--rounds 4] [--no-record]
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import paired_parser, record, spread, this_command
 from cpu_kernels import BATCH, MODELS, STEPS, training_step, with_gelu
-from vitkit.memory import MALLOC_ENV, keep_freed_memory
+from vitkit.runtime import MALLOC_ENV, keep_freed_memory
 
 SETTINGS = ("glibc default", "kept")
 CHUNKS = 4  # timed chunks of STEPS steps per process

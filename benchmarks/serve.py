@@ -43,7 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import vitkit
 from common import machine, record, this_command
-from vitkit.data.normalization import HALF
+from vitkit.model.normalization import HALF
 from vitkit.serve.app import load_engine
 
 CLIENTS = (1, 8, 64)

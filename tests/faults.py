@@ -15,17 +15,17 @@ before the model's forward pass, i.e. the stream that dropout, drop-path and Mix
 
 writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from outside).
 
-    python tests/faults.py slow:RANK:LEFT:SECONDS train ...
+    python tests/faults.py clock:RANK:LEFT:SECONDS train ...
 
-makes the process of that rank sleep SECONDS before every step once less than LEFT seconds are
-left before its --time-budget deadline (a machine that slows down near a run's end).
+runs every process's --time-budget on a fake clock on which each step takes 1/16 s, and on which
+the steps of the process of that rank take SECONDS once less than LEFT seconds are left before
+its deadline (a machine that slows down near a run's end); nothing else takes time on it.
 """
 
 import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -52,14 +52,14 @@ def record_draws(folder: str) -> None:
 
     def probe(run: trainer.Run) -> None:
         if not draws and not hasattr(run, "_probed"):
-            model_forward, run._probed = run.forward, True
+            model_forward, run._probed = run.parts.forward, True
 
             def forward(x):
                 draws.append(torch.rand(4).tolist())
                 Path(folder, f"rank-{run.world.rank}.json").write_text(json.dumps(draws))
                 return model_forward(x)
 
-            run.forward = forward
+            run.parts.forward = forward
 
     trainer.STEP_HOOKS.append(probe)
 
@@ -68,17 +68,23 @@ def heartbeat(path: str) -> None:
     trainer.STEP_HOOKS.append(lambda run: Path(path).write_text(f"{run.progress.epoch} {run.progress.step}"))
 
 
-def slow(spec: str) -> None:
+def fake_clock(spec: str) -> None:
     rank, left, seconds = spec.split(":")
+    now = [0.0]
+    real_start = trainer.start
 
-    def sleep(run: trainer.Run) -> None:
-        if run.world.rank == int(rank) and run.progress.deadline - run.elapsed() < float(left):
-            time.sleep(float(seconds))
+    def start(*args, **kwargs) -> trainer.Run:  # every run of this process on the fake clock
+        return real_start(*args, **{**kwargs, "clock": lambda: now[0]})
 
-    trainer.STEP_HOOKS.append(sleep)
+    def step(run: trainer.Run) -> None:
+        slow = run.world.rank == int(rank) and run.budget.deadline - run.budget.elapsed() < float(left)
+        now[0] += float(seconds) if slow else 0.0625  # 1/16: exact in binary
+
+    trainer.start = start
+    trainer.STEP_HOOKS.append(step)
 
 
 if __name__ == "__main__":
     kind, _, rest = sys.argv[1].partition(":")
-    {"draws": record_draws, "heartbeat": heartbeat, "slow": slow}.get(kind, lambda _: install(sys.argv[1]))(rest)
+    {"draws": record_draws, "heartbeat": heartbeat, "clock": fake_clock}.get(kind, lambda _: install(sys.argv[1]))(rest)
     sys.exit(main(sys.argv[2:]))

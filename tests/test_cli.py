@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.cli import main
 from vitkit.data.decode import read_image
-from vitkit.data.transforms import eval_transform, to_model_input
-from vitkit.train.trainer import TIMING_KEYS
+from vitkit.data.transforms import eval_transform
+from vitkit.model.normalization import to_model_input
+from vitkit.train.outputs import TIMING_KEYS
 
 
 def make_folder(root: Path, classes=("red", "green", "blue"), per_class=6, size=16, corrupt=True) -> Path:

@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 import vitkit
 from vitkit.train import trainer
 from vitkit.train.recipe import Recipe
-from vitkit.train.trainer import Run, StopFlag
+from vitkit.train.trainer import Run, start
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GPUS = DEVICES[1:] or [pytest.param("cuda", marks=pytest.mark.skip(reason="no GPU here"))]
@@ -25,16 +25,15 @@ FIELDS = dict(epochs=2, batch_size=64, workers=0, precision="fp32", seed=2)
 
 def ready_run(device: str, out: Path, fields: dict = FIELDS) -> Run:
     """A digits run built and ready to take steps by hand, from its first epoch's batches."""
-    run = Run("digits", Recipe(**fields), set(fields), out=out, device=device)
-    run.stop = StopFlag()
+    run = start("digits", Recipe(**fields), set(fields), out=out, device=device)
     run.feed.sampler.set_epoch(0)
     return run
 
 
 def one_step_weights(device: str, tmp_path: Path) -> dict[str, torch.Tensor]:
     run = ready_run(device, tmp_path / device)
-    run.step(*next(iter(run.feed.loader))[:2], 0.0)
-    return {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    run.step(*next(iter(run.feed.loader))[:2])
+    return {k: v.detach().cpu() for k, v in run.parts.model.state_dict().items()}
 
 
 @pytest.mark.parametrize("device", GPUS)
@@ -54,16 +53,16 @@ def test_compiled_steps_compute_what_eager_steps_compute(tmp_path, device, monke
     def three_steps(compiled: bool) -> tuple[list[float], list[dict[str, torch.Tensor]]]:
         run = ready_run(device, tmp_path / str(compiled), {**FIELDS, "compile": compiled})
         assert getattr(run.compute, "cuda_graphs", False) == (compiled and device == "cuda")
-        losses, grads, batches, optimizer_step = [], [], iter(run.feed.loader), run.optimizer.step
+        losses, grads, batches, optimizer_step = [], [], iter(run.feed.loader), run.parts.optimizer.step
 
         def record_then_step():
-            grads.append({n: p.grad.detach().cpu().clone() for n, p in run.model.named_parameters()})
+            grads.append({n: p.grad.detach().cpu().clone() for n, p in run.parts.model.named_parameters()})
             optimizer_step()
 
-        run.optimizer.step = record_then_step
+        run.parts.optimizer.step = record_then_step
         for _ in range(3):
             before = run.progress.totals.loss_sum
-            run.step(*next(batches)[:2], 0.0)
+            run.step(*next(batches)[:2])
             losses.append(run.progress.totals.loss_sum - before)
         assert not compiled or run.compute.compiled is not None  # no fallback to eager
         return losses, grads
@@ -83,14 +82,14 @@ def test_compiled_steps_draw_patch_dropout_from_each_steps_seed(tmp_path, device
     replayed CUDA graph) must follow that seed: another seed drops other patches, the same seed
     the same ones. A draw frozen into the graph would give every step the same patches."""
     run = ready_run(device, tmp_path, {**FIELDS, "compile": True, "patch_dropout": 0.5})
-    torch.nn.init.normal_(run.model.head.weight)  # the zero-initialised head's logits ignore the patches
+    torch.nn.init.normal_(run.parts.model.head.weight)  # the zero-initialised head's logits ignore the patches
     batch = run.feed.prepare(*next(iter(run.feed.loader))[:2], 0, 0)
 
     def loss(seed: int) -> float:
         torch.manual_seed(seed)
         losses, _ = run.compute(batch.images, batch.targets, batch.weights)
         losses.sum().backward()  # as in a step: the graph's backward runs before the next replay
-        run.optimizer.zero_grad(set_to_none=True)
+        run.parts.optimizer.zero_grad(set_to_none=True)
         return losses.sum().item()
 
     skips = counters["inductor"]["cudagraph_skips"]  # inductor falls back without graphs quietly

@@ -8,7 +8,7 @@ import torchvision
 import vitkit
 from vitkit.train.distill import SOFT_TEMPERATURE, SOFT_WEIGHT, distillation_losses, load_teacher
 from vitkit.train.recipe import Recipe
-from vitkit.train.trainer import Run, StopFlag, train
+from vitkit.train.trainer import start, train
 
 FAST = dict(batch_size=64, workers=0, precision="fp32")
 
@@ -45,21 +45,21 @@ def stubborn_teacher(tmp_path_factory):
 
 def test_the_distillation_head_learns_the_teacher_and_the_class_head_the_labels(tmp_path, stubborn_teacher):
     recipe = Recipe(epochs=8, teacher=str(stubborn_teacher), **FAST)
-    run = Run("digits", recipe, {"epochs", "teacher", *FAST}, out=tmp_path / "student")
-    assert run.config.distilled
+    run = start("digits", recipe, {"epochs", "teacher", *FAST}, out=tmp_path / "student")
+    assert run.plan.config.distilled
     result = run.fit()
     student = vitkit.load(tmp_path / "student").eval()
-    images = run.feed.normalization(run.splits.test.images.float() / 255)
+    images = run.feed.normalization(run.plan.splits.test.images.float() / 255)
     tokens, _ = student.forward_tokens(images)
     dist_says = student.head_dist(tokens[:, 1]).argmax(1)
     cls_says = student.head(tokens[:, 0]).argmax(1)
     assert (dist_says == 3).float().mean() > 0.9  # the teacher's answer
-    assert (cls_says == run.splits.test.labels).float().mean() > 0.5  # the labels
+    assert (cls_says == run.plan.splits.test.labels).float().mean() > 0.5  # the labels
     with torch.no_grad():  # at inference the two heads are averaged (DeiT), and that is what the run scores
         averaged = (student.head(tokens[:, 0]) + student.head_dist(tokens[:, 1])) / 2
         torch.testing.assert_close(student(images), averaged)
-    assert result["test_top1"] == pytest.approx((averaged.argmax(1) == run.splits.test.labels).float().mean().item(),
-                                                abs=1 / len(images))
+    scored = (averaged.argmax(1) == run.plan.splits.test.labels).float().mean().item()
+    assert result["test_top1"] == pytest.approx(scored, abs=1 / len(images))
 
 
 def test_a_torchvision_teacher_is_fed_its_own_normalization_and_checked(tmp_path):
@@ -78,13 +78,12 @@ def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
     weights = []
     for checkpointing in (False, True):
         fields = dict(epochs=1, grad_checkpointing=checkpointing, **FAST)
-        run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / str(checkpointing))
-        assert run.model.grad_checkpointing == checkpointing
-        run.stop = StopFlag()
+        run = start("digits", Recipe(**fields), set(fields), out=tmp_path / str(checkpointing))
+        assert run.parts.model.grad_checkpointing == checkpointing
         run.feed.sampler.set_epoch(0)
         for images, labels, _ in list(run.feed.loader)[:3]:
-            run.step(images, labels, 0.0)
-        weights.append(run.model.state_dict())
+            run.step(images, labels)
+        weights.append(run.parts.model.state_dict())
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=1e-6)
 

@@ -15,7 +15,7 @@ from torchvision.transforms.v2.functional import normalize
 import vitkit
 from helpers import randomize
 from vitkit.cli import main
-from vitkit.data.normalization import IMAGENET
+from vitkit.model.normalization import IMAGENET
 from vitkit.probe.fewshot import class_orders, fit_least_squares
 
 

@@ -18,7 +18,7 @@ from torchvision.transforms.v2.functional import normalize
 import vitkit
 from helpers import hub_cache, randomize
 from vitkit.cli import main
-from vitkit.data.normalization import IMAGENET, Normalization
+from vitkit.model.normalization import IMAGENET, Normalization
 from vitkit.train import trainer
 from vitkit.weights.export import export
 
@@ -143,7 +143,7 @@ def test_train_normalize_is_recorded_fed_and_used_by_predict_and_eval(tmp_path):
     assert main(["train", str(data), "--normalize", "imagenet", *flags]) == 0
     assert json.loads((run / "config.json").read_text())["normalize"] == IMAGENET.to_dict()
     fields = dict(epochs=1, batch_size=4, workers=0, precision="fp32", normalize="imagenet")
-    fed = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "fed")
+    fed = trainer.start(str(data), Recipe(**fields), set(fields), out=tmp_path / "fed")
     fed.feed.sampler.set_epoch(0)
     images, labels, _ = next(iter(fed.feed.loader))
     batch = fed.feed.prepare(images, labels, 0, 0)
@@ -175,16 +175,16 @@ def test_init_chooses_the_papers_fine_tuning_recipe_unless_told_otherwise(tmp_pa
     # weights of a vitkit run, trained with patch dropout
     randomize(vitkit.create_model("vit_ti4_32", depth=1, num_classes=5, patch_dropout=0.5)).save_pretrained(weights)
     fields = dict(init=str(weights), workers=0)
-    run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "a")
-    assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
-    assert all(g["weight_decay"] == 0 for g in run.optimizer.param_groups)
-    r = run.recipe
+    run = trainer.start(str(data), Recipe(**fields), set(fields), out=tmp_path / "a")
+    assert isinstance(run.parts.optimizer, torch.optim.SGD) and run.parts.optimizer.defaults["momentum"] == 0.9
+    assert all(g["weight_decay"] == 0 for g in run.parts.optimizer.param_groups)
+    r = run.plan.recipe
     assert (r.clip_grad, r.label_smoothing, r.mixup, r.cutmix, r.drop_path) == (1.0, 0.0, 0.0, 0.0, 0.0)
-    assert r.patch_dropout == run.config.patch_dropout == 0.0
+    assert r.patch_dropout == run.plan.config.patch_dropout == 0.0
     fields = dict(init=str(weights), workers=0, model_overrides={"patch_dropout": 0.25})
-    assert trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "c").config.patch_dropout == 0.25
+    assert trainer.start(str(data), Recipe(**fields), set(fields), out=tmp_path / "c").plan.config.patch_dropout == 0.25
     assert r.warmup_epochs > 0 and r.min_lr < r.lr
     fields = dict(init=str(weights), workers=0, optimizer="adamw", weight_decay=0.05)
-    run = trainer.Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "b")
-    assert isinstance(run.optimizer, torch.optim.AdamW)
-    assert {g["weight_decay"] for g in run.optimizer.param_groups} == {0.0, 0.05}
+    run = trainer.start(str(data), Recipe(**fields), set(fields), out=tmp_path / "b")
+    assert isinstance(run.parts.optimizer, torch.optim.AdamW)
+    assert {g["weight_decay"] for g in run.parts.optimizer.param_groups} == {0.0, 0.05}

@@ -17,7 +17,7 @@ from test_cli import make_folder, run_cli
 from test_weights import flax_npz
 from vitkit.model.fast import use_training_kernels
 from vitkit.train.recipe import Recipe
-from vitkit.train.trainer import Run
+from vitkit.train.trainer import start
 
 
 def timm_weights(path):  # a width no paper size has, mean pooling with fc_norm
@@ -73,7 +73,7 @@ def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
     weights, hints = SOURCES[source](tmp_path / "weights")
     original = vitkit.load(weights, **hints)
     recipe = Recipe(init=str(weights), epochs=1, batch_size=8, workers=0, model_overrides=hints)
-    run = Run(str(data), recipe, {"init", "epochs", "batch_size", "workers", "model_overrides"}, out=tmp_path / "run")
+    run = start(str(data), recipe, {"init", "epochs", "batch_size", "workers", "model_overrides"}, out=tmp_path / "run")
     run.fit()
 
     tuned = vitkit.load(tmp_path / "run").eval()  # the published run is the model that was trained,
@@ -82,8 +82,8 @@ def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
     assert {k: tuned.config.to_dict()[k] for k in kept} == kept and tuned.config.num_classes == 3
     x = torch.randn(2, tuned.config.in_channels, *tuned.config.image_hw)
     with torch.no_grad():
-        torch.testing.assert_close(tuned(x), run.eval_model.eval()(x), rtol=0, atol=0)
-    expected = (original.normalization or vitkit.data.normalization.HALF).to_dict()
+        torch.testing.assert_close(tuned(x), run.parts.eval_model.eval()(x), rtol=0, atol=0)
+    expected = (original.normalization or vitkit.model.normalization.HALF).to_dict()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["normalize"] == expected
 
     for args in (["eval", tmp_path / "run", "--data", data, "--workers", "0"],
@@ -97,11 +97,11 @@ def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
 def test_torchvision_weights_are_fine_tuned_with_imagenet_normalization(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     weights, hints = torchvision_weights(tmp_path / "w")
-    assert vitkit.load(weights, **hints).normalization == vitkit.data.normalization.IMAGENET
+    assert vitkit.load(weights, **hints).normalization == vitkit.model.normalization.IMAGENET
     data = make_folder(tmp_path / "imgs", corrupt=False)
     fields = dict(init=str(weights), epochs=1, batch_size=8, workers=0, model_overrides=hints, crop="none",
                   flip=False)
-    run = Run(str(data), Recipe(**fields), set(fields), out=tmp_path / "r")
+    run = start(str(data), Recipe(**fields), set(fields), out=tmp_path / "r")
     images, labels, _ = next(iter(run.feed.loader))
     model_input = run.feed.prepare(images, labels, 0, 0).images.numpy()
     mean = np.array([0.485, 0.456, 0.406])[:, None, None]
@@ -115,8 +115,8 @@ def test_gray_data_fine_tunes_rgb_weights_with_the_channel_repeated(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     weights, hints = torchvision_weights(tmp_path / "w")
     fields = dict(init=str(weights), epochs=1, batch_size=16, workers=0, model_overrides=hints, flip=False)
-    run = Run("digits", Recipe(**fields), set(fields), out=tmp_path / "r")
-    assert run.config.in_channels == 3
+    run = start("digits", Recipe(**fields), set(fields), out=tmp_path / "r")
+    assert run.plan.config.in_channels == 3
     images, labels, _ = next(iter(run.feed.loader))
     assert images.shape[1] == 1
     model_input = run.feed.prepare(images, labels, 0, 0).images.numpy()

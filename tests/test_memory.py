@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from vitkit import bench as bench_module
-from vitkit.memory import GLIBC_ENV, GLIBC_TUNABLES, MALLOC_ENV
+from vitkit import runtime
+from vitkit.runtime import GLIBC_ENV, GLIBC_TUNABLES, MALLOC_ENV
 from vitkit.train import trainer
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -52,7 +53,7 @@ def run(setup: str, env: dict | None = None) -> dict:
 
 def test_freed_blocks_are_reused_where_glibc_would_fault_them_in_again():
     default = run("applied = None")
-    kept = run("from vitkit.memory import keep_freed_memory; applied = keep_freed_memory()")
+    kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()")
     assert kept["applied"] is True
     assert min(default["faults"][-4:]) > PAGES / 2, default  # the oracle: glibc's default faults every time
     assert sum(kept["faults"][-4:]) < PAGES, kept  # a fraction of one block, over four
@@ -67,12 +68,12 @@ def test_the_trainer_and_bench_keep_freed_memory_for_library_callers(monkeypatch
     """The calls alone: a Run's loader threads allocate meanwhile, and the heap they share with the
     pattern above fragments, which makes the fault count of that pattern vary."""
     calls = []
-    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append("train"))
-    monkeypatch.setattr(bench_module, "keep_freed_memory", lambda: calls.append("bench"))
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1))
     monkeypatch.setattr(bench_module, "measure", lambda steps, *_: ({k: [1.0] for k in steps}, [1e12], "float32"))
-    trainer.Run("digits", out=tmp_path)
+    trainer.start("digits", out=tmp_path)
+    assert len(calls) == 1
     bench_module.bench("vit_ti16", 32, 2, "fp32", "infer")
-    assert calls == ["train", "bench"]
+    assert len(calls) == 2
 
 
 THEIRS = [{name: "131072"} for name in GLIBC_ENV] + [
@@ -82,13 +83,13 @@ THEIRS = [{name: "131072"} for name in GLIBC_ENV] + [
 
 @pytest.mark.parametrize("env", THEIRS)
 def test_the_users_own_glibc_settings_stay_in_charge(env):
-    theirs = run("from vitkit.memory import keep_freed_memory; applied = keep_freed_memory()", env)
+    theirs = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()", env)
     assert theirs["applied"] is False
     assert min(theirs["faults"][-4:]) > PAGES / 2, theirs  # glibc's own rules, as they set them
 
 
 def test_other_malloc_knobs_and_libraries_are_not_mistaken_for_these():
-    kept = run("from vitkit.memory import keep_freed_memory; applied = keep_freed_memory()",
+    kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()",
                {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7", "MALLOC_ARENA_MAX": "2"})
     assert kept["applied"] is True
     assert sum(kept["faults"][-4:]) < PAGES, kept

@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import write_idx
 from vitkit.train.optim import Schedule, build_optimizer
 from vitkit.train.recipe import Recipe
-from vitkit.train.trainer import Run, StopFlag
+from vitkit.train.trainer import Run, start
 
 BASE = dict(epochs=2, batch_size=8, workers=0, precision="fp32", crop="none", flip=False, val_split=0.25,
             patch_dropout=0.0)
@@ -32,8 +32,7 @@ def data(tmp_path_factory):
 
 def run_with(data: str, **knobs) -> Run:
     fields = {**BASE, **knobs}
-    run = Run(data, Recipe(**fields), set(fields), out=None)
-    run.stop = StopFlag()  # what fit() would install
+    run = start(data, Recipe(**fields), set(fields), out=None)
     run.feed.sampler.set_epoch(0)
     return run
 
@@ -45,14 +44,14 @@ def first_batch(run: Run):
 
 def probe_forward(run: Run) -> list:
     """Record (input, output) of every training forward."""
-    calls, forward = [], run.forward
+    calls, forward = [], run.parts.forward
 
     def recorded(x):
         out = forward(x)
         calls.append((x.detach(), out))
         return out
 
-    run.forward = recorded
+    run.parts.forward = recorded
     return calls
 
 
@@ -98,39 +97,39 @@ def test_mixing_makes_soft_targets(data, knob):
 @pytest.mark.parametrize("knob", [dict(drop_path=0.5), dict(dropout=0.5), dict(patch_dropout=0.5)])
 def test_stochastic_regularisers_make_training_forwards_random(data, knob):
     for run, random in ((run_with(data), False), (run_with(data, **knob), True)):
-        run.model.train()
+        run.parts.model.train()
         x = torch.randn(4, 3, 16, 16)
         torch.manual_seed(1)
-        a = run.model.forward_tokens(x)[0]
-        b = run.model.forward_tokens(x)[0]
+        a = run.parts.model.forward_tokens(x)[0]
+        b = run.parts.model.forward_tokens(x)[0]
         assert (not torch.equal(a, b)) == random
 
 
 def test_accumulation_splits_the_step_into_pieces(data):
     run = run_with(data, accum_steps=2)
     calls = probe_forward(run)
-    run.step(*first_batch(run), 0.0)
+    run.step(*first_batch(run))
     assert [len(x) for x, _ in calls] == [4, 4]
 
 
 def test_bf16_precision_computes_in_bf16(data):
     run = run_with(data, precision="bf16")
     calls = probe_forward(run)
-    run.step(*first_batch(run), 0.0)
+    run.step(*first_batch(run))
     assert calls[0][1].dtype == torch.bfloat16
     run = run_with(data)
     calls = probe_forward(run)
-    run.step(*first_batch(run), 0.0)
+    run.step(*first_batch(run))
     assert calls[0][1].dtype == torch.float32
 
 
 def test_label_smoothing_enters_the_loss(data):
     run = run_with(data, label_smoothing=0.3)
     with torch.no_grad():
-        run.model.head.weight.normal_()  # a head that is not zero, so smoothing changes the loss
+        run.parts.model.head.weight.normal_()  # a head that is not zero, so smoothing changes the loss
     calls = probe_forward(run)
     images, labels = first_batch(run)
-    run.step(images, labels, 0.0)
+    run.step(images, labels)
     logits = calls[0][1].float()
     expected = F.cross_entropy(logits, labels, label_smoothing=0.3, reduction="sum").item()
     assert run.progress.totals.loss_sum == pytest.approx(expected, rel=1e-5)
@@ -138,13 +137,14 @@ def test_label_smoothing_enters_the_loss(data):
 
 
 def grad_norm_at_optimizer_step(run: Run) -> list[float]:
-    norms, real_step = [], run.optimizer.step
+    norms, real_step = [], run.parts.optimizer.step
 
     def step():
-        norms.append(torch.cat([p.grad.flatten() for p in run.model.parameters() if p.grad is not None]).norm().item())
+        grads = [p.grad.flatten() for p in run.parts.model.parameters() if p.grad is not None]
+        norms.append(torch.cat(grads).norm().item())
         real_step()
 
-    run.optimizer.step = step
+    run.parts.optimizer.step = step
     return norms
 
 
@@ -152,71 +152,71 @@ def test_gradient_clipping_bounds_the_step(data):
     for clip in (1e-3, None):
         run = run_with(data, clip_grad=clip)
         with torch.no_grad():
-            run.model.head.weight.normal_()
+            run.parts.model.head.weight.normal_()
         norms = grad_norm_at_optimizer_step(run)
-        run.step(*first_batch(run), 0.0)
+        run.step(*first_batch(run))
         assert (norms[0] <= 1.001e-3) == (clip is not None)
 
 
 def test_warmup_and_min_lr_shape_the_schedule(data):
     run = run_with(data, lr=0.01, warmup_epochs=1, min_lr=1e-4)
-    steps = run.steps_per_epoch
-    assert run.schedule.lr(0) == pytest.approx(0.01 / steps)
-    assert run.schedule.lr(steps - 1) == pytest.approx(0.01)
-    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)
-    run.step(*first_batch(run), 0.0)
-    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / steps)
+    steps, lr = run.plan.steps_per_epoch, lambda step: run.parts.schedule.lr(step, run.budget.steps)
+    assert lr(0) == pytest.approx(0.01 / steps)
+    assert lr(steps - 1) == pytest.approx(0.01)
+    assert lr(2 * steps) == pytest.approx(1e-4)
+    run.step(*first_batch(run))
+    assert run.parts.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / steps)
 
 
 def test_a_warmup_longer_than_half_the_run_is_cut_to_half(data):
     """--epochs 2 with a 3-epoch warm-up: the rate peaks mid-run and decays after, not ending mid-ramp."""
     run = run_with(data, lr=0.01, warmup_epochs=3, min_lr=1e-4)
-    steps = run.steps_per_epoch  # 2 epochs: the warm-up becomes the first of them
-    assert run.schedule.lr(0) == pytest.approx(0.01 / steps)
-    assert run.schedule.lr(steps - 1) == run.schedule.lr(steps) == pytest.approx(0.01)
-    assert run.schedule.lr(2 * steps - 1) < 0.01  # the last step taken
-    assert run.schedule.lr(2 * steps) == pytest.approx(1e-4)  # where the cosine ends
+    steps = run.plan.steps_per_epoch  # 2 epochs: the warm-up becomes the first of them
+    lr = lambda step: run.parts.schedule.lr(step, run.budget.steps)  # noqa: E731
+    assert lr(0) == pytest.approx(0.01 / steps)
+    assert lr(steps - 1) == lr(steps) == pytest.approx(0.01)
+    assert lr(2 * steps - 1) < 0.01  # the last step taken
+    assert lr(2 * steps) == pytest.approx(1e-4)  # where the cosine ends
     late = Schedule(0.01, 0.0, warmup=100)  # a time budget: the length is known only after a few steps
-    assert late.lr(9) == pytest.approx(0.01 * 10 / 100)
-    late.total = 40
-    assert late.lr(9) == pytest.approx(0.01 * 10 / 20) and late.lr(19) == pytest.approx(0.01)
-    late.total = 39  # an odd length: the warm-up rounds down
-    assert late.lr(17) == pytest.approx(0.01 * 18 / 19) and late.lr(20) < 0.01
+    assert late.lr(9, None) == pytest.approx(0.01 * 10 / 100)
+    assert late.lr(9, 40) == pytest.approx(0.01 * 10 / 20) and late.lr(19, 40) == pytest.approx(0.01)
+    # an odd length: the warm-up rounds down
+    assert late.lr(17, 39) == pytest.approx(0.01 * 18 / 19) and late.lr(20, 39) < 0.01
 
 
 def test_weight_decay_spares_norms_biases_and_tokens(data):
     run = run_with(data, weight_decay=0.1)
-    decay = {id(p): g["weight_decay"] for g in run.optimizer.param_groups for p in g["params"]}
-    for name, p in run.model.named_parameters():
+    decay = {id(p): g["weight_decay"] for g in run.parts.optimizer.param_groups for p in g["params"]}
+    for name, p in run.parts.model.named_parameters():
         spared = p.ndim <= 1 or name in ("pos_embed", "cls_token")
         assert decay[id(p)] == (0.0 if spared else 0.1), name
 
 
 def test_layer_decay_lowers_the_lr_of_earlier_layers(data):
     run = run_with(data, layer_decay=0.5)
-    scale = {id(p): g["lr_scale"] for g in run.optimizer.param_groups for p in g["params"]}
-    depth = run.config.depth
-    assert scale[id(run.model.head.weight)] == 1.0
-    assert scale[id(run.model.blocks[depth - 1].mlp.fc1.weight)] == 0.5
-    assert scale[id(run.model.patch_embed.proj.weight)] == pytest.approx(0.5 ** (depth + 1))
+    scale = {id(p): g["lr_scale"] for g in run.parts.optimizer.param_groups for p in g["params"]}
+    depth = run.plan.config.depth
+    assert scale[id(run.parts.model.head.weight)] == 1.0
+    assert scale[id(run.parts.model.blocks[depth - 1].mlp.fc1.weight)] == 0.5
+    assert scale[id(run.parts.model.patch_embed.proj.weight)] == pytest.approx(0.5 ** (depth + 1))
 
 
 def test_ema_keeps_an_average_of_the_weights(data):
     run = run_with(data, ema=0.5, lr=0.1)
-    before = run.model.head.bias.detach().clone()
-    run.step(*first_batch(run), 0.0)
-    after = run.model.head.bias.detach().clone()
+    before = run.parts.model.head.bias.detach().clone()
+    run.step(*first_batch(run))
+    after = run.parts.model.head.bias.detach().clone()
     assert not torch.equal(before, after)
-    assert torch.allclose(run.eval_model.head.bias, after)  # the first update copies the weights
-    run.step(*first_batch(run), 0.0)
-    latest = run.model.head.bias.detach()
-    assert torch.allclose(run.eval_model.head.bias, 0.5 * after + 0.5 * latest, atol=1e-6)
+    assert torch.allclose(run.parts.eval_model.head.bias, after)  # the first update copies the weights
+    run.step(*first_batch(run))
+    latest = run.parts.model.head.bias.detach()
+    assert torch.allclose(run.parts.eval_model.head.bias, 0.5 * after + 0.5 * latest, atol=1e-6)
 
 
 def test_sgd_optimizer_is_sgd_with_momentum(data):
     run = run_with(data, optimizer="sgd", lr=0.1)
-    assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
-    assert not math.isnan(run.optimizer.param_groups[0]["lr"])
+    assert isinstance(run.parts.optimizer, torch.optim.SGD) and run.parts.optimizer.defaults["momentum"] == 0.9
+    assert not math.isnan(run.parts.optimizer.param_groups[0]["lr"])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -224,14 +224,14 @@ def test_optimizers_are_fused_on_the_cpu_and_step_like_foreach(data, optimizer):
     """Fused kernels on the CPU (one pass per parameter; ~3x faster AdamW steps), computing what
     the foreach implementation computes."""
     fused, plain = run_with(data, optimizer=optimizer), run_with(data, optimizer=optimizer)
-    assert fused.optimizer.defaults["fused"]
-    plain.optimizer = build_optimizer(plain.model, plain.recipe, plain.world.device, sharded=True)  # foreach
-    assert not plain.optimizer.defaults["fused"]
+    assert fused.parts.optimizer.defaults["fused"]
+    plain.parts.optimizer = build_optimizer(plain.parts.model, plain.plan.recipe, plain.world.device, sharded=True)
+    assert not plain.parts.optimizer.defaults["fused"]  # foreach
     batch = first_batch(fused)
     for run in (fused, plain):
-        run.step(*batch, 0.0)
-        run.step(*batch, 0.0)
-    for (name, a), b in zip(fused.model.named_parameters(), plain.model.parameters(), strict=True):
+        run.step(*batch)
+        run.step(*batch)
+    for (name, a), b in zip(fused.parts.model.named_parameters(), plain.parts.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
@@ -248,7 +248,7 @@ def test_flips_by_default_unless_a_mirror_image_changes_the_class(tmp_path):
     fields = dict(epochs=1, batch_size=4, workers=0)
     expected = {f"fashion-mnist:{tmp_path}": True, f"mnist:{tmp_path}": False, "digits": False,
                 str(tmp_path / "folder"): True}
-    flips = {data: Run(data, Recipe(**fields), set(fields), out=tmp_path / "runs" / str(i)).recipe.flip
+    flips = {data: start(data, Recipe(**fields), set(fields), out=tmp_path / "runs" / str(i)).plan.recipe.flip
              for i, data in enumerate(expected)}
     assert flips == expected
 
@@ -257,10 +257,10 @@ def test_plain_patches_replace_the_default_conv_stem(data):
     """The small-image default's deeper stem belongs to its conv stem: asking for the paper's plain
     patch projection (or Xiao et al.'s stem) gets exactly that, with nothing of the default's stem."""
     run = run_with(data)
-    default = run.config
+    default = run.plan.config
     assert (default.patch_embed, default.stem_depth) == ("conv-stem", 2)
-    assert [layer.conv.stride[0] for layer in run.model.patch_embed.backbone] == [2, 1, 2, 1]
-    plain = run_with(data, model_overrides={"patch_embed": "conv"}).config
+    assert [layer.conv.stride[0] for layer in run.parts.model.patch_embed.backbone] == [2, 1, 2, 1]
+    plain = run_with(data, model_overrides={"patch_embed": "conv"}).plan.config
     assert plain == default.replace(patch_embed="conv", stem_depth=1)
-    xiao = run_with(data, model_overrides={"stem_depth": 1}).config
+    xiao = run_with(data, model_overrides={"stem_depth": 1}).plan.config
     assert xiao == default.replace(stem_depth=1)

@@ -29,10 +29,10 @@ import vitkit
 from helpers import randomize
 from vitkit.cli import main
 from vitkit.data.decode import read_image
-from vitkit.data.normalization import IMAGENET
-from vitkit.data.transforms import eval_transform, to_model_input
+from vitkit.data.transforms import eval_transform
 from vitkit.explain import maps
 from vitkit.infer import predict
+from vitkit.model.normalization import IMAGENET, to_model_input
 from vitkit.serve.app import Settings, create_app, load_engine
 from vitkit.serve.batcher import Batcher
 

@@ -189,7 +189,7 @@ def test_hybrid_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         close(ours(x), theirs(x))
-    monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_ti32", {"wrong": repo})  # a table entry in error
+    monkeypatch.setitem(vitkit.weights.hub.PRETRAINED, "vit_ti32", {"wrong": repo})  # a table entry in error
     with pytest.raises(ValueError, match="differ from the preset in \\['patch_embed'"):
         vitkit.create_model("vit_ti32", pretrained="wrong")
 

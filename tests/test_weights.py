@@ -15,7 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import vitkit
 from helpers import hub_cache, randomize
-from vitkit.data.normalization import HALF, IMAGENET, Normalization
+from vitkit.model.normalization import HALF, IMAGENET, Normalization
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -543,7 +543,7 @@ def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no pretrained weights 'nope' for vit_ti16"):
         vitkit.load("vit_ti16:nope")
     tiny = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-    monkeypatch.setitem(vitkit.model.presets.PRETRAINED, "vit_s16", {"wrong": tiny})  # a table entry in error
+    monkeypatch.setitem(vitkit.weights.hub.PRETRAINED, "vit_s16", {"wrong": tiny})  # a table entry in error
     with pytest.raises(ValueError, match="differ from the preset"):
         vitkit.create_model("vit_s16", pretrained="wrong")
 
@@ -702,7 +702,7 @@ def test_saved_weights_carry_the_normalization(tmp_path, fmt):
 
 
 def test_vitkit_directory_without_a_recorded_normalization_says_what_it_assumes(tmp_path, caplog):
-    from vitkit.weights.native import save_weights
+    from vitkit.model.native import save_weights
 
     model = vitkit.create_model("vit_ti4_32", depth=1)
     save_weights(model.state_dict(), model.config, tmp_path)  # as vitkit wrote runs before it recorded one

@@ -5,7 +5,7 @@ Like for like: every library builds the same architecture (the same weights wher
 allows, and the bench checks that those compute the same logits), runs in the same execution
 (eager, and with --compile also torch.compile, with freezing for inference) and handles bf16 the
 same way (weights cast to bf16 once, or fp32 weights under autocast: one choice for all), with
-the same allocator (freed memory kept for reuse, `vitkit.memory`, which is process-wide).
+the same allocator (freed memory kept for reuse, `vitkit.runtime`, which is process-wide).
 Libraries take turns within each round, in a rotating order, with the matmul peak measured in
 every round; rounds repeat until the spread of every row is known, and a difference counts as a
 win only when the two rows' ranges do not overlap. A machine whose speed drifts between rounds
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from vitkit import runtime
 from vitkit.extras import require
-from vitkit.memory import keep_freed_memory
 from vitkit.model.fast import DTYPES, for_inference, use_training_kernels
 from vitkit.model.flops import flops
 from vitkit.model.presets import get_config
@@ -274,8 +274,8 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
         raise ValueError(f"bf16 handling {bf16!r}: use one of {', '.join(BF16_WAYS)}")
     if agreement_images and agreement_run is None:
         raise ValueError("--agreement measures a trained model on real images: give --agreement-run RUN")
-    keep_freed_memory()  # as every vitkit command runs; process-wide, so the peers run with it too
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    runtime.keep_freed_memory()  # as every vitkit command runs; process-wide, so the peers run with it too
+    dev = runtime.device(device)
     bf16 = "autocast" if mode == "train" else bf16
     config = get_config(model_name, num_classes=10, **({"image_size": image_size} if image_size else {}))
     models = {name: m.to(dev) for name, m in build_models(config, compare).items()}
@@ -326,7 +326,8 @@ def real_images(spec: str, loaded, count: int) -> tuple[torch.Tensor, torch.Tens
     spread evenly over it, as the run's model input; with their labels and the split's name."""
     from vitkit.data import spec as data_spec
     from vitkit.data.datasets import ArrayImages
-    from vitkit.data.transforms import eval_transform, to_model_input
+    from vitkit.data.transforms import eval_transform
+    from vitkit.model.normalization import to_model_input
 
     config = loaded.model.config
     kind, path = data_spec.parse(spec)

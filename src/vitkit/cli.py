@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from vitkit.memory import keep_freed_memory
+from vitkit import runtime
 from vitkit.model import PRESETS, ViT, flops
-from vitkit.model.presets import PRETRAINED
-from vitkit.train.recipe import COMPILE_FROM, Recipe
+from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import TrainingError
+from vitkit.weights.hub import PRETRAINED
 from vitkit.weights.io import FORMATS
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -86,61 +86,6 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 # -- train -------------------------------------------------------------------------------------
-RECIPE_HELP = {
-    "model": "preset name (see `vitkit models`); default: chosen for the data",
-    "epochs": "number of epochs; default: chosen for the data",
-    "time_budget": "wall-clock seconds for the whole run; plans the steps to fit (the last epoch may be short)",
-    "batch_size": "global batch size",
-    "optimizer": "adamw, or sgd (momentum 0.9)",
-    "lr": "peak learning rate",
-    "min_lr": "learning rate at the end of the cosine decay",
-    "weight_decay": "decoupled weight decay (never on norms, biases, position embedding, learned tokens)",
-    "warmup_epochs": "linear warm-up length in epochs (at most half of the run)",
-    "label_smoothing": "label smoothing of the cross-entropy targets",
-    "clip_grad": "clip the gradient norm to this value (0 = off)",
-    "accum_steps": "split each batch into this many pieces (gradient accumulation)",
-    "crop": "training crop: pad (random crop with padding), random-resized, none",
-    "padding": "padding of the random crop, in pixels",
-    "min_scale": "smallest area fraction of RandomResizedCrop",
-    "flip": "random horizontal flips (off by default for digits)",
-    "rotate": "random rotation up to this many degrees (RandomAffine)",
-    "translate": "random translation up to this fraction of the image (RandomAffine)",
-    "scale_jitter": "random scaling by 1 +- this fraction (RandomAffine)",
-    "augment": "RandAugment, TrivialAugment or none",
-    "magnitude": "RandAugment magnitude",
-    "mixup": "MixUp alpha (0 = off)",
-    "cutmix": "CutMix alpha (0 = off)",
-    "erasing": "random-erasing probability",
-    "drop_path": "stochastic depth rate of the last block",
-    "dropout": "dropout rate",
-    "patch_dropout": "fraction of patch tokens each training image drops: every block costs that much less",
-    "ema": "keep an exponential moving average of the weights with this decay, e.g. 0.999",
-    "precision": "auto (bf16 where the CPU/GPU supports it), bf16 or fp32",
-    "compile": f"torch.compile the training step (replayed as CUDA graphs on one GPU); default: on from "
-               f"{COMPILE_FROM:,} training images",
-    "seed": "random seed: same seed, same data, same machine = same metrics",
-    "workers": "data-loading worker processes for per-image work: decoding, RandAugment, ... (default: up "
-               "to 2; in-memory images without such work are gathered a batch at a time instead, and only "
-               "evaluation uses the workers)",
-    "val_split": "fraction of the training images held out when the data has no validation split",
-    "image_size": "train at this image size (pixels)",
-    "init": "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); the model keeps "
-            "their architecture and gets a new head",
-    "normalize": "input normalization: imagenet, half, none, MEAN,STD or M1,M2,M3,S1,S2,S3 (default: the "
-                 "weights' own with --init, else half)",
-    "layer_decay": "layer-wise learning-rate decay for fine-tuning, e.g. 0.75",
-    "freeze_backbone": "train only the head (linear probe)",
-    "teacher": "distil from this teacher (DeiT): a run or weights vitkit.load reads, or "
-               "torchvision:ARCH:STATE_DICT; the student gets a distillation token and head",
-    "distill": "hard (the teacher's top class, DeiT's best) or soft (its distribution, tau 3, weight 0.1)",
-    "grad_checkpointing": "recompute each block's activations in backward instead of keeping them "
-                          "(less memory for ViT-L/H, ~one more forward of compute)",
-    "skip_nonfinite": "drop steps whose loss is NaN/inf instead of stopping",
-    "fsdp": "with several processes, shard parameters, gradients and optimizer state (FSDP2) instead "
-            "of replicating them (DDP): for models that do not fit one device",
-}
-
-
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a ViT on a data set",
                        description="Train a ViT. With no arguments it trains on scikit-learn's "
@@ -163,7 +108,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         if field.name == "model_overrides":
             continue
         flag = "--" + field.name.replace("_", "-")
-        kwargs: dict = {"default": argparse.SUPPRESS, "help": RECIPE_HELP[field.name]}
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": field.metadata["help"]}
         kind = str(field.type)
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -395,7 +340,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.layer_norm and args.layer is None:
         raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
     features.check_out(args.out)  # before the work, not after it
-    model = features.open_model(args.run, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = features.open_model(args.run, runtime.device(args.device))
     images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
     found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)
     meta = {"model": str(args.run), "data": args.data, "split": split, "classes": json.dumps(classes),
@@ -602,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    keep_freed_memory()  # every command runs tensors through the allocator, step after step
+    runtime.keep_freed_memory()  # every command runs tensors through the allocator, step after step
     try:
         return COMMANDS[args.command](args)
     except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import torch
 
+from vitkit import runtime
 from vitkit.data import spec as data_spec
 from vitkit.data import transforms
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.loader import default_workers, eval_loader
-from vitkit.data.normalization import HALF, Normalization
+from vitkit.evaluate import confusion_png, evaluate
+from vitkit.model.native import is_native, read_meta
+from vitkit.model.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
-from vitkit.train import plots
-from vitkit.train.evaluate import evaluate
 from vitkit.weights import load
-from vitkit.weights.native import is_native, read_meta
 
 
 @dataclass
@@ -43,13 +43,9 @@ def open_run(run: str | Path, device: torch.device | None = None) -> LoadedRun:
     return LoadedRun(model, classes, meta.get("data"), model.normalization or HALF, root)
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def evaluate_run(run: str | Path, data: str | None = None, split: str | None = None,
                  batch_size: int = 256, workers: int | None = None, device: str | None = None) -> dict:
-    dev = _device(device)
+    dev = runtime.device(device)
     loaded = open_run(run, dev)
     spec = data or loaded.data
     if spec is None:
@@ -67,7 +63,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str | None = N
     result = evaluate(loaded.model, loader, len(loaded.classes), dev, bf16=False, normalization=loaded.normalize)
     result["skipped"] = [list(s) for s in skipped] + result["skipped"]
     png = loaded.root / f"confusion-{split}.png"
-    plots.confusion(result["confusion"], loaded.classes, png,
+    confusion_png(result["confusion"], loaded.classes, png,
                     f"{spec} [{split}]: top-1 {100 * result['top1']:.2f}% of {result['images']} images")
     return {"run": str(loaded.root), "data": spec, "split": split, "classes": loaded.classes,
             **result, "confusion_png": str(png)}
@@ -89,7 +85,7 @@ def expand_images(paths: list[str]) -> list[Path]:
 def predict(run: str | Path, images: list[str], topk: int = 5, device: str | None = None,
             batch_size: int = 64) -> list[dict]:
     """Top-k classes per image; unreadable files get an `error` entry instead of stopping."""
-    dev = _device(device)
+    dev = runtime.device(device)
     loaded = open_run(run, dev)
     config = loaded.model.config
     tf = transforms.eval_transform(config.image_hw)

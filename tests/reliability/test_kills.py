@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from vitkit.data import spec
 from vitkit.data.loader import train_loader
 from vitkit.data.transforms import train_transform
-from vitkit.train.trainer import TIMING_KEYS as TIMING
+from vitkit.train.outputs import TIMING_KEYS as TIMING
 
 FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a heartbeat hook
 

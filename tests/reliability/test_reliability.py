@@ -84,7 +84,7 @@ def test_unreadable_file_is_skipped(tmp_path):
 def explode_from_epoch_2(run) -> None:
     """From the second epoch on, a learning rate that sends the weights (and the loss) to inf."""
     if run.progress.epoch == 1:
-        run.schedule.base_lr, run.recipe.clip_grad = 1e30, None
+        run.parts.schedule.base_lr, run.plan.recipe.clip_grad = 1e30, None
 
 
 def test_nonfinite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -146,10 +146,10 @@ def test_png_crc_helper_really_breaks_the_file(tmp_path):
 @pytest.mark.parametrize("command", ["convert", "export", "eval"])
 def test_interrupted_commands_leave_no_partial_file(tmp_path, monkeypatch, command):
     """Ctrl-C while a command writes its output: the file is either absent or complete."""
+    import matplotlib.figure
     import safetensors.torch
 
     import vitkit
-    from vitkit.train import plots
 
     model = vitkit.create_model("vit_ti4_32", depth=1, num_classes=10, in_channels=1, image_size=16)
     model.save_pretrained(tmp_path / "run", {"classes": [str(i) for i in range(10)], "data": "digits"})
@@ -163,7 +163,7 @@ def test_interrupted_commands_leave_no_partial_file(tmp_path, monkeypatch, comma
 
     if command == "convert":
         monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
-        monkeypatch.setattr("vitkit.weights.native.save_file", interrupted)
+        monkeypatch.setattr("vitkit.model.native.save_file", interrupted)
         argv = ["convert", str(tmp_path / "timm.pth"), "--out", str(tmp_path / "out"), "--heads", "3"]
         out = tmp_path / "out"
     elif command == "export":
@@ -171,7 +171,7 @@ def test_interrupted_commands_leave_no_partial_file(tmp_path, monkeypatch, comma
         argv = ["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]
         out = tmp_path / "m.onnx"
     else:
-        monkeypatch.setattr(plots.plt.Figure, "savefig", lambda self, f, **kw: interrupted(f))
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, f, **kw: interrupted(f))
         argv = ["eval", str(tmp_path / "run"), "--workers", "0"]
         out = tmp_path / "run" / "confusion-test.png"
     assert main(argv) == 130

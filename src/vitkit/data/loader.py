@@ -95,7 +95,7 @@ class ArrayBatches:
     """The training batches of in-memory images that need no per-image work, the same ones in the
     same order as `train_loader`'s, each one gather from the images kept on the training device:
     a DataLoader's splitting, restacking and copying of every batch is host time that a small
-    model's GPU step waits for (benchmarks/RESULTS.md, "The GPU step's host time")."""
+    model's GPU step waits for."""
 
     def __init__(self, dataset: ArrayImages, sampler: EpochSampler, device: torch.device):
         self.device = device

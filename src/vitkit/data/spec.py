@@ -6,8 +6,9 @@ SPEC is `digits`, `mnist:DIR`, `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -19,7 +20,7 @@ DECODE_ARCHIVE_BYTES = 1 << 30  # archives of small images are decoded once, up 
 KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSplits:
     """What a data spec yields. `val` is held out from training; `test` is the official split."""
 
@@ -30,7 +31,7 @@ class DataSplits:
     train: ArrayImages | FileImages | None
     val: ArrayImages | FileImages | None
     test: ArrayImages | FileImages | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: tuple[tuple[str, str], ...] = ()  # unreadable files found while scanning
 
     def split(self, name: str) -> ArrayImages | FileImages:
         found = getattr(self, name, None) if name in ("train", "val", "test") else None
@@ -59,26 +60,38 @@ def parse(spec: str) -> tuple[str, Path | None]:
 
 
 def load(spec: str, val_split: float = 0.1, seed: int = 0, channels: int | None = None) -> DataSplits:
-    """Open a data set. Without a validation split on disk, `val_split` of train is held out
-    (stratified, fixed by `seed`). `channels` forces 1 or 3 channels for image folders."""
+    """Open a data set and hold out its validation split: `read` then `hold_out`."""
+    return hold_out(read(spec, channels), val_split, seed)
+
+
+def read(spec: str, channels: int | None = None) -> DataSplits:
+    """Read what a data spec names, as it is on disk: `val` is None when the data has no
+    validation split of its own (`hold_out` makes one). `channels` forces 1 or 3 channels for
+    image folders."""
     kind, path = parse(spec)
     if kind == "digits":
         train, test, classes = arrays.digits()  # the recipe is chosen on val; test is scored once, at the end
-        tr, va = ArrayImages(*train).split(val_split, seed)
-        return DataSplits("digits", classes, 1, (8, 8), tr, va, ArrayImages(*test))
+        return DataSplits("digits", classes, 1, (8, 8), ArrayImages(*train), None, ArrayImages(*test))
     if kind in ("mnist", "fashion-mnist"):
         train, test = arrays.idx_split(path, "train"), arrays.idx_split(path, "test")
         classes = arrays.FASHION_CLASSES if kind == "fashion-mnist" else arrays.MNIST_CLASSES
-        tr, va = ArrayImages(*train).split(val_split, seed)
-        return DataSplits(kind, classes, 1, (28, 28), tr, va, ArrayImages(*test))
+        return DataSplits(kind, classes, 1, (28, 28), ArrayImages(*train), None, ArrayImages(*test))
     if kind in ("cifar10", "cifar100"):
         train, test, classes = arrays.cifar(path, kind)
-        tr, va = ArrayImages(*train).split(val_split, seed)
-        return DataSplits(kind, classes, 3, (32, 32), tr, va, ArrayImages(*test))
-    return _image_folder(path, val_split, seed, channels)
+        return DataSplits(kind, classes, 3, (32, 32), ArrayImages(*train), None, ArrayImages(*test))
+    return _image_folder(path, channels)
 
 
-def _image_folder(root: Path, val_split: float, seed: int, channels: int | None) -> DataSplits:
+def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
+    """`splits` with a validation split: its own, else `fraction` of train held out (stratified,
+    fixed by `seed`). The test split stays untouched for the final evaluation."""
+    if splits.val is not None or splits.train is None:
+        return splits
+    train, val = splits.train.split(fraction, seed)
+    return dataclasses.replace(splits, train=train, val=val)
+
+
+def _image_folder(root: Path, channels: int | None) -> DataSplits:
     if not (root.is_dir() or folder.is_archive(root)):
         raise ValueError(f"{root} is neither an image folder nor a .tar/.tar.gz archive of one")
     splits = folder.find_splits(root)
@@ -95,21 +108,15 @@ def _image_folder(root: Path, val_split: float, seed: int, channels: int | None)
     channels = channels or 3
     datasets = {name: FileImages(tree, channels) for name, tree in trees.items()}
     skipped = [item for tree in trees.values() for item in tree.skipped]
-    name = root.name
     size = typical_size(next(iter(trees.values())).sources)
     total = sum(len(t.sources) for t in trees.values())
     if folder.is_archive(root) and size and total * channels * size[0] * size[1] <= DECODE_ARCHIVE_BYTES:
         for key, ds in datasets.items():
             datasets[key], problems = ds.decoded(size)
             skipped += problems
-    if "all" in datasets:  # one tree: train on most of it, hold out the rest
-        train, val = datasets["all"].split(val_split, seed)
-        return DataSplits(name, classes, channels, size, train, val, None, skipped)
-    train = datasets.get("train")
-    val = datasets.get("val")
-    if train is not None and val is None:  # the test split stays untouched for the final evaluation
-        train, val = train.split(val_split, seed)
-    return DataSplits(name, classes, channels, size, train, val, datasets.get("test"), skipped)
+    train = datasets.get("train", datasets.get("all"))
+    return DataSplits(root.name, classes, channels, size, train, datasets.get("val"), datasets.get("test"),
+                      tuple(skipped))
 
 
 def typical_size(sources: list, probe: int = 64) -> tuple[int, int] | None:

@@ -6,7 +6,7 @@ and apply RandAugment / TrivialAugment / random erasing if asked. The output sta
 
 Per batch, on the training device: random crop with padding, flip, rotation, scaling and
 translation as one affine warp per image (`GeometricAugment`), then scaling to floats and
-normalising (`to_model_input`), then MixUp/CutMix. Doing the geometry batched costs one
+normalising (`vitkit.model.normalization`), then MixUp/CutMix. Doing the geometry batched costs one
 `grid_sample` per step instead of hundreds of small per-image calls, which on small images was
 most of the training time.
 """
@@ -19,14 +19,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
-
-from vitkit.data.normalization import Normalization
-
-
-def to_model_input(images: torch.Tensor, normalization: Normalization | str | dict = "half",
-                   channels: int | None = None) -> torch.Tensor:
-    """uint8 or [0, 1] float (B, C, H, W) -> the normalised float32 input the model was trained on."""
-    return Normalization.parse(normalization)(images, channels)
 
 
 class Fit:

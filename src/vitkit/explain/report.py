@@ -9,9 +9,10 @@ import torch
 from vitkit.data import spec as data_spec
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
-from vitkit.data.transforms import eval_transform, to_model_input
+from vitkit.data.transforms import eval_transform
 from vitkit.explain import figures, maps
 from vitkit.infer import LoadedRun, expand_images, open_run
+from vitkit.model.normalization import to_model_input
 from vitkit.model.vit import ViT
 
 METHODS = ("rollout", "last-layer", "grad-rollout")

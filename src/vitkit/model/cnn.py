@@ -89,15 +89,3 @@ class CNN(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-
-def build_model(config: Any) -> nn.Module:
-    """The module for a config: a ViT, or a torchvision CNN."""
-    from vitkit.model.vit import ViT
-
-    return CNN(config) if isinstance(config, CNNConfig) else ViT(config)
-
-
-def config_from_dict(data: dict[str, Any]) -> Any:
-    from vitkit.model.config import ViTConfig
-
-    return CNNConfig.from_dict(data) if "arch" in data else ViTConfig.from_dict(data)

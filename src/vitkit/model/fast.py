@@ -76,8 +76,7 @@ def use_training_kernels(model: nn.Module, device: torch.device) -> nn.Module:
 class AtenGELU(nn.GELU):
     """nn.GELU whose forward and backward are ATen's own kernels, even inside torch.compile (no
     double backward: training needs none). Eager, nn.GELU already is ATen's kernel, and the custom
-    op's Python dispatch would only add its cost (about 0.13 ms per forward and backward on CPU,
-    benchmarks/RESULTS.md, the `speed.py --tiny` section of 2026-11-27)."""
+    op's Python dispatch would only add its cost (about 0.13 ms per forward and backward on CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling():

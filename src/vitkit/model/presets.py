@@ -1,5 +1,5 @@
-"""Named models, all derived from the paper's Table 1 and one `ViTConfig`; pretrained weights by
-name, from the Hugging Face Hub (timm's ports, which vitkit reads)."""
+"""Named models, all derived from the paper's Table 1 and one `ViTConfig`. Their published
+weights by name are the weights package's (weights/hub.py)."""
 
 from __future__ import annotations
 
@@ -38,35 +38,6 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 # Xiao et al.'s convolutional stem in place of the patch projection, same token grid (ViT_C).
 CONV_STEM = ("vit_ti4_32", "vit_s4_32", "vit_ti16", "vit_s16", "vit_b16")
-# Weights by name: preset -> tag -> Hugging Face Hub repository. Tags are timm's.
-PRETRAINED: dict[str, dict[str, str]] = {
-    "vit_ti16": {"augreg_in21k_ft_in1k": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"},
-    "vit_s16": {"augreg_in21k_ft_in1k": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
-                "augreg_in21k": "timm/vit_small_patch16_224.augreg_in21k"},
-    "vit_b16": {"augreg2_in21k_ft_in1k": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
-                "augreg_in21k_ft_in1k": "timm/vit_base_patch16_224.augreg_in21k_ft_in1k",
-                "augreg_in21k": "timm/vit_base_patch16_224.augreg_in21k"},
-    "vit_b32": {"augreg_in21k_ft_in1k": "timm/vit_base_patch32_224.augreg_in21k_ft_in1k"},
-    "vit_l16": {"augreg_in21k_ft_in1k": "timm/vit_large_patch16_224.augreg_in21k_ft_in1k"},
-    "deit_ti16_distilled": {"fb_in1k": "timm/deit_tiny_distilled_patch16_224.fb_in1k"},
-    "deit_s16_distilled": {"fb_in1k": "timm/deit_small_distilled_patch16_224.fb_in1k"},
-    "deit_b16_distilled": {"fb_in1k": "timm/deit_base_distilled_patch16_224.fb_in1k"},
-    "vit_s14_reg4_dinov2": {"lvd142m": "timm/vit_small_patch14_reg4_dinov2.lvd142m"},
-    "vit_b14_reg4_dinov2": {"lvd142m": "timm/vit_base_patch14_reg4_dinov2.lvd142m"},
-    "vit_l14_reg4_dinov2": {"lvd142m": "timm/vit_large_patch14_reg4_dinov2.lvd142m"},
-    "vit_b16_siglip": {"webli": "timm/vit_base_patch16_siglip_224.webli",
-                       "v2_webli": "timm/vit_base_patch16_siglip_224.v2_webli"},
-    "vit_b16_r50": {"orig_in21k": "timm/vit_base_r50_s16_224.orig_in21k"},
-    "vit_s32_r26": {"augreg_in21k_ft_in1k": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
-                    "augreg_in21k": "timm/vit_small_r26_s32_224.augreg_in21k"},
-    "vit_l32_r50": {"augreg_in21k_ft_in1k": "timm/vit_large_r50_s32_224.augreg_in21k_ft_in1k"},
-    "vit_ti32_rstem": {"augreg_in21k_ft_in1k": "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k"},
-}
-# What must agree between a preset and the weights its table names (the rest may be overridden).
-ARCHITECTURE = ("patch_size", "in_channels", "dim", "depth", "heads", "mlp_dim", "class_token", "reg_tokens",
-                "distilled", "pool", "pre_norm", "qk_norm", "patch_embed", "backbone_layers")
-
-
 def _size(name: str, **fields: Any) -> ViTConfig:
     dim, depth, heads, mlp_dim = SIZES[name]
     return ViTConfig(dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, **fields)
@@ -98,33 +69,10 @@ def get_config(name: str, **overrides: Any) -> ViTConfig:
     return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> ViT:
-    """Build a named model: create_model("vit_b16", num_classes=10, image_size=384).
-
-    `pretrained="augreg2_in21k_ft_in1k"` (a tag of `PRETRAINED`) loads those weights from the
-    Hugging Face Hub, cached after the first download (HF_HUB_OFFLINE=1 reads only the cache);
-    overrides then adapt them, e.g. num_classes=10 gives a fresh head.
-    """
-    if pretrained is None:
-        return ViT(get_config(name, **overrides))
-    from vitkit.weights.io import load  # the weights package builds on this one
-
-    preset = get_config(name)
-    model = load(f"hf-hub:{pretrained_repo(name, pretrained)}", **overrides)
-    wrong = [f for f in ARCHITECTURE if getattr(model.config, f) != getattr(preset.replace(**overrides), f)]
-    if wrong:
-        raise ValueError(f"the weights {pretrained!r} of {name} differ from the preset in {wrong}")
-    return model
-
-
-def pretrained_repo(name: str, tag: str) -> str:
-    """The Hub repository of a preset's weights called `tag`."""
-    key = name.lower().replace("-", "_").replace("/", "")
-    tags = PRETRAINED.get(key, {})
-    if tag not in tags:
-        known = "; ".join(f"{n}: {', '.join(t)}" for n, t in PRETRAINED.items())
-        raise ValueError(f"no pretrained weights {tag!r} for {name}; known tags: {known}")
-    return tags[tag]
+def create_model(name: str, **overrides: Any) -> ViT:
+    """Build a named model at random initialisation: create_model("vit_b16", num_classes=10,
+    image_size=384). `vitkit.create_model` also takes `pretrained=` (weights by name, weights/hub.py)."""
+    return ViT(get_config(name, **overrides))
 
 
 def list_models() -> list[str]:

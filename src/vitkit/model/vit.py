@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from vitkit.model import position, stems
+from vitkit.model import native, position, stems
 from vitkit.model.config import ViTConfig
 
 
@@ -430,9 +430,7 @@ class ViT(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write `config.json` + `model.safetensors`, which `vitkit.load(directory)` reads back."""
-        from vitkit.weights.native import save_pretrained
-
-        return save_pretrained(self, directory, extra)
+        return native.save_pretrained(self, directory, extra)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

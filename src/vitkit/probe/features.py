@@ -23,7 +23,7 @@ from vitkit.data import folder, transforms
 from vitkit.data import spec as data_spec
 from vitkit.data.datasets import ArrayImages, FileImages, Sample
 from vitkit.data.loader import default_workers, eval_loader
-from vitkit.data.normalization import HALF
+from vitkit.model.normalization import HALF
 from vitkit.model.vit import ViT
 
 

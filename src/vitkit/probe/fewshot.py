@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitkit import runtime
 from vitkit.data import spec as data_spec
 from vitkit.probe.features import extract, open_model
 
@@ -109,7 +110,7 @@ def fewshot(source: str | Path, data: str | None = None, shots: list[int] | tupl
     its test split (its validation split when it has no test split)."""
     if seeds < 1 or not shots or min(shots) < 1:
         raise ValueError(f"--shots must be positive numbers and --seeds at least 1; got {list(shots)}, {seeds}")
-    model = open_model(source, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = open_model(source, runtime.device(device))
     data = data or _recorded_data(source)
     splits = data_spec.load(data, channels=model.config.in_channels)
     test_name = "test" if splits.test is not None else "val"
@@ -128,7 +129,7 @@ def fewshot(source: str | Path, data: str | None = None, shots: list[int] | tupl
 
 
 def _recorded_data(source: str | Path) -> str:
-    from vitkit.weights.native import is_native, read_meta
+    from vitkit.model.native import is_native, read_meta
 
     recorded = read_meta(source).get("data") if is_native(Path(source)) else None
     if not recorded:

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from vitkit import runtime
 from vitkit.data.decode import BadImage
 from vitkit.serve.batcher import Batcher
 from vitkit.serve.engine import METHODS, Engine, Method, open_model, overlay_png
@@ -195,12 +196,11 @@ async def info(request: Request) -> dict:
 def load_engine(source: str | Path, device: str | None = None, dtype: str = "auto", compile: bool = False) -> Engine:
     """Open the model (a load failure is a ValueError/FileNotFoundError: the CLI's one-line
     error at start, never a server that fails on its first request)."""
-    from vitkit.train.trainer import bf16_pays
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = runtime.device(device)
     loaded = open_model(source, dev)
     if dtype == "auto":  # bf16 pays on CPUs with AMX/AVX512-BF16, and only for wider models
-        dtype = "bf16" if bf16_pays(dev, loaded.model.config) else "fp32"
+        dtype = "bf16" if runtime.bf16_pays(dev, loaded.model.config) else "fp32"
     return Engine(loaded, dev, dtype, compile)
 
 

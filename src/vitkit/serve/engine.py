@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitkit.data.decode import read_image
-from vitkit.data.normalization import HALF
-from vitkit.data.transforms import eval_transform, to_model_input
+from vitkit.data.transforms import eval_transform
 from vitkit.explain import maps
 from vitkit.infer import LoadedRun, open_run
 from vitkit.model.fast import for_inference
+from vitkit.model.native import is_native
+from vitkit.model.normalization import HALF, to_model_input
 from vitkit.weights import load
-from vitkit.weights.native import is_native
 
 Method = typing.Literal["rollout", "last-layer", "grad-rollout"]  # those of `vitkit explain`
 METHODS: tuple[str, ...] = typing.get_args(Method)

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vitkit import atomic
-from vitkit.train.distributed import World
+from vitkit.distributed import World
 
 FORMAT_VERSION = 3
 SHARDS = "checkpoint-shards"  # FSDP: one torch.distributed.checkpoint folder per save

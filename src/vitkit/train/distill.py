@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.data.normalization import IMAGENET, Normalization
+from vitkit.model.normalization import IMAGENET, Normalization
 
 log = logging.getLogger("vitkit")
 SOFT_TEMPERATURE, SOFT_WEIGHT = 3.0, 0.1  # DeiT's soft distillation: tau and lambda

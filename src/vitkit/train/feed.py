@@ -11,15 +11,15 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vitkit.data import transforms
-from vitkit.data.datasets import ArrayImages, FileImages
+from vitkit.data.datasets import FileImages
 from vitkit.data.loader import ArrayBatches, EpochSampler, default_workers, eval_loader, mix_seed, train_loader
-from vitkit.data.normalization import Normalization
-from vitkit.data.spec import DataSplits
+from vitkit.distributed import World
 from vitkit.model.config import ViTConfig
-from vitkit.train.distributed import World
+from vitkit.model.normalization import Normalization
+from vitkit.train.plan import Plan
 from vitkit.train.recipe import Recipe
 
 EVAL_BATCH = 256
@@ -39,10 +39,9 @@ class Batch:
 
 @dataclasses.dataclass
 class Feed:
-    recipe: Recipe  # its batch size clamped to the data
+    recipe: Recipe
     loader: DataLoader | ArrayBatches
     sampler: EpochSampler
-    val_loader: DataLoader
     eval_tf: Callable | None
     geometry: transforms.GeometricAugment
     mixer: Callable | None
@@ -71,17 +70,14 @@ class Feed:
             x, targets = self.mixer(x, labels)
         return Batch(self.normalization(x, self.config.in_channels), x, targets, labels, weights)
 
-    def test_loader(self, splits: DataSplits) -> DataLoader:
-        return eval_loader(splits.test, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(splits.test)))
+    def held_out(self, images: Dataset) -> DataLoader:
+        """Every image of a held-out split once, each process its share."""
+        return eval_loader(images, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(images)))
 
 
-def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, normalization: Normalization,
-               world: World) -> Feed:
-    """The training and validation loaders for `splits` at the model's image size."""
-    size = config.image_hw
-    if isinstance(splits.train, ArrayImages):  # resized once, up front
-        splits.train, splits.val = splits.train.resized(size), splits.val.resized(size)
-        splits.test = splits.test.resized(size) if splits.test is not None else None
+def build_feed(plan: Plan, world: World) -> Feed:
+    """The training loader and the batch-level work for the plan's data at the model's image size."""
+    recipe, splits, size = plan.recipe, plan.splits, plan.config.image_hw
     train_tf = transforms.train_transform(size, crop=recipe.crop, min_scale=recipe.min_scale,
                                           augment=recipe.augment, magnitude=recipe.magnitude,
                                           erasing=recipe.erasing)
@@ -93,17 +89,12 @@ def build_feed(splits: DataSplits, recipe: Recipe, config: ViTConfig, normalizat
     if not per_image_work:  # arrays already at the model's size: fetched a batch at a time
         train_tf = eval_tf = None
     workers = recipe.workers if recipe.workers is not None else default_workers() if per_image_work else 0
-    if len(splits.train) < recipe.batch_size:
-        recipe = dataclasses.replace(recipe, batch_size=max(1, len(splits.train)))
-    if recipe.batch_size % world.size:
-        raise ValueError(f"--batch-size {recipe.batch_size} is the global batch and must divide among "
-                         f"{world.size} processes; use a multiple of {world.size}")
     if per_image_work:
         loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
                                        world.rank, world.size, pin_memory=world.device.type == "cuda")
     else:
         sampler = EpochSampler(len(splits.train), recipe.batch_size, recipe.seed, world.rank, world.size)
         loader = ArrayBatches(splits.train, sampler, world.device)
-    val_loader = eval_loader(splits.val, eval_tf, EVAL_BATCH, workers, world.shard(len(splits.val)))
     mixer = transforms.mix(len(splits.classes), recipe.mixup, recipe.cutmix)
-    return Feed(recipe, loader, sampler, val_loader, eval_tf, geometry, mixer, workers, config, normalization, world)
+    return Feed(recipe, loader, sampler, eval_tf, geometry, mixer, workers, plan.config,
+                plan.normalization, world)

@@ -16,7 +16,8 @@ from vitkit.train.recipe import Recipe
 
 def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     """Groups of (weight decay, lr scale): no decay where the model says so, and with
-    --layer-decay a learning rate that shrinks by that factor per layer below the head."""
+    --layer-decay a learning rate that shrinks by that factor per layer below the head (the step
+    multiplies the schedule's rate by each group's scale)."""
     no_decay, top = model.no_weight_decay(), model.config.depth + 1
     groups: dict[tuple[float, float], dict] = {}
     for name, param in model.named_parameters():
@@ -36,29 +37,27 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device, shar
     default model, AMX CPU: an AdamW step 3.75 -> 1.12 ms). FSDP's sharded parameters keep foreach."""
     groups = param_groups(model, recipe)
     fused = device.type in ("cpu", "cuda") and not sharded
+    lr = 0.0  # a placeholder: each step sets every group's rate from the schedule
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, fused=fused or None)
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999), fused=fused or None)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
 
 
 class Schedule:
-    """Linear warm-up, then cosine decay to min_lr; the length may be set late (time budgets). The
-    warm-up takes at most half of the run once its length is known, so that a run shorter than its
-    recipe's warm-up (`--epochs 2` on photos, whose recipe warms up for 3) still reaches the peak
-    and decays from it instead of ending mid-ramp."""
+    """The learning rate of every step: linear warm-up, then cosine decay to min_lr over the run's
+    `total` steps (None while a time budget has not planned them: the peak rate). The warm-up
+    takes at most half of the run, so that a run shorter than its recipe's warm-up (`--epochs 2`
+    on photos, whose recipe warms up for 3) still reaches the peak and decays from it instead of
+    ending mid-ramp. The training step applies it, scaled per parameter group (`lr_scale`)."""
 
-    def __init__(self, base_lr: float, min_lr: float, warmup: int, total: int | None = None):
-        self.base_lr, self.min_lr, self.warmup, self.total = base_lr, min_lr, warmup, total
+    def __init__(self, base_lr: float, min_lr: float, warmup: int):
+        self.base_lr, self.min_lr, self.warmup = base_lr, min_lr, warmup
 
-    def lr(self, step: int) -> float:
-        warmup = self.warmup if self.total is None else min(self.warmup, self.total // 2)
+    def lr(self, step: int, total: int | None) -> float:
+        warmup = self.warmup if total is None else min(self.warmup, total // 2)
         if step < warmup:
             return self.base_lr * (step + 1) / warmup
-        if self.total is None:
+        if total is None:
             return self.base_lr
-        progress = min(1.0, (step - warmup) / max(1, self.total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr(step) * group["lr_scale"]

@@ -1,4 +1,4 @@
-"""Pictures of a run: learning curves and confusion matrices (matplotlib, no display needed)."""
+"""A run's learning curves (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -25,25 +25,6 @@ def curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
-
-
-def confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    n = len(classes)
-    size = min(4 + 0.35 * n, 30)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, label="images")
-    if n <= 40:
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
-        peak = max(max(row) for row in matrix) or 1
-        if n <= 20:
-            for i, row in enumerate(matrix):
-                for j, value in enumerate(row):
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                            color="white" if value > peak / 2 else "black")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     _save(fig, path)
 
 

@@ -19,54 +19,81 @@ from vitkit.model.presets import get_config
 
 # What --model-option may set: a ViTConfig field, or what --init weights may not record.
 MODEL_OPTIONS = {f.name for f in dataclasses.fields(ViTConfig)} | {"source_image_size"}
+# From this many training images an epoch is long enough that torch.compile's minute or so of
+# compilation pays for itself (1126 vs 888 img/s on CIFAR-10's default model, AMX CPU).
+COMPILE_FROM = 10_000
+
+
+def knob(default: Any, doc: str) -> Any:
+    """A recipe field and its documentation: `vitkit train --help` and the docs read it from here."""
+    return dataclasses.field(default=default, metadata={"help": doc})
 
 
 @dataclass
 class Recipe:
-    model: str | None = None  # a preset name; None lets auto_recipe choose
-    epochs: int | None = None
-    time_budget: float | None = None  # seconds of wall time for the whole run
-    batch_size: int = 128
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3  # for the global batch
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    clip_grad: float | None = 1.0
-    accum_steps: int = 1
-    crop: Literal["pad", "random-resized", "none"] = "pad"
-    padding: int = 4
-    min_scale: float = 0.35  # RandomResizedCrop
-    flip: bool = True
-    rotate: float = 0.0  # RandomAffine: degrees, translate fraction, scale jitter
-    translate: float = 0.0
-    scale_jitter: float = 0.0
-    augment: Literal["none", "randaugment", "trivialaugment"] = "none"
-    magnitude: int = 9
-    mixup: float = 0.0  # alpha; 0 = off
-    cutmix: float = 0.0
-    erasing: float = 0.0
-    drop_path: float = 0.0
-    dropout: float = 0.0
-    patch_dropout: float = 0.0  # fraction of patch tokens each training image drops (PatchDropout)
-    ema: float | None = None  # decay, e.g. 0.999
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: bool = False
-    seed: int = 0
-    workers: int | None = None
-    val_split: float = 0.1
-    image_size: int | None = None
-    init: str | None = None  # weights to fine-tune from
-    normalize: str | None = None  # input normalization; default: the weights' own (half for a new model)
-    layer_decay: float | None = None
-    freeze_backbone: bool = False
-    teacher: str | None = None  # DeiT distillation from RUN|WEIGHTS or torchvision:ARCH:STATE_DICT
-    distill: Literal["hard", "soft"] = "hard"
-    grad_checkpointing: bool = False
-    skip_nonfinite: bool = False
-    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Every training knob; each becomes a `vitkit train` flag of the same name (`--batch-size`).
+    Fields left at their defaults that `auto_recipe` or `fine_tune_recipe` set are chosen for the
+    data: only the fields a user names (`given`) are kept as they are."""
+
+    model: str | None = knob(None, "preset name (see `vitkit models`); default: chosen for the data")
+    epochs: int | None = knob(None, "number of epochs; default: chosen for the data")
+    time_budget: float | None = knob(None, "wall-clock seconds for the whole run; plans the steps to fit (the "
+                                           "last epoch may be short)")
+    batch_size: int = knob(128, "global batch size")
+    optimizer: Literal["adamw", "sgd"] = knob("adamw", "adamw, or sgd (momentum 0.9)")
+    lr: float = knob(1e-3, "peak learning rate, for the global batch")
+    min_lr: float = knob(1e-5, "learning rate at the end of the cosine decay")
+    weight_decay: float = knob(0.05, "decoupled weight decay (never on norms, biases, position embedding, "
+                                     "learned tokens)")
+    warmup_epochs: float = knob(2.0, "linear warm-up length in epochs (at most half of the run)")
+    label_smoothing: float = knob(0.1, "label smoothing of the cross-entropy targets")
+    clip_grad: float | None = knob(1.0, "clip the gradient norm to this value (0 = off)")
+    accum_steps: int = knob(1, "split each batch into this many pieces (gradient accumulation)")
+    crop: Literal["pad", "random-resized", "none"] = knob("pad", "training crop: pad (random crop with padding), "
+                                                                 "random-resized, none")
+    padding: int = knob(4, "padding of the random crop, in pixels")
+    min_scale: float = knob(0.35, "smallest area fraction of RandomResizedCrop")
+    flip: bool = knob(True, "random horizontal flips (off by default for digits)")
+    rotate: float = knob(0.0, "random rotation up to this many degrees (RandomAffine)")
+    translate: float = knob(0.0, "random translation up to this fraction of the image (RandomAffine)")
+    scale_jitter: float = knob(0.0, "random scaling by 1 +- this fraction (RandomAffine)")
+    augment: Literal["none", "randaugment", "trivialaugment"] = knob("none", "RandAugment, TrivialAugment or none")
+    magnitude: int = knob(9, "RandAugment magnitude")
+    mixup: float = knob(0.0, "MixUp alpha (0 = off)")
+    cutmix: float = knob(0.0, "CutMix alpha (0 = off)")
+    erasing: float = knob(0.0, "random-erasing probability")
+    drop_path: float = knob(0.0, "stochastic depth rate of the last block")
+    dropout: float = knob(0.0, "dropout rate")
+    patch_dropout: float = knob(0.0, "fraction of patch tokens each training image drops: every block costs that "
+                                     "much less")
+    ema: float | None = knob(None, "keep an exponential moving average of the weights with this decay, e.g. 0.999")
+    precision: Literal["auto", "bf16", "fp32"] = knob("auto", "auto (bf16 where the CPU/GPU supports it), bf16 or "
+                                                               "fp32")
+    compile: bool = knob(False, f"torch.compile the training step (replayed as CUDA graphs on one GPU); default: "
+                                f"on from {COMPILE_FROM:,} training images")
+    seed: int = knob(0, "random seed: same seed, same data, same machine = same metrics")
+    workers: int | None = knob(None, "data-loading worker processes for per-image work: decoding, RandAugment, ... "
+                                     "(default: up to 2; in-memory images without such work are gathered a batch at "
+                                     "a time instead, and only evaluation uses the workers)")
+    val_split: float = knob(0.1, "fraction of the training images held out when the data has no validation split")
+    image_size: int | None = knob(None, "train at this image size (pixels)")
+    init: str | None = knob(None, "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); "
+                                  "the model keeps their architecture and gets a new head")
+    normalize: str | None = knob(None, "input normalization: imagenet, half, none, MEAN,STD or M1,M2,M3,S1,S2,S3 "
+                                       "(default: the weights' own with --init, else half)")
+    layer_decay: float | None = knob(None, "layer-wise learning-rate decay for fine-tuning, e.g. 0.75")
+    freeze_backbone: bool = knob(False, "train only the head (linear probe)")
+    teacher: str | None = knob(None, "distil from this teacher (DeiT): a run or weights vitkit.load reads, or "
+                                     "torchvision:ARCH:STATE_DICT; the student gets a distillation token and head")
+    distill: Literal["hard", "soft"] = knob("hard", "hard (the teacher's top class, DeiT's best) or soft (its "
+                                                    "distribution, tau 3, weight 0.1)")
+    grad_checkpointing: bool = knob(False, "recompute each block's activations in backward instead of keeping them "
+                                           "(less memory for ViT-L/H, ~one more forward of compute)")
+    skip_nonfinite: bool = knob(False, "drop steps whose loss is NaN/inf instead of stopping")
+    fsdp: bool = knob(False, "with several processes, shard parameters, gradients and optimizer state (FSDP2) "
+                             "instead of replicating them (DDP): for models that do not fit one device")
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "ViTConfig fields for a new model, or for --init what the weights do not record"})  # --model-option
 
     def __post_init__(self) -> None:
         """Refuse values that cannot train, naming the flag and the accepted range."""
@@ -112,14 +139,9 @@ TINY_IMAGES = (  # 8x8 digits, upsampled to 16 px: 4x4 patches -> 16 tokens; sma
          rotate=10.0, translate=0.1, scale_jitter=0.1),
 )
 SMALL_IMAGES = (  # 28-32 px: 4x4 patches -> 49-64 tokens; narrow, so many epochs fit a CPU budget. A
-    # two-convolution stem and mean pooling without a class token: 69.4% vs 66.3% with plain patches
-    # on CIFAR-10 in 10 minutes ("What each choice buys" in benchmarks/RESULTS.md); a stride-1
-    # convolution after each of the stem's two: 71.6% vs 67.7% in 10 minutes, 81.3% vs 77.0% in 30
-    # ("Stem depth and batch size on CIFAR-10"). Each training image drops 70% of its patch tokens
-    # (PatchDropout): half gave twice the images per second, 68.4% vs 66.1% in 10 minutes ("Patch
-    # dropout on CIFAR-10"); 70% a compiled step 1.3x faster again ("Patch dropout 0.7 and 0.75 with
-    # the four-convolution stem") at 80.3-81.0% in 30 minutes on three held-out splits ("Patch
-    # dropout 0.7 as the small-image default")
+    # four-convolution stem and mean pooling without a class token learn more in the same time than
+    # plain patches; each training image drops 70% of its patch tokens (PatchDropout), a faster step
+    # at the same accuracy. The docs' design notes give the measurements.
     dict(patch_size=4, dim=128, depth=6, heads=4, mlp_dim=256, patch_embed="conv-stem", stem_depth=2,
          pool="mean", class_token=False),
     dict(epochs=30, batch_size=128, lr=1.5e-3, warmup_epochs=1, padding=4, patch_dropout=0.7),
@@ -138,9 +160,6 @@ FINE_TUNE = dict(optimizer="sgd", lr=0.01, weight_decay=0.0, warmup_epochs=1.0, 
                  label_smoothing=0.0, augment="none", mixup=0.0, cutmix=0.0, drop_path=0.0, patch_dropout=0.0)
 FINE_TUNE_STEPS = 500
 
-# From this many training images an epoch is long enough that torch.compile's minute or so of
-# compilation pays for itself (1126 vs 888 img/s on CIFAR-10's default model, AMX CPU).
-COMPILE_FROM = 10_000
 
 
 def regularisers(recipe: Recipe) -> dict[str, float]:

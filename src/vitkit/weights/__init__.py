@@ -1,6 +1,7 @@
-"""Weights in and out: vitkit's own directories and the formats of other libraries."""
+"""Weights in and out: vitkit's own directories, the formats of other libraries, and weights by
+name from the Hugging Face Hub."""
 
-from vitkit.weights.io import load, save
+from vitkit.weights.io import create_model, load, save
 from vitkit.weights.vit_pytorch import from_vit_pytorch
 
-__all__ = ["from_vit_pytorch", "load", "save"]
+__all__ = ["create_model", "from_vit_pytorch", "load", "save"]

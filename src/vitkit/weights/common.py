@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from vitkit.data.normalization import Normalization
 from vitkit.model.config import Size, pair
+from vitkit.model.normalization import Normalization
 
 
 class Source(dict):

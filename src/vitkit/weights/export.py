@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from vitkit import atomic
-from vitkit.data.normalization import HALF, Normalization
 from vitkit.extras import require
+from vitkit.model.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
 
 OPSET = 18

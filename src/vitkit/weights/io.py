@@ -21,10 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
-from vitkit.data.normalization import HALF, Normalization
-from vitkit.model.presets import PRETRAINED, pretrained_repo
+from vitkit.model import build, native
+from vitkit.model.normalization import HALF, Normalization
+from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
-from vitkit.weights import hf, jax, native, timm, timm_hybrid, torchvision, vit_pytorch
+from vitkit.weights import hf, hub, jax, timm, timm_hybrid, torchvision, vit_pytorch
 from vitkit.weights.common import Source, check_consumed
 
 log = logging.getLogger("vitkit")
@@ -103,15 +104,15 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
     name, _, tag = str(path).partition(":")
-    if tag and name in PRETRAINED and not Path(path).exists():
-        path = "hf-hub:" + pretrained_repo(name, tag)
+    if tag and name in hub.PRETRAINED and not Path(path).exists():
+        path = "hf-hub:" + hub.pretrained_repo(name, tag)
     if str(path).startswith("hf-hub:"):
-        path = _download(str(path).removeprefix("hf-hub:"))
+        path = hub.download(str(path).removeprefix("hf-hub:"))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):
-        model = native.load_pretrained(path, **overrides)
+        model = build.load_pretrained(path, **overrides)
         return _normalized(model, normalize, "vitkit", None, path).eval()
     hints = {k: overrides.pop(k) for k in HINT_KEYS if k in overrides}
     config_json = None
@@ -139,7 +140,7 @@ def _normalized(model: ViT, normalize: Any, kind: str, config_json: dict[str, An
         model.normalization = Normalization.parse(normalize)
         return model
     if kind == "vitkit":
-        return model  # native.load_pretrained read the run's own
+        return model  # load_pretrained read the run's own
     if kind == "hf":
         found, why = hf.normalization(path.parent, config_json)
     elif kind == "timm":
@@ -183,7 +184,7 @@ def _convert(kind: str, state: Source, config_json: dict[str, Any] | None,
         config, converted = timm.to_vitkit(state, {**timm.hints_from_config(config_json), **hints})
     check_consumed(state, str(path))
     try:
-        return native.build_with_state(config, converted, **overrides)
+        return build.build_with_state(config, converted, **overrides)
     except RuntimeError as e:  # load_state_dict's shape report
         raise ValueError(f"{path}: {str(e).splitlines()[-1].strip()}") from None
 
@@ -226,16 +227,18 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
     raise ValueError(f"save format={format!r}: use vitkit, hf or timm")
 
 
-def _download(repo: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ValueError("hf-hub: paths need huggingface_hub (pip install 'vitkit[hub]')") from None
-    log.info("fetching %s from the Hugging Face hub (or its local cache)", repo)
-    try:  # the *.json files include preprocessor_config.json: the input normalization
-        folder = Path(snapshot_download(repo, allow_patterns=["*.json", "model.safetensors"]))
-        if (folder / "model.safetensors").is_file():  # not also the same weights as .bin (or open_clip's)
-            return folder
-        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
-    except (OSError, ValueError) as e:  # offline and not cached, no network, no such repository, a bad name
-        raise ValueError(f"hf-hub:{repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> ViT:
+    """Build a named model: create_model("vit_b16", num_classes=10, image_size=384).
+
+    `pretrained="augreg2_in21k_ft_in1k"` (a tag of `weights.hub.PRETRAINED`) loads those weights
+    from the Hugging Face Hub, cached after the first download (HF_HUB_OFFLINE=1 reads only the
+    cache); overrides then adapt them, e.g. num_classes=10 gives a fresh head.
+    """
+    if pretrained is None:
+        return ViT(get_config(name, **overrides))
+    preset = get_config(name)
+    model = load(f"hf-hub:{hub.pretrained_repo(name, pretrained)}", **overrides)
+    wrong = [f for f in hub.ARCHITECTURE if getattr(model.config, f) != getattr(preset.replace(**overrides), f)]
+    if wrong:
+        raise ValueError(f"the weights {pretrained!r} of {name} differ from the preset in {wrong}")
+    return model

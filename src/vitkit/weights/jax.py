@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from vitkit.data.normalization import HALF
 from vitkit.model.config import ViTConfig
+from vitkit.model.normalization import HALF
 from vitkit.weights.common import source_image_size
 
 BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/")

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from vitkit.data.normalization import HALF, IMAGENET, Normalization
 from vitkit.model.config import ViTConfig
+from vitkit.model.normalization import HALF, IMAGENET, Normalization
 from vitkit.model.vit import ViT
 from vitkit.weights.common import normalization_from, source_image_size
 

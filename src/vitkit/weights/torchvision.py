@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from vitkit.data.normalization import IMAGENET
 from vitkit.model.config import ViTConfig
+from vitkit.model.normalization import IMAGENET
 from vitkit.weights.common import source_image_size
 from vitkit.weights.timm import heads_for
 

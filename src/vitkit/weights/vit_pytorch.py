@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from vitkit.data.normalization import HALF
+from vitkit.model.build import build_with_state
 from vitkit.model.config import ViTConfig, pair
+from vitkit.model.normalization import HALF
 from vitkit.model.vit import ViT
 from vitkit.weights.common import Source, check_consumed
-from vitkit.weights.native import build_with_state
 
 VIT_PYTORCH_EPS = 1e-5
 NORMALIZATION = HALF, "vitkit's default (vit-pytorch leaves it to the user)"

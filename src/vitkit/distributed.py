@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 
+from vitkit import runtime
+
 try:
     from torch.distributed.fsdp import FSDPModule, fully_shard
 except ImportError:  # torch 2.4-2.5 kept FSDP2 under a private name
@@ -40,9 +42,9 @@ class World:
         gloo for the small CPU tensors of metrics and decisions."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size == 1:
-            return cls(0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+            return cls(0, 1, runtime.device(device))
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        cuda = runtime.device(device).type == "cuda"
         dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if not dist.is_initialized():
             if cuda:

@@ -1,21 +1,21 @@
-"""Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix."""
+"""Evaluation: loss, top-1, top-5, per-class accuracy and the confusion matrix (and its picture).
+
+Used by training (each epoch's validation) and `vitkit eval`; it knows nothing of the trainer.
+"""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vitkit.data.normalization import Normalization
-from vitkit.data.transforms import to_model_input
-from vitkit.train.distributed import World, is_sharded
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+from vitkit import atomic
+from vitkit.distributed import World, is_sharded
+from vitkit.model.normalization import Normalization, to_model_input
+from vitkit.runtime import autocast
 
 
 @torch.inference_mode()
@@ -61,3 +61,33 @@ def summarize(confusion: torch.Tensor, loss_sum: float, top5_hits: int, problems
         "confusion": confusion.tolist(),
         "skipped": [list(p) for p in problems],
     }
+
+
+def confusion_png(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """The confusion matrix as a picture, with the counts written in for up to 20 classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    size = min(4 + 0.35 * n, 30)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        peak = max(max(row) for row in matrix) or 1
+        if n <= 20:
+            for i, row in enumerate(matrix):
+                for j, value in enumerate(row):
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                            color="white" if value > peak / 2 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+

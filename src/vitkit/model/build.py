@@ -1,81 +1,44 @@
-"""vitkit's own format: a directory with `config.json` and `model.safetensors`."""
+"""Configs and weights into modules: a fresh model for a config, a state dict loaded into one
+(adapted to a new class count or image size), and vitkit's own directories read back."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from vitkit import atomic
-from vitkit.data.normalization import Normalization
-from vitkit.model import position
+from vitkit.model import native, position
 from vitkit.model.cnn import CNN, CNNConfig
 from vitkit.model.config import ViTConfig
+from vitkit.model.normalization import Normalization
 from vitkit.model.vit import ViT
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-FORMAT_TAG = "vitkit"
 log = logging.getLogger("vitkit")
 
 
-def save_pretrained(model: ViT, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save weights and config; `extra` (e.g. class names) is kept in config.json beside them,
-    with the model's input normalization when it has one."""
-    if model.normalization is not None:
-        extra = {"normalize": model.normalization.to_dict(), **(extra or {})}
-    return save_weights(model.state_dict(), model.config, directory, extra)
+def build_model(config: ViTConfig | CNNConfig) -> ViT | CNN:
+    """The module for a config: a ViT, or a torchvision CNN."""
+    return CNN(config) if isinstance(config, CNNConfig) else ViT(config)
 
 
-def save_weights(state: dict[str, torch.Tensor], config: ViTConfig, directory: str | Path,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """`save_pretrained` from a state dict (what FSDP gathers from its shards)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic.atomic_path(directory / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    kind = "cnn" if isinstance(config, CNNConfig) else "vit"
-    meta = {"format": FORMAT_TAG, kind: config.to_dict(), **(extra or {})}
-    atomic.write_text(directory / CONFIG, json.dumps(meta, indent=2) + "\n")
-    return directory
+def config_from_dict(data: dict[str, Any]) -> ViTConfig | CNNConfig:
+    return CNNConfig.from_dict(data) if "arch" in data else ViTConfig.from_dict(data)
 
 
-def is_native(directory: Path) -> bool:
-    config = directory / CONFIG
-    if not (directory.is_dir() and config.is_file() and (directory / WEIGHTS).is_file()):
-        return False
-    try:
-        return json.loads(config.read_text()).get("format") == FORMAT_TAG
-    except (json.JSONDecodeError, AttributeError):
-        return False
-
-
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """Everything in config.json besides the architecture (class names, training recipe, ...)."""
-    meta = json.loads((Path(directory) / CONFIG).read_text())
-    meta.pop("vit", None)
-    meta.pop("cnn", None)
-    return meta
-
-
-def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
+def load_pretrained(directory: str | Path, **overrides: Any) -> ViT | CNN:
     """Load a `save_pretrained` directory. Overrides such as image_size or num_classes adapt it:
     the position embedding is resampled, and a new class count gets a fresh head."""
     directory = Path(directory)
-    # The config is checked before the weights are read: a hostile one is refused before allocation.
-    cnn = json.loads((directory / CONFIG).read_text()).get("cnn")
-    config = CNNConfig.from_dict(cnn) if isinstance(cnn, dict) else ViTConfig.load(directory / CONFIG)
-    state = load_file(str(directory / WEIGHTS))
+    config = native.read_config(directory)
+    state = load_file(str(directory / native.WEIGHTS))
     if isinstance(config, CNNConfig):
-        model = _cnn_with_state(config, state, **overrides)
+        model = cnn_with_state(config, state, **overrides)
     else:
         model = build_with_state(config, state, **overrides)
-    recorded = read_meta(directory).get("normalize")
+    recorded = native.read_meta(directory).get("normalize")
     if recorded is None:
         log.info("%s does not record its input normalization (written before vitkit recorded it); assuming "
                  "half (mean=std=0.5); pass --normalize to override", directory)
@@ -83,7 +46,7 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT:
     return model
 
 
-def _cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **overrides: Any) -> CNN:
+def cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **overrides: Any) -> CNN:
     """A CNN run: a new class count gets a fresh classifier; a new image size changes nothing
     (convolutions take any size)."""
     unknown = sorted(set(overrides) - {"num_classes", "image_size", "drop_path", "dropout"})

@@ -71,3 +71,9 @@ HALF = Normalization((0.5,), (0.5,))  # [0, 1] -> [-1, 1]: big_vision, the origi
 IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision, DeiT, timm's ImageNet-1k
 NONE = Normalization((0.0,), (1.0,))
 NAMED = {"half": HALF, "imagenet": IMAGENET, "none": NONE}
+
+
+def to_model_input(images: torch.Tensor, normalization: Normalization | str | dict = "half",
+                   channels: int | None = None) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, C, H, W) -> the normalised float32 input the model was trained on."""
+    return Normalization.parse(normalization)(images, channels)
