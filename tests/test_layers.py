@@ -88,3 +88,19 @@ def test_only_the_command_line_imports_the_trainer():
     """Evaluating, predicting, serving and benchmarking a model never load the training code."""
     users = {part(m) for m, targets in imports().items() for t in targets if part(t) == "train" and part(m) != "train"}
     assert users <= {"cli"}, users
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Forty lines at most (docstring included), and the training run's class at most 250: read once,
+    top to bottom."""
+    long = []
+    for path in (SRC / "vitkit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            size = node.end_lineno - node.lineno + 1
+            if not isinstance(node, ast.ClassDef) and size > 40:
+                long.append(f"{path.relative_to(SRC)}: {node.name}, {size} lines")
+            if isinstance(node, ast.ClassDef) and node.name == "Run" and size > 250:
+                long.append(f"{path.relative_to(SRC)}: class Run, {size} lines")
+    assert not long, "\n".join(long)

@@ -291,19 +291,7 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     # What each library computes: vitkit's last block only for the class token (ViTConfig.head_tokens)
     macs = {lib: flops(config, every_token=lib != "vitkit") * (3 if mode == "train" else 1) for lib in models}
     peak = Spread.of(peaks)
-    rows = []
-    for key, t in times.items():
-        library, execution = key.split("/")
-        by_round = [batch / s for s in t]
-        rate = Spread.of(by_round)
-        of_round_peak = [2 * macs[library] * r / p for r, p in zip(by_round, peaks, strict=True)]
-        error, limit = errors[key], tolerance(dtype, config.depth)
-        rows.append({"library": library, "execution": execution, "img_per_s": asdict(rate),
-                     "img_per_s_by_round": by_round, "latency_s": asdict(Spread.of(t)),
-                     "gflop_per_s": 2 * macs[library] * rate.median / 1e9,
-                     "fraction_of_peak": 2 * macs[library] * rate.median / peak.median,
-                     "fraction_of_round_peak": asdict(Spread.of(of_round_peak)), "max_rel_diff_vs_reference": error,
-                     "matches_reference": None if error is None else error < limit})
+    rows = [row(key, t, batch, macs, peaks, errors[key], tolerance(dtype, config.depth)) for key, t in times.items()]
     check = (agreement_on_run(agreement_run, agreement_data, agreement_images or 1000, dtype, bf16, compile,
                               device=str(dev)) if agreement_run else None)
     return {"model": model_name, "image_size": list(config.image_hw), "batch": batch, "dtype": dtype, "mode": mode,
@@ -313,6 +301,21 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
             "matmul_peak": {"dtype": peak_dtype, "tflops": {k: v / 1e12 for k, v in asdict(peak).items()}},
             "peak_memory_bytes": _memory(dev), "rows": rows, "comparisons": comparisons(rows, compare),
             "agreement": check}
+
+
+def row(key: str, seconds: list[float], batch: int, macs: dict[str, float], peaks: list[float],
+        error: float | None, limit: float) -> dict:
+    """One library's row: images/s over the rounds, its share of the matmul peak (of all rounds,
+    and of each round's own), and how far its logits are from vitkit's."""
+    library, execution = key.split("/")
+    by_round = [batch / s for s in seconds]
+    rate = Spread.of(by_round)
+    of_round_peak = [2 * macs[library] * r / p for r, p in zip(by_round, peaks, strict=True)]
+    return {"library": library, "execution": execution, "img_per_s": asdict(rate), "img_per_s_by_round": by_round,
+            "latency_s": asdict(Spread.of(seconds)), "gflop_per_s": 2 * macs[library] * rate.median / 1e9,
+            "fraction_of_peak": 2 * macs[library] * rate.median / Spread.of(peaks).median,
+            "fraction_of_round_peak": asdict(Spread.of(of_round_peak)), "max_rel_diff_vs_reference": error,
+            "matches_reference": None if error is None else error < limit}
 
 
 def _memory(device: torch.device) -> int:

@@ -213,21 +213,8 @@ class ViTConfig:
         for name in ("head_dim", "representation_size"):
             if getattr(self, name) is not None:
                 _bounded(name, getattr(self, name), 1, LIMITS["dim"])
-        for name in ("image_size", "patch_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) or (isinstance(value, tuple) and len(value) == 2)):
-                raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
-            for side in pair(value) if isinstance(value, tuple) else (value,):
-                _bounded(name, side, 1, LIMITS["image"])
-        (h, w), (ph, pw) = self.image_hw, self.patch_hw
-        if h % ph or w % pw:
-            fix_h, fix_w = max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw)
-            raise ValueError(
-                f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
-                f"use an image size such as {fix_h}x{fix_w}, or a patch size that divides {h}x{w}")
+        self._validate_grid()
         self._validate_stem()
-        if self.num_patches + self.num_prefix_tokens > LIMITS["tokens"]:
-            raise ValueError(f"{self.num_patches} patches is too many tokens; use a larger patch")
         if self.head_dim is None and self.dim % self.heads:
             divisors = [d for d in range(1, min(self.dim, 64) + 1) if self.dim % d == 0]
             raise ValueError(
@@ -245,6 +232,23 @@ class ViTConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
         if not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
             raise ValueError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
+
+    def _validate_grid(self) -> None:
+        """Image and patch sizes: whole patches, and not too many tokens."""
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) or (isinstance(value, tuple) and len(value) == 2)):
+                raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+            for side in pair(value) if isinstance(value, tuple) else (value,):
+                _bounded(name, side, 1, LIMITS["image"])
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        if h % ph or w % pw:
+            fix_h, fix_w = max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw)
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by patch size {ph}x{pw}; "
+                f"use an image size such as {fix_h}x{fix_w}, or a patch size that divides {h}x{w}")
+        if self.num_patches + self.num_prefix_tokens > LIMITS["tokens"]:
+            raise ValueError(f"{self.num_patches} patches is too many tokens; use a larger patch")
 
     def _validate_stem(self) -> None:
         """A CNN before the patch projection must end on the patch grid."""

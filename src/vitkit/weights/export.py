@@ -67,23 +67,30 @@ def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: boo
     inputs = {b: draw(b, c.in_channels, *c.image_hw) for b in checks}
     with torch.no_grad():
         expected = {b: module(x) for b, x in inputs.items()}
-    errors = []
     with atomic.atomic_path(out) as tmp:
-        if format == "pt2":
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-            torch.export.save(program, tmp)
-            loaded = torch.export.load(tmp).module()
-            with torch.no_grad():
-                errors = [_check("pt2", expected[b], loaded(x)) for b, x in inputs.items()]
-        else:
-            onnxruntime = require("onnxruntime", "onnx", "ONNX export")
-            require("onnxscript", "onnx", "ONNX export")
-            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                              opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=False,
-                              verbose=False)
-            session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            errors = [_check("ONNX", expected[b], torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
-                      for b, x in inputs.items()]
+        write = _write_pt2 if format == "pt2" else _write_onnx
+        errors = write(module, example, dynamic, tmp, inputs, expected)
     return {"file": str(out), "format": format, "checked_batches": checks, "max_rel_error": max(errors),
             "input": "float images in [0, 1]" if include_normalization else "normalised images",
             "normalization": normalization.to_dict(), "normalization_in_graph": include_normalization}
+
+
+def _write_pt2(module: nn.Module, example: torch.Tensor, dynamic: dict | None, path: Path,
+               inputs: dict[int, torch.Tensor], expected: dict[int, torch.Tensor]) -> list[float]:
+    """A torch.export program, loaded back and checked against the model on `inputs`."""
+    torch.export.save(torch.export.export(module, (example,), dynamic_shapes=dynamic), path)
+    loaded = torch.export.load(path).module()
+    with torch.no_grad():
+        return [_check("pt2", expected[b], loaded(x)) for b, x in inputs.items()]
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, dynamic: dict | None, path: Path,
+                inputs: dict[int, torch.Tensor], expected: dict[int, torch.Tensor]) -> list[float]:
+    """An ONNX file, run by onnxruntime and checked against the model on `inputs`."""
+    onnxruntime = require("onnxruntime", "onnx", "ONNX export")
+    require("onnxscript", "onnx", "ONNX export")
+    torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["logits"],
+                      opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [_check("ONNX", expected[b], torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
+            for b, x in inputs.items()]

@@ -79,6 +79,12 @@ def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
     if kind != "vit":
         raise ValueError(f"Hugging Face model_type={kind!r} is not a ViT that vitkit reads; it reads vit and "
                          f"{', '.join(hf_family.FAMILIES)}")
+    return _vit(state, hf_config, hints)
+
+
+def _vit(state: dict[str, torch.Tensor], hf_config: dict[str, Any],
+         hints: dict[str, Any]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """transformers' ViTModel / ViTForImageClassification: the config and the weights renamed."""
     prefix = "vit." if "vit.embeddings.cls_token" in state else ""
     get = lambda name: state[prefix + name]  # noqa: E731
     depth = hf_config["num_hidden_layers"]
@@ -103,20 +109,25 @@ def to_vitkit(state: dict[str, torch.Tensor], hf_config: dict[str, Any] | None,
         "norm.weight": get("layernorm.weight"), "norm.bias": get("layernorm.bias"),
     }
     for i in range(depth):
-        src, dst = prefix + LAYER.format(i=i), f"blocks.{i}."
-        qkv = [src + f"attention.attention.{n}." for n in ("query", "key", "value")]
-        out[dst + "attn.qkv.weight"] = torch.cat([state[q + "weight"] for q in qkv])
-        if config.qkv_bias:
-            out[dst + "attn.qkv.bias"] = torch.cat([state[q + "bias"] for q in qkv])
-        for theirs, ours in PAIRS:
-            out[f"{dst}{ours}.weight"] = state[f"{src}{theirs}.weight"]
-            out[f"{dst}{ours}.bias"] = state[f"{src}{theirs}.bias"]
+        out |= _block(state, prefix + LAYER.format(i=i), f"blocks.{i}.", config.qkv_bias)
     if pooler:
         out["pre_logits.0.weight"] = get("pooler.dense.weight")
         out["pre_logits.0.bias"] = get("pooler.dense.bias")
     if num_classes:
         out["head.weight"], out["head.bias"] = state["classifier.weight"], state["classifier.bias"]
     return config, out
+
+
+def _block(state: dict[str, torch.Tensor], src: str, dst: str, qkv_bias: bool) -> dict[str, torch.Tensor]:
+    """One encoder layer: the separate query, key and value projections fused into one qkv."""
+    qkv = [src + f"attention.attention.{n}." for n in ("query", "key", "value")]
+    out = {dst + "attn.qkv.weight": torch.cat([state[q + "weight"] for q in qkv])}
+    if qkv_bias:
+        out[dst + "attn.qkv.bias"] = torch.cat([state[q + "bias"] for q in qkv])
+    for theirs, ours in PAIRS:
+        out[f"{dst}{ours}.weight"] = state[f"{src}{theirs}.weight"]
+        out[f"{dst}{ours}.bias"] = state[f"{src}{theirs}.bias"]
+    return out
 
 
 def from_vitkit(model: ViT, class_names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -47,6 +47,17 @@ def pretrained_repo(name: str, tag: str) -> str:
     return tags[tag]
 
 
+def resolve(path: str | Path) -> Path:
+    """A local path for what `vitkit.load` is given: `NAME:TAG` (a preset's published weights) and
+    `hf-hub:ORG/NAME` are downloaded (or found in the Hub's cache); anything else is a path."""
+    name, _, tag = str(path).partition(":")
+    if tag and name in PRETRAINED and not Path(path).exists():
+        path = "hf-hub:" + pretrained_repo(name, tag)
+    if str(path).startswith("hf-hub:"):
+        return download(str(path).removeprefix("hf-hub:"))
+    return Path(path)
+
+
 def download(repo: str) -> Path:
     """A local folder holding the repository's weights and JSON files (the Hub's cache)."""
     try:

@@ -103,12 +103,7 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
-    name, _, tag = str(path).partition(":")
-    if tag and name in hub.PRETRAINED and not Path(path).exists():
-        path = "hf-hub:" + hub.pretrained_repo(name, tag)
-    if str(path).startswith("hf-hub:"):
-        path = hub.download(str(path).removeprefix("hf-hub:"))
-    path = Path(path)
+    path = hub.resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):

@@ -42,24 +42,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], *, image_size: Any, h
     class_token = cls.numel() > 0
     positions = state["pos_embedding"].reshape(-1, dim).shape[0]
     num_patches = positions - (1 if class_token else 0)
-    modern = state["pos_embedding"].ndim == 2  # current releases: class token only with pool='cls'
-    if pool is None:
-        if modern or not class_token:
-            pool = "cls" if class_token else "mean"
-        else:
-            raise ValueError("these vit-pytorch weights come from a release where pooling is not "
-                             "visible in the shapes; pass pool='cls' or pool='mean'")
-    if pool == "mean" and class_token:
-        pool = "mean-all"  # the write-up's code averages the class token too
-    h, w = pair(image_size)
-    if patch_size is None:  # assume the grid has the image's aspect ratio
-        gh = math.isqrt(num_patches * h // w)
-        gw = num_patches // max(gh, 1)
-        if gh * gw != num_patches or h % gh or w % gw:
-            raise ValueError(f"{num_patches} patches do not tile a {h}x{w} image evenly; "
-                             "check image_size or pass patch_size")
-        patch_size = (h // gh, w // gw)
-    ph, pw = pair(patch_size)
+    pool = _pooling(pool, class_token, modern=state["pos_embedding"].ndim == 2)
+    ph, pw = pair(patch_size) if patch_size is not None else _patch_of(num_patches, pair(image_size))
     channels = patch_dim // (ph * pw)
     head_key = "mlp_head.1.weight" if "mlp_head.1.weight" in state else "mlp_head.weight"
     fields = dict(
@@ -70,6 +54,27 @@ def config_from_state_dict(state: dict[str, torch.Tensor], *, image_size: Any, h
         fc_norm="mlp_head.0.weight" in state, qkv_bias=False, norm_eps=VIT_PYTORCH_EPS,
     )
     return ViTConfig(**fields)
+
+
+def _pooling(pool: str | None, class_token: bool, modern: bool) -> str:
+    """vit-pytorch's pooling: current releases have a class token only with pool='cls'."""
+    if pool is None:
+        if not (modern or not class_token):
+            raise ValueError("these vit-pytorch weights come from a release where pooling is not "
+                             "visible in the shapes; pass pool='cls' or pool='mean'")
+        pool = "cls" if class_token else "mean"
+    return "mean-all" if pool == "mean" and class_token else pool  # the write-up's code averages the class token too
+
+
+def _patch_of(num_patches: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The patch size of a grid that has the image's aspect ratio."""
+    h, w = image_hw
+    gh = math.isqrt(num_patches * h // w)
+    gw = num_patches // max(gh, 1)
+    if gh * gw != num_patches or h % gh or w % gw:
+        raise ValueError(f"{num_patches} patches do not tile a {h}x{w} image evenly; "
+                         "check image_size or pass patch_size")
+    return h // gh, w // gw
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], config: ViTConfig) -> dict[str, torch.Tensor]:
