@@ -15,6 +15,12 @@ before the model's forward pass, i.e. the stream that dropout, drop-path and Mix
 
 writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from outside).
 
+    python tests/faults.py poison:RANK:EPOCH:STEP:MARKER train ...
+
+in torchrun's first attempt, just before that step, overwrites the run's sharded checkpoint index
+(`checkpoint-shards/*/.metadata`) with a pickle that would create the file MARKER if unpickled,
+then kills that rank's process (SIGKILL): torchrun's restart then resumes from that checkpoint.
+
     python tests/faults.py clock:RANK:LEFT:SECONDS train ...
 
 runs every process's --time-budget on a fake clock on which each step takes 1/16 s, and on which
@@ -24,6 +30,7 @@ its deadline (a machine that slows down near a run's end); nothing else takes ti
 
 import json
 import os
+import pickle
 import signal
 import sys
 from pathlib import Path
@@ -68,6 +75,30 @@ def heartbeat(path: str) -> None:
     trainer.STEP_HOOKS.append(lambda run: Path(path).write_text(f"{run.progress.epoch} {run.progress.step}"))
 
 
+class RunsCode:
+    """Unpickled, it creates a file: what a hostile pickle in a run folder could do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def poison(spec: str) -> None:
+    rank, epoch, step, marker = spec.split(":", 3)
+
+    def fault(run: trainer.Run) -> None:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first_attempt and (run.world.rank, run.progress.epoch + 1, run.progress.step) == (int(rank), int(epoch),
+                                                                                             int(step)):
+            for index in (run.paths.root / "checkpoint-shards").glob("*/.metadata"):
+                index.write_bytes(pickle.dumps(RunsCode(marker)))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.STEP_HOOKS.append(fault)
+
+
 def fake_clock(spec: str) -> None:
     rank, left, seconds = spec.split(":")
     now = [0.0]
@@ -86,5 +117,5 @@ def fake_clock(spec: str) -> None:
 
 if __name__ == "__main__":
     kind, _, rest = sys.argv[1].partition(":")
-    {"draws": record_draws, "heartbeat": heartbeat, "clock": fake_clock}.get(kind, lambda _: install(sys.argv[1]))(rest)
+    {"draws": record_draws, "heartbeat": heartbeat, "clock": fake_clock, "poison": poison}.get(kind, lambda _: install(sys.argv[1]))(rest)
     sys.exit(main(sys.argv[2:]))
