@@ -74,7 +74,7 @@ def spread(values: list[float], fmt: str = "{:.0f}") -> str:
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
-def figure(values: Iterable[float] | float, unit: str, digits: int = 4) -> dict:
+def figure(values: Iterable[float] | float, unit: str, digits: int = 2) -> dict:
     """A figure of a record: min / median / max of repeated measurements, or one value."""
     if isinstance(values, (int, float)):
         return {"value": round(float(values), digits), "unit": unit}

@@ -44,13 +44,14 @@ def figures_of(out: Path) -> tuple[dict, str]:
         figures[f"device tests {outcome}"] = int(found[-1]) if found else 0
     benches = [b for b in (json_in(out / "bench-infer.txt"), json_in(out / "bench-train.txt")) if b]
     figures |= bench_figures(benches)
-    cifar, metrics = json_in(out / "cifar.txt"), out / "cifar-run" / "metrics.jsonl"
-    if cifar and metrics.exists():
-        history = [json.loads(line) for line in metrics.read_text().splitlines()]
-        figures |= {"CIFAR-10 default recipe, time budget: held-out top-1": figure(100 * cifar["val_top1"], "%"),
-                    "CIFAR-10 default recipe, time budget: epochs": cifar["epochs"],
-                    "CIFAR-10 default recipe, time budget: img/s": figure(
-                        [h["img_per_s"] for h in history[1:]] or training_rate(history), "img/s", 0)}
+    cifar, run = json_in(out / "cifar.txt"), out / "cifar-run"
+    if cifar and (run / "metrics.jsonl").exists():
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        budget = json.loads((run / "config.json").read_text())["recipe"]["time_budget"]
+        name = f"CIFAR-10 default recipe, {budget:.0f} s" if budget else "CIFAR-10 default recipe"
+        figures |= {f"{name}: held-out top-1": figure(100 * cifar["val_top1"], "%"), f"{name}: epochs": cifar["epochs"],
+                    f"{name}: img/s": figure([h["img_per_s"] for h in history[1:]] or training_rate(history), "img/s",
+                                             0)}
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
     figures["torchrun, one process"] = "ok" if re.search(r"== torchrun.*\n   ok", summary) else "failed or not run"
     return figures, benches[0]["device"] if benches else "cuda"

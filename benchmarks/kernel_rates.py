@@ -148,12 +148,14 @@ def main() -> None:
         key = f"{name}|{label}|{kernel}"
         t = ms[key]
         tflops = f"{statistics.median(flop / (x / 1e3) / 1e12 for x in t):.2f}" if flop else "-"
-        against = "-" if kernel == first else spread(
-            [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)], "{:.2f}x")
+        ratio = [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)]
+        against = "-" if kernel == first else spread(ratio, "{:.2f}x")
         note = "" if key in in_step[name] else " (not in the step)"
         lines.append(f"| {name} | {label} | {count} | {kernel}{note} | {spread(t, '{:.2f}')} | {tflops} "
                      f"| {against} |")
         figures[f"{name}, {label}: {kernel}"] = figure(t, "ms", 3)
+        if kernel != first:
+            figures[f"{name}, {label}: {kernel} / {first}, per round"] = figure(ratio, "x", 3)
         if key in in_step[name]:
             timed_ms[name] = [total + count * x for total, x in zip(timed_ms[name], t, strict=True)]
         if kernel in REFERENCE:
