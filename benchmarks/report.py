@@ -62,6 +62,41 @@ README_ROWS: list[tuple[str, dict[str, tuple[str, str, list[tuple[str, str]]]]]]
      {"amx-cpu": ("serve", "64 clients: img/s", [("one image at a time", "one at a time: img/s")])}),
 ]
 README_KINDS = ("amx-cpu", "h100")
+SCRIPTS = [  # (command, what it measures): the page's list of the benchmarks
+    ("python benchmarks/accuracy.py digits|cifar10|fashion-mnist [--budget 1800] [--seed N]",
+     "`vitkit train` with no flags, against simple peers where the data set has them"),
+    ("python benchmarks/speed.py [--compare timm,hf,torchvision,vit-pytorch]",
+     "the standard speed table: inference and training against the peers, like for like"),
+    ("vitkit bench --model vit_ti4_32 --mode train --dtype bf16 --batch 128 --compare timm,vit-pytorch --compile",
+     "one model against the peers (recorded by hand as `bench-train`)"),
+    ("python benchmarks/train_speed.py",
+     "`vitkit train`'s images per second and loader wait against an earlier commit"),
+    ("python benchmarks/cpu_kernels.py, allocator.py, head_tokens.py",
+     "one change to the training or inference step against the step without it, in paired rounds"),
+    ("python benchmarks/kernel_rates.py", "the training step's linears, convolutions and GELU, kernel by kernel"),
+    ("python benchmarks/ablation.py --budget 1800", "what each choice of the CIFAR-10 default buys, at equal time"),
+    ("python benchmarks/transfer.py, distill.py",
+     "fine-tuning against a linear probe and training from scratch; a CNN teacher"),
+    ("python benchmarks/grad_checkpointing.py", "ViT-L/16 training memory with and without gradient checkpointing"),
+    ("python benchmarks/serve.py, loader.py, agreement.py RUN",
+     "`vitkit serve` under concurrent clients; the loader while training; bf16 against fp32"),
+    ("benchmarks/gpu.sh", "the GPU check: device tests, ViT-B/16 against timm, CIFAR-10, torchrun"),
+]
+HOW = [
+    "## How the figures are measured", "", "| command | what it measures |", "|---|---|",
+    *(f"| `{command.replace('|', chr(92) + '|')}` | {what} |" for command, what in SCRIPTS), "",
+    "`vitkit bench` and `speed.py` compare like with like, in one process: every library builds the same "
+    "architecture (timm and Hugging Face get vitkit's weights, and each row's logits are checked against vitkit's "
+    "fp32 model: a row that computes something else is marked `DIFFERS`); every library runs eager and, with "
+    "`--compile`, under `torch.compile` (with freezing for inference); bf16 is handled the same way for all "
+    "(weights cast once by default, or autocast); training uses fp32 master weights and autocast for all. The "
+    "libraries take turns within each round, in a rotating order, and the matmul peak (in the benchmark's dtype) "
+    "is measured every round; rounds repeat until the spread stops growing. Every row has min / median / max "
+    "images per second and its share of the measured peak, counting the work its own library does. A difference "
+    "is called a **win** only when the two ranges do not overlap, else **within spread**; each comparison also "
+    "gives the ratio of the two rows within each round, since a drift of the machine between rounds widens both "
+    "ranges alike.",
+]
 
 
 def load(results: Path = RESULTS) -> list[dict]:
@@ -134,7 +169,7 @@ def page(records: list[dict]) -> str:
              "its benchmark, then `python benchmarks/report.py`. A virtual machine's speed drifts, so compare "
              "figures within one record: the peers in a record ran in the same process, taking turns round by "
              "round. Hand-run records were measured by shell loops or throwaway scripts and rewritten as records "
-             "once.", ""]
+             "once.", "", *HOW, ""]
     for group in order:
         names = sorted(b for b in newest if group_of(b) == group)
         if not names:
@@ -143,7 +178,7 @@ def page(records: list[dict]) -> str:
         for name in names:
             kinds = sorted(newest[name], key=lambda k: list(KINDS).index(k) if k in KINDS else len(KINDS))
             title = max(newest[name].values(), key=lambda r: r["date"])["title"]
-            lines += [f"### {title}", "", f"Benchmark `{name}`.", ""]
+            lines += [f"### {title} {{ #{name.replace('.', '')} }}", "", f"Benchmark `{name}`.", ""]
             for kind in kinds:
                 lines += record_section(kind, newest[name][kind])
     return "\n".join(lines).rstrip() + "\n"
