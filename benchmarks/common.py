@@ -112,7 +112,7 @@ def record(benchmark: str, title: str, figures: dict, notes: str = "", table: st
         RESULTS.mkdir(exist_ok=True)
         with (RESULTS / f"{benchmark}.jsonl").open("a") as f:
             f.write(json.dumps(entry) + "\n")
-        print(f"recorded in {(RESULTS / f'{benchmark}.jsonl').relative_to(ROOT)}")
+        print(f"recorded in {RESULTS / f'{benchmark}.jsonl'}")
     return entry
 
 
