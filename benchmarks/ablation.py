@@ -16,7 +16,7 @@ Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options show
   paper        the paper's ViT: plain patches, a class token and its output as the pooled feature
   eager        the default without torch.compile
 The table gives the model, img/s while training, epochs and the top-1 on the 5,000 held-out
-images. 30 minutes per row is the question the README answers; a shorter --budget ranks the
+images. 30 minutes per row is the question the default answers; a shorter --budget ranks the
 choices in less time, and the rows run back to back so that the machine's drift touches them alike.
 Each run appends a record to benchmarks/results/ablation.jsonl (ablation-<B>s.jsonl for another
 --budget).
