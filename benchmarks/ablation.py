@@ -2,7 +2,7 @@
 same budget, data, held-out images and seed, one after another in one run.
 
     python benchmarks/ablation.py [--data ../shared/data/cifar10/cifar10-train-jpg.tar.gz] \
-        [--budget 1800] [--rows default,xiao-stem,half-patches,all-patches,plain,paper,eager] [--record]
+        [--budget 1800] [--rows default,xiao-stem,half-patches,all-patches,plain,paper,eager] [--no-record]
 
 Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options shown):
   default      the default: a conv stem (at each of two resolutions a 3x3 stride-2 convolution then
@@ -16,8 +16,10 @@ Rows (each is `vitkit train DATA --time-budget B --seed 1` with the options show
   paper        the paper's ViT: plain patches, a class token and its output as the pooled feature
   eager        the default without torch.compile
 The table gives the model, img/s while training, epochs and the top-1 on the 5,000 held-out
-images. 30 minutes per row is the question the README answers; a shorter --budget ranks the
+images. 30 minutes per row is the question the default answers; a shorter --budget ranks the
 choices in less time, and the rows run back to back so that the machine's drift touches them alike.
+Each run appends a record to benchmarks/results/ablation.jsonl (ablation-<B>s.jsonl for another
+--budget).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command, training_rate, vitkit
+from common import figure, record, training_rate, vitkit
 from vitkit.train.recipe import SMALL_IMAGES
 from vitkit.weights import load
 
@@ -55,7 +57,7 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).parents[2] / "shared/data/cifar10/cifar10-train-jpg.tar.gz"))
     p.add_argument("--budget", type=float, default=1800.0, help="seconds per row")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
-    p.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = p.parse_args()
     names = args.rows.split(",")
     unknown = [n for n in names if n not in ROWS]
@@ -64,6 +66,7 @@ def main() -> None:
 
     lines = ["| model (options) | parameters | img/s | epochs | held-out top-1 | wall time |",
              "|---|---|---|---|---|---|"]
+    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             what, options = ROWS[name]
@@ -77,14 +80,13 @@ def main() -> None:
             lines.append(f"| {what} (`{shown}`) | {params} | {rate:.0f} | {result['epochs']} | "
                          f"{100 * result['val_top1']:.2f}% | {wall:.0f} s |")
             print(lines[-1], flush=True)
+            figures |= {f"{name}: held-out top-1": figure(100 * result["val_top1"], "%"),
+                        f"{name}: img/s": figure(rate, "img/s", 1), f"{name}: epochs": result["epochs"]}
     notes = ("img/s: over epochs 2 and later (epoch 1 includes compilation). One seed each: "
              "a difference of a point or two is within seed noise.\n")
-    table = "\n".join(lines) + "\n"
     title = f"What each choice buys on CIFAR-10: {args.budget:.0f} s per row"
-    if args.record:
-        record(title, this_command(), table, notes)
-    else:
-        print(table + notes)
+    benchmark = "ablation" if args.budget == 1800 else f"ablation-{args.budget:.0f}s"
+    record(benchmark, title, figures, notes, "\n".join(lines), save=not args.no_record)
 
 
 if __name__ == "__main__":

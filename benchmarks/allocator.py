@@ -6,7 +6,8 @@ with glibc's default malloc against the same step with freed blocks kept for reu
 malloc's settings are process-wide and cannot be put back, so each measurement is a fresh process
 (the same model, step and seed; the second and later compile from inductor's cache), and the two
 settings take turns round by round, alternating which goes first. Each process reports its rate
-and, from getrusage, the page faults and the share of its CPU time spent in the kernel.
+and, from getrusage, the page faults and the share of its CPU time spent in the kernel. Each run
+appends a record to benchmarks/results/allocator.jsonl.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import paired_parser, record, spread, this_command
+from common import figure, paired_parser, record, spread
 from cpu_kernels import BATCH, MODELS, STEPS, training_step, with_gelu
 from vitkit.runtime import MALLOC_ENV, keep_freed_memory
 
@@ -73,6 +74,7 @@ def main() -> None:
     lines = ["| model | malloc | img/s (min / median / max) | page faults per step (min / median / max) | "
              "kernel's share of CPU time | kept / default, per round (min / median / max) |",
              "|---|---|---|---|---|---|"]
+    figures: dict = {}
     for model in MODELS:
         runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
         for r in range(args.rounds):
@@ -85,13 +87,18 @@ def main() -> None:
             paired = spread(ratios, "{:.2f}x") if setting == "kept" else "-"
             lines.append(f"| {model} | {setting} | {spread(rates)} | {spread([run['faults'] for run in rows])} | "
                          f"{spread([100 * run['system'] for run in rows], '{:.1f}%')} | {paired} |")
+            figures |= {f"{model}, {setting}: img/s": figure(rates, "img/s", 1),
+                        f"{model}, {setting}: page faults per step": figure([run["faults"] for run in rows], "faults"),
+                        f"{model}, {setting}: kernel's share of CPU time": figure(
+                            [100 * run["system"] for run in rows], "%", 2)}
+        figures[f"{model}: kept / default, per round"] = figure(ratios, "x", 3)
         print("\n".join(lines[-2:]), flush=True)
     notes = (f"Compiled training step (forward, backward, AdamW; bf16 autocast, batch {BATCH}, {args.threads} "
              f"threads), {args.rounds} rounds; in each, one fresh process per setting timing {CHUNKS} chunks of "
              f"{STEPS} steps after two untimed ones. img/s: every chunk of every process; page faults and the "
              "kernel's share: per process; the per-round ratio pairs the two processes' median rates.")
-    record("The allocator: glibc's default malloc against freed memory kept", this_command(), "\n".join(lines),
-           notes, save=not args.no_record)
+    record("allocator", "The allocator: glibc's default malloc against freed memory kept", figures, notes,
+           "\n".join(lines), save=not args.no_record, device="cpu")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Under torch.compile, nn.GELU becomes inductor's own generated erf; `use_training
 in `AtenGELU`, which keeps ATen's vectorised kernel (the same values, bit for bit). Both variants
 train the same model in one process (bf16 autocast, AdamW, the explicit CPU attention, batch 128)
 and take turns round by round, so that the VM's drift hits both; each round's ratio pairs the two
-runs next to each other in time.
+runs next to each other in time. Each run appends a record to benchmarks/results/cpu-kernels.jsonl.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import paired_parser, record, spread, take_turns, this_command
+from common import figure, paired_parser, record, spread, take_turns
 from vitkit import ViT, ViTConfig, get_config
 from vitkit.model.fast import AtenGELU, use_training_kernels
 from vitkit.train.recipe import SMALL_IMAGES
@@ -71,6 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = ["| model | GELU | img/s (min / median / max) | AtenGELU / nn.GELU, per round (min / median / max) |",
              "|---|---|---|---|"]
+    figures: dict = {}
     for name, config in MODELS.items():
         steps = {gelu: training_step(with_gelu(config(), gelu)) for gelu in ("nn.GELU", "AtenGELU")}
         rates = take_turns(steps, args.rounds, STEPS * BATCH)
@@ -78,12 +79,14 @@ def main() -> None:
         for gelu, rate in rates.items():
             paired = spread(ratios, "{:.2f}x") if gelu == "AtenGELU" else "-"
             lines.append(f"| {name} | {gelu} | {spread(rate, '{:.0f}')} | {paired} |")
+            figures[f"{name}, {gelu}: img/s"] = figure(rate, "img/s", 1)
+        figures[f"{name}: AtenGELU / nn.GELU, per round"] = figure(ratios, "x", 3)
         print("\n".join(lines[-2:]), flush=True)
     table = "\n".join(lines)
     notes = (f"Compiled training step (forward, backward, AdamW), batch {BATCH}, bf16 autocast, {args.threads} "
              f"threads; {args.rounds} rounds of {STEPS} steps, the two variants alternating which goes first.")
-    record("CPU training kernels: ATen's GELU against inductor's", this_command(), table, notes,
-           save=not args.no_record)
+    record("cpu-kernels", "CPU training kernels: ATen's GELU against inductor's", figures, notes, table,
+           save=not args.no_record, device="cpu")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@
 # Options: --out DIR (default runs/gpu-check), --data CIFAR10_ARCHIVE (the shared training split),
 # --cifar-budget SECONDS (default 300), --compare LIBS (the peers timed, default timm,hf,torchvision),
 # --repeats N (bench rounds at least, default 5), --no-install (use `python3` with PYTHONPATH=src:
-# machines without a network; $PYTHON names the interpreter). It runs, in order:
+# machines without a network; $PYTHON names the interpreter), --no-record (no record appended; --quick
+# appends none either). It runs, in order:
 #   1. the tests that take a device (fast paths, a training step, resume, timm as the oracle) there;
 #   2. vitkit bench: ViT-B/16 at 224 px, bf16, batch 256, inference and training, against timm,
 #      Hugging Face and torchvision, each eager and compiled, with the fraction of the measured
 #      bf16 matmul peak;
 #   3. CIFAR-10 from scratch with a time budget, scored on its 5,000 held-out images;
-#   4. torchrun with one process (NCCL beside gloo on a GPU): the multi-process path.
+#   4. torchrun with one process (NCCL beside gloo on a GPU): the multi-process path;
+# then appends their figures as one record to benchmarks/results/gpu.jsonl (benchmarks/gpu_record.py).
 set -uo pipefail
+command="benchmarks/gpu.sh $*"
 cd "$(dirname "$0")/.."
-device=cuda quick=0 out=runs/gpu-check install=1 budget=300 peers=timm,hf,torchvision repeats=5
+device=cuda quick=0 out=runs/gpu-check install=1 budget=300 peers=timm,hf,torchvision repeats=5 record=1
 data=../shared/data/cifar10/cifar10-train-jpg.tar.gz
 while [ $# -gt 0 ]; do
   case $1 in
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --compare) peers=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --no-install) install=0; shift ;;
+    --no-record) record=0; shift ;;
     *) echo "gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -74,5 +78,8 @@ step bench-train "$py" -m vitkit bench "${model[@]}" --device "$device" --dtype 
 step cifar "$py" -m vitkit train "${cifar[@]}" --device "$device" --out "$out/cifar-run" --json
 step torchrun "$py" -m torch.distributed.run --standalone --nproc-per-node 1 -m vitkit train digits \
   --epochs 1 --device "$device" --out "$out/torchrun-run" --json
+if [ "$quick" = 0 ] && [ "$record" = 1 ]; then
+  "$py" benchmarks/gpu_record.py "$out" "$command" || failed=1
+fi
 echo "results in $out" | tee -a "$out/summary.txt"
 exit $failed

@@ -1,10 +1,11 @@
 """Gradient checkpointing: peak memory and img/s of ViT-L/16 training with and without it.
 
-    python benchmarks/grad_checkpointing.py [--model vit_l16] [--batch 8] [--steps 4] [--record]
+    python benchmarks/grad_checkpointing.py [--model vit_l16] [--batch 8] [--steps 4] [--no-record]
 
 Each setting runs in a fresh process (so that its peak memory is its own): vitkit's model with
 AdamW and bf16 autocast, as `vitkit train` runs it; the first step is not timed. Peak memory is
-the process's resident set (CPU) or PyTorch's peak allocation (GPU).
+the process's resident set (CPU) or PyTorch's peak allocation (GPU). Each run appends a record to
+benchmarks/results/grad-checkpointing.jsonl.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import figure, record
 
 
 def one(model_name: str, batch: int, steps: int, checkpointing: bool) -> dict:
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_l16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     parser.add_argument("--one", choices=["on", "off"], help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
@@ -68,15 +69,17 @@ def main() -> None:
                               check=True)
         rows.append(json.loads(done.stdout.splitlines()[-1]))
     lines = ["| gradient checkpointing | peak memory | img/s (min / median / max) |", "|---|---|---|"]
+    figures: dict = {}
     for r in rows:
         rates = r["img_per_s"]
         lines.append(f"| {'on' if r['checkpointing'] else 'off'} | {r['peak_gib']:.2f} GiB | "
                      f"{rates[0]:.2f} / {rates[len(rates) // 2]:.2f} / {rates[-1]:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.record:
-        record(f"Gradient checkpointing: {args.model} training, batch {args.batch}, bf16 autocast, {rows[0]['device']}",
-               this_command(), table, f"{args.steps} timed steps per setting, each setting in its own process.")
+        setting = "on" if r["checkpointing"] else "off"
+        figures |= {f"checkpointing {setting}: peak memory": figure(r["peak_gib"], "GiB", 2),
+                    f"checkpointing {setting}: img/s": figure(rates, "img/s", 2)}
+    record("grad-checkpointing", f"Gradient checkpointing: {args.model} training, batch {args.batch}, bf16 "
+           f"autocast, {rows[0]['device']}", figures, f"{args.steps} timed steps per setting, each setting in its "
+           "own process.", "\n".join(lines), save=not args.no_record, device=rows[0]["device"])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ last block computes every token before the head reads the class token. The two t
 by round in one process, so that the VM's drift hits both; each round's ratio pairs the two runs
 next to each other in time. Rows: vit_ti4_32 training (the compiled step of cpu_kernels.py: bf16
 autocast, fused AdamW, the CPU training kernels, batch 128) and ViT-B/16 bf16 inference (weights
-cast to bf16, compiled with freezing, batch 16), as `vitkit bench` and speed.py run them.
+cast to bf16, compiled with freezing, batch 16), as `vitkit bench` and speed.py run them. Each run
+appends a record to benchmarks/results/head-tokens.jsonl.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import paired_parser, record, spread, take_turns, this_command
+from common import figure, paired_parser, record, spread, take_turns
 from cpu_kernels import BATCH, STEPS, training_step
 from vitkit import ViT, flops, get_config
 from vitkit.model.fast import for_inference, use_training_kernels
@@ -29,7 +30,7 @@ INFER_BATCH, INFER_CALLS = 16, 2  # per timed round
 
 
 class EveryToken(ViT):
-    """The model as before 9e8ef64: the last block for every token, then the head."""
+    """The model as the other libraries compute it: the last block for every token, then the head."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_tokens(x)[0])
@@ -69,6 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = ["| what | last block | GMACs per image | img/s (min / median / max) | class token / every token, "
              "per round (min / median / max) | rounds faster |", "|---|---|---|---|---|---|"]
+    figures: dict = {}
     for what, (preset, make, images) in ROWS.items():
         models = {"every token": fresh(EveryToken, preset), "class token": fresh(ViT, preset)}
         steps = {variant: make(model) for variant, model in models.items()}
@@ -79,11 +81,16 @@ def main() -> None:
             gmacs = flops(models[variant].config, every_token=variant == "every token") / 1e9
             paired = f"{spread(ratios, '{:.3f}x')} | {won}" if variant == "class token" else "- | -"
             lines.append(f"| {what} | {variant} | {gmacs:.3f} | {spread(rate, '{:.1f}')} | {paired} |")
+            figures[f"{what}, {variant}: img/s"] = figure(rate, "img/s", 1)
+            figures[f"{what}, {variant}: GMACs per image"] = figure(gmacs, "GMACs", 3)
+        figures[f"{what}: class token / every token, per round"] = figure(ratios, "x", 3)
+        figures[f"{what}: rounds faster"] = won
         print("\n".join(lines[-2:]), flush=True)
     table = "\n".join(lines)
     notes = (f"{args.rounds} rounds, the two variants alternating which goes first; training: {STEPS} compiled steps "
              f"of batch {BATCH} per round; inference: {INFER_CALLS} calls of batch {INFER_BATCH}.")
-    record("The last block for the class token alone", this_command(), table, notes, save=not args.no_record)
+    record("head-tokens", "The last block for the class token alone", figures, notes, table,
+           save=not args.no_record, device="cpu")
 
 
 if __name__ == "__main__":

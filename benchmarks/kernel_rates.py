@@ -15,7 +15,8 @@ matmuls and softmax, the norms, the residual adds, AdamW.
 Under the table, per model: the timed kernels' share of the step (each kernel's time alone, summed
 over the step's layers), and an estimate of what the step would save if every weight gradient ran
 at its forward's rate and GELU cost only its memory traffic. Kernels timed alone are not the
-step, so both are estimates, not measurements of a step.
+step, so both are estimates, not measurements of a step. Each run appends a record to
+benchmarks/results/kernel-rates.jsonl.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import paired_parser, record, spread, take_turns, this_command
+from common import figure, paired_parser, record, spread, take_turns
 from cpu_kernels import BATCH, MODELS, STEPS, training_step
 from vitkit import ViT
 from vitkit.model.fast import use_training_kernels
@@ -140,17 +141,21 @@ def main() -> None:
     lines = ["| model | layer | per step | kernel | ms (min / median / max) | TFLOP/s (median) | "
              "time / the layer's first kernel's, per round (min / median / max) |",
              "|---|---|---|---|---|---|---|"]
+    figures: dict = {}
     timed_ms = {name: [0.0] * args.rounds for name in MODELS}  # the step's timed kernels, summed, per round
     saved = {name: [0.0] * args.rounds for name in MODELS}  # the estimate, ms per step, per round
     for name, label, kernel, first, flop, count in rows:
         key = f"{name}|{label}|{kernel}"
         t = ms[key]
         tflops = f"{statistics.median(flop / (x / 1e3) / 1e12 for x in t):.2f}" if flop else "-"
-        against = "-" if kernel == first else spread(
-            [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)], "{:.2f}x")
+        ratio = [x / f for x, f in zip(t, ms[f"{name}|{label}|{first}"], strict=True)]
+        against = "-" if kernel == first else spread(ratio, "{:.2f}x")
         note = "" if key in in_step[name] else " (not in the step)"
         lines.append(f"| {name} | {label} | {count} | {kernel}{note} | {spread(t, '{:.2f}')} | {tflops} "
                      f"| {against} |")
+        figures[f"{name}, {label}: {kernel}"] = figure(t, "ms", 3)
+        if kernel != first:
+            figures[f"{name}, {label}: {kernel} / {first}, per round"] = figure(ratio, "x", 3)
         if key in in_step[name]:
             timed_ms[name] = [total + count * x for total, x in zip(timed_ms[name], t, strict=True)]
         if kernel in REFERENCE:
@@ -168,12 +173,16 @@ def main() -> None:
     for name in MODELS:
         share = [x / step for x, step in zip(timed_ms[name], step_ms[name], strict=True)]
         could = [x / step for x, step in zip(saved[name], step_ms[name], strict=True)]
+        figures |= {f"{name}: compiled step": figure(step_ms[name], "ms", 1),
+                    f"{name}: timed kernels' share of the step": figure([100 * x for x in share], "%", 1),
+                    f"{name}: estimated saving": figure([100 * x for x in could], "%", 1)}
         notes.append(f"- {name}: the compiled step {spread(step_ms[name], '{:.0f}')} ms; the timed kernels, each "
                      f"alone, add up to {spread(share, '{:.0%}')} of it; weight gradients at their forward's "
                      "rate and GELU at the cost of its memory traffic would save an estimated "
                      f"{spread(could, '{:.0%}')} of it (per round, min / median / max).")
-    record("Where the training step's time goes: the linears, convolutions and GELU, kernel by kernel", this_command(),
-           "\n".join(lines), "\n".join(notes), save=not args.no_record)
+    figures["bf16 matmul peak"] = figure(peak, "TFLOP/s", 3)
+    record("kernel-rates", "Where the training step's time goes: the linears, convolutions and GELU, kernel by "
+           "kernel", figures, "\n".join(notes), "\n".join(lines), save=not args.no_record, device="cpu")
 
 
 if __name__ == "__main__":

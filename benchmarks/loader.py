@@ -1,6 +1,6 @@
 """Does the model wait for data? The loader measured while training shares the cores with it.
 
-    python benchmarks/loader.py [--cifar ../shared/data/cifar10/cifar10-train-jpg.tar.gz] [--photos 600] [--record]
+    python benchmarks/loader.py [--cifar ../shared/data/cifar10/cifar10-train-jpg.tar.gz] [--photos 600] [--no-record]
 
 `vitkit train` runs, as a user runs it (default recipe and workers), on the CIFAR-10 JPEG archive
 and on a folder of JPEG photos trained at 224 px (decoding, RandomResizedCrop and RandAugment per
@@ -8,7 +8,8 @@ image in the loader's worker processes, on the same 2 cores as the model). The f
 trainer's own counters from metrics.jsonl, for the second epoch (the first pays for start-up and
 compilation): the seconds the training loop waited for the next batch, as a share of the epoch's
 training time, and the img/s. The photos are made from CIFAR-10 images, upscaled to 320x240 with
-noise added so that they compress like photographs rather than like flat upscaled thumbnails.
+noise added so that they compress like photographs rather than like flat upscaled thumbnails. Each
+run appends a record to benchmarks/results/loader.jsonl.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, this_command
+from common import figure, record
 from vitkit.data import spec as data_spec
 
 SHARED = Path(__file__).parents[2] / "shared"
@@ -59,9 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar", default=str(SHARED / "data/cifar10/cifar10-train-jpg.tar.gz"))
     parser.add_argument("--photos", type=int, default=600)
-    parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = parser.parse_args()
     lines = ["| data | model and loader (defaults) | img/s | waited for data | wall |", "|---|---|---|---|---|"]
+    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         make_photos(data_spec.load(args.cifar), Path(tmp) / "photos", args.photos)
         for name, spec in (("CIFAR-10 JPEG archive (decoded once, batches from memory)", args.cifar),
@@ -74,9 +76,12 @@ def main() -> None:
             lines.append(f"| {name} | {model} | {second['img_per_s']:.0f} | {100 * share:.1f}% of "
                          f"{second['train_seconds']:.0f} s | {wall:.0f} s |")
             print(lines[-1], flush=True)
-    if args.record:
-        record("Data loading while training shares the cores", this_command(), "\n".join(lines),
-               "Epoch 2 of 2, from the trainer's counters (metrics.jsonl: loader_wait_s, train_seconds).")
+            short = "CIFAR-10 archive" if spec == args.cifar else f"{args.photos} JPEG photos at 224 px"
+            figures[f"{short}: img/s"] = figure(second["img_per_s"], "img/s", 1)
+            figures[f"{short}: waited for data"] = figure(100 * share, "%", 2)
+    record("loader", "Data loading while training shares the cores", figures,
+           "Epoch 2 of 2, from the trainer's counters (metrics.jsonl: loader_wait_s, train_seconds).",
+           "\n".join(lines), save=not args.no_record)
 
 
 if __name__ == "__main__":

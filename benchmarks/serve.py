@@ -3,7 +3,7 @@ sending one JPEG photo per request and waiting for the answer, against the same 
 one image at a time in this process (decode, preprocess, the fast path's forward pass on a batch
 of 1; no HTTP, no batching).
 
-    python benchmarks/serve.py [--model vit_ti4_32] [--seconds 10] [--repeats 3] [--record]
+    python benchmarks/serve.py [--model vit_ti4_32] [--seconds 10] [--repeats 3] [--no-record]
 
 The model is a preset with random weights, saved with save_pretrained (speed does not depend on
 the values): by default vit_ti4_32 (ViT-Ti/4 at 32 px, the size of model `vitkit train` makes for
@@ -13,7 +13,8 @@ the cores fairly busy at batch 1, so expect its gain to be smaller. The photos a
 of noise over gradients. Every run is bounded: each
 level stops after --seconds or --max-requests, whichever comes first, and the server is stopped
 at the end. img/s is min / median / max over --repeats runs; p50 and p99 are the medians over
-the runs of each run's latency percentiles. --record appends the table to RESULTS.md.
+the runs of each run's latency percentiles. Each run appends a record to
+benchmarks/results/serve.jsonl.
 
 The clients are a few lines of asyncio (HTTP/1.1 with keep-alive) rather than an HTTP library:
 on a 2-core machine the load generator shares the cores with the server, and the lighter it is,
@@ -42,7 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import vitkit
-from common import machine, record, this_command
+from common import describe, figure, machine, record
 from vitkit.model.normalization import HALF
 from vitkit.serve.app import load_engine
 
@@ -154,6 +155,14 @@ def row(name: str, result: dict, baseline: float) -> str:
             f"{1000 * result['p99']:.1f} | {mid / baseline:.2f}x | {result['requests']} |")
 
 
+def measured(name: str, result: dict, baseline: float) -> dict:
+    """A row's figures for the record."""
+    return {f"{name}: img/s": figure(result["rates"], "img/s", 1),
+            f"{name}: p50 latency": figure(1000 * result["p50"], "ms", 1),
+            f"{name}: p99 latency": figure(1000 * result["p99"], "ms", 1),
+            f"{name}: vs one at a time": figure(statistics.median(result["rates"]) / baseline, "x", 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_ti4_32", help="a preset (see `vitkit models`)")
@@ -164,7 +173,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--max-requests", type=int, default=5000, help="most requests in each run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = parser.parse_args()
     bounds = (args.seconds, args.max_requests)
     photos = make_photos(32)
@@ -175,18 +184,21 @@ def main() -> None:
         model.normalization = HALF
         model.save_pretrained(model_dir, extra={"classes": [f"class {i}" for i in range(10)]})
         size = model.config.image_size
-        print(f"{machine()}\n{args.model} at {size} px, random weights; one-at-a-time baseline ...", flush=True)
+        print(f"{describe(machine())}\n{args.model} at {size} px, random weights; one-at-a-time baseline ...",
+              flush=True)
         base = one_at_a_time_runs(model_dir, photos, args)
         baseline = statistics.median(base["rates"])
         lines = ["| clients | img/s median (min / max) | p50 ms | p99 ms | vs one-at-a-time | requests |",
                  "|---|---|---|---|---|---|", row("one at a time, no server", base, baseline)]
+        figures = measured("one at a time", base, baseline)
         print("\n".join(lines), flush=True)
         process, host, port, started = start_server(model_dir, args)
         try:
             for clients in CLIENTS:
                 asyncio.run(drive(host, port, clients, photos, min(1.0, args.seconds), args.max_requests))  # warm
-                lines.append(row(str(clients), repeat(lambda c=clients: asyncio.run(
-                    drive(host, port, c, photos, *bounds)), args.repeats), baseline))
+                result = repeat(lambda c=clients: asyncio.run(drive(host, port, c, photos, *bounds)), args.repeats)
+                lines.append(row(str(clients), result, baseline))
+                figures |= measured(f"{clients} clients", result, baseline)
                 print(lines[-1], flush=True)
         finally:
             process.terminate()
@@ -195,10 +207,8 @@ def main() -> None:
              f"--max-wait-ms {args.max_wait_ms}) with {args.model} at {size} px, random weights; 320x240 JPEG "
              f"per request; {args.repeats} runs of {args.seconds:g} s (or {args.max_requests} requests) per row; "
              f"server and clients share the machine's {torch.get_num_threads()}-thread CPU.")
-    if args.record:
-        record("Serving: concurrent clients against one at a time", this_command(), "\n".join(lines), notes)
-    else:
-        print(notes)
+    record("serve", "Serving: concurrent clients against one at a time", figures, notes, "\n".join(lines),
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ like: every library eager and compiled (torch.compile; with freezing for inferen
 way for all (weights cast to bf16 once, or autocast: --bf16), the rows interleaved over rounds
 until their spread is known, min/median/max img/s per row, and a difference called a win only
 when the two ranges do not overlap; each comparison also paired round by round (the VM's speed
-drifts between rounds). Recorded in RESULTS.md with the machine and versions.
+drifts between rounds). Each run appends a record to benchmarks/results/speed.jsonl (speed-tiny.jsonl
+for --tiny) with the machine and versions.
 
     python benchmarks/speed.py [--threads 2] [--repeats 7] [--bf16 weights|autocast] [--tiny --no-record]
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, this_command
+from common import bench_figures, record, spread
 from vitkit.bench import bench
 
 ROWS = [  # (model, image size, batch, dtype, mode)
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--compare", default="timm")
     parser.add_argument("--bf16", choices=["weights", "autocast"], default="weights")
     parser.add_argument("--tiny", action="store_true", help="tiny models: to check that the script works")
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     compare = tuple(c for c in args.compare.split(",") if c)
@@ -98,7 +99,8 @@ def main() -> None:
         print("\n".join(tables(results[-1:])[0][2:]), flush=True)
     table, text = "\n".join(tables(results)[0]), notes(results, compare, args.bf16)
     title = f"Speed: vitkit vs {', '.join(compare)}, like for like ({args.threads} threads)"
-    record(title, this_command(), table, text, save=not args.no_record)
+    record("speed-tiny" if args.tiny else "speed", title, bench_figures(results), text, table,
+           save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training speed of `vitkit train` on CIFAR-10 against an earlier commit, in one run.
 
     python benchmarks/train_speed.py --data ../shared/data/cifar10/cifar10-train-jpg.tar.gz \
-        [--baseline 6fb4836] [--images 1000] [--repeats 3] [--record]
+        [--baseline 6fb4836] [--images 1000] [--repeats 3] [--no-record]
 
 The baseline commit trains its own CIFAR default, and this commit trains 6fb4836's (patch 4, width
 128, depth 6, batch 128, pinned by flags) and then its own default, on the same images, through
@@ -11,7 +11,8 @@ figures are the trainer's own counters from metrics.jsonl for the second epoch (
 pays for start-up and compilation): images/s, and the share of the epoch spent waiting for data.
 The runs take turns (baseline, then this commit pinned, then this commit's default), and each
 row shows min/median/max over the repeats, and the ratio of each run to the baseline's run of the
-same round (a minute or two apart, so that the VM's slower drift cancels).
+same round (a minute or two apart, so that the VM's slower drift cancels). Each run appends a
+record to benchmarks/results/train-speed.jsonl.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record, spread, this_command
+from common import figure, record, spread
 
 ROOT = Path(__file__).parents[1]
 # 6fb4836's default CIFAR model and recipe, pinned so that this commit trains what that baseline does
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="6fb4836", help="the commit to compare with")
     parser.add_argument("--images", type=int, default=1000, help="images per class")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,6 +96,7 @@ def main() -> None:
                            capture_output=True)
     base_rates = [x["img_per_s"] for x in results[(args.baseline, "its default")]]
     base = statistics.median(base_rates)
+    figures: dict = {}
     lines = ["| code | model and recipe | img/s (min / median / max) | vs baseline (medians) | "
              "vs the baseline's run of the same round (min / median / max) | loader wait |",
              "|---|---|---|---|---|---|"]
@@ -104,14 +106,17 @@ def main() -> None:
         paired = spread(ratios, "{:.2f}x") if code != args.baseline else "-"
         lines.append(f"| {code} | {model} | {spread(rate)} | {statistics.median(rate) / base:.2f}x"
                      f" | {paired} | {spread([100 * x['wait'] for x in rows], '{:.1f}%')} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.record:
-        record("Training speed: CIFAR-10 default model, this commit against the baseline", this_command(), table,
-               f"{args.images} images per class of the shared archive, {args.repeats} runs each, taking turns; "
-               "epoch 2 of 2 read from metrics.jsonl (img/s over the epoch's training, and the share of it "
-               "spent waiting for the loader). This VM's speed drifts between runs: the per-round ratios "
-               "pair each run with the baseline's run next to it in time.")
+        label = f"{code}, {model}"
+        figures[f"{label}: img/s"] = figure(rate, "img/s", 1)
+        figures[f"{label}: loader wait"] = figure([100 * x["wait"] for x in rows], "%", 2)
+        if code != args.baseline:
+            figures[f"{label}: vs baseline, round by round"] = figure(ratios, "x", 3)
+            figures[f"{label}: vs baseline, of medians"] = figure(statistics.median(rate) / base, "x", 3)
+    record("train-speed", "Training speed: CIFAR-10 default model, this commit against the baseline", figures,
+           f"{args.images} images per class of the shared archive, {args.repeats} runs each, taking turns; "
+           "epoch 2 of 2 read from metrics.jsonl (img/s over the epoch's training, and the share of it "
+           "spent waiting for the loader). The per-round ratios pair each run with the baseline's run next "
+           "to it in time.", "\n".join(lines), save=not args.no_record)
 
 
 if __name__ == "__main__":
