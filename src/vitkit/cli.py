@@ -494,6 +494,17 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="how long a batch's first image waits for others to arrive")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="larger requests get 413")
     p.add_argument("--decode-threads", type=int, default=2, help="threads decoding uploaded images")
+    p.add_argument("--max-image-mpx", type=float, default=40.0,
+                   help="decoded megapixels an image may have (larger ones get 413 from their header, undecoded)")
+    p.add_argument("--max-request-mpx", type=float, default=120.0, help="the same for all images of one request")
+    p.add_argument("--max-pending", type=int, default=256,
+                   help="requests in the server at once; more get 503 before their bodies are read")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body must arrive within this (408 after)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a name the server may be reached at besides its address (repeatable); with --host 0.0.0.0, "
+                        "once one is given, requests under any other name get 400")
+    p.add_argument("--docs", action="store_true", help="serve the API schema (/openapi.json and /docs)")
 
 
 @command("serve")
@@ -504,7 +515,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from vitkit.serve import app
 
     settings = app.Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
-                            decode_threads=args.decode_threads)
+                            decode_threads=args.decode_threads, max_image_mpx=args.max_image_mpx,
+                            max_request_mpx=args.max_request_mpx, max_pending=args.max_pending,
+                            body_timeout_s=args.body_timeout, allow_hosts=tuple(args.allow_host), docs=args.docs)
     settings.check()
     engine = app.load_engine(args.run, args.device, args.dtype, args.compile)
     sock = app.listen(args.host, args.port)

@@ -31,24 +31,38 @@ class BadImage(Exception):
     """A file that cannot be used as an image; the message says why."""
 
 
-def read_image(source: str | Path | bytes, channels: int = 3, max_side: int | None = None) -> torch.Tensor:
+def read_image(source: str | Path | bytes, channels: int = 3, max_side: int | None = None,
+               max_pixels: int | None = None) -> torch.Tensor:
     """Decode `source` (a path or the file's bytes) to uint8 (channels, H, W).
 
     `max_side` lets JPEG decoding shrink huge images on the fly (PIL's draft mode), which makes a
     10000 px photo cost about what a 1000 px one does when the model only needs 224 px anyway.
+    `max_pixels` (default MAX_PIXELS) refuses larger images from their header, before decoding.
     """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency, EXIF and PIL's own bomb warnings
             stream = io.BytesIO(source) if isinstance(source, bytes) else source
             with _open(stream) as img:
-                if img.width * img.height > MAX_PIXELS:  # only the header has been read so far
-                    raise BadImage(f"{img.width}x{img.height} pixels is more than vitkit decodes "
-                                   f"({MAX_PIXELS:,} pixels; vitkit.data.decode.MAX_PIXELS): a decompression bomb?")
+                if img.width * img.height > limit:  # only the header has been read so far
+                    raise BadImage(f"{img.width}x{img.height} pixels is more than vitkit decodes ({limit:,} "
+                                   "pixels): a decompression bomb?")
                 if max_side and img.format == "JPEG":
                     img.draft("RGB" if channels == 3 else "L", (max_side, max_side))
                 img.load()
                 return pil_to_tensor(_convert(img, channels))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImage(_reason(e)) from None
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from an image's header alone, no pixel decoded; BadImage if there is none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(io.BytesIO(data)) as img:
+                return img.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImage(_reason(e)) from None
 

@@ -57,10 +57,11 @@ class Engine:
         self.fast = for_inference(loaded.model, dtype, compile)  # a copy: /explain keeps the fp32 model
         self.input_dtype = next(self.fast.parameters()).dtype
 
-    def decode(self, data: bytes) -> torch.Tensor:
-        """Uploaded bytes -> uint8 (C, H, W) at the model's size. Raises BadImage with the reason;
-        huge JPEGs are shrunk while decoding, and PIL's bomb guard is the loaders' one."""
-        return self.fit(read_image(data, self.config.in_channels, max_side=2 * max(self.config.image_hw)))
+    def decode(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
+        """Uploaded bytes -> uint8 (C, H, W) at the model's size. Raises BadImage with the reason
+        (more than `max_pixels` is refused from the header); huge JPEGs are shrunk while decoding."""
+        return self.fit(read_image(data, self.config.in_channels, max_side=2 * max(self.config.image_hw),
+                                   max_pixels=max_pixels))
 
     @torch.inference_mode()
     def probabilities(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
