@@ -12,8 +12,7 @@ import torch
 
 import vitkit
 from helpers import randomize
-from vitkit import bench as bench_module
-from vitkit.bench import Spread, bench, build_models, measure, runner, verdict
+from vitkit.bench import Spread, agreement_on_run, bench, build_models, measure, report_lines, runner, verdict
 from vitkit.cli import main
 from vitkit.data.arrays import digits
 from vitkit.model.presets import get_config
@@ -46,7 +45,7 @@ def test_every_row_runs_its_own_library_and_the_same_weights_compute_the_same_lo
             assert error > 0.1, name
 
 
-def test_bench_times_each_library_on_its_own_model(monkeypatch):
+def test_bench_times_each_library_on_its_own_model():
     calls = {}
 
     def counted(config, compare):
@@ -56,8 +55,7 @@ def test_bench_times_each_library_on_its_own_model(monkeypatch):
             model.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
         return models
 
-    monkeypatch.setattr(bench_module, "build_models", counted)
-    r = bench("vit_ti16", 32, 2, "fp32", "infer", ("timm", "torchvision"), repeats=1, iters=3)
+    r = bench("vit_ti16", 32, 2, "fp32", "infer", ("timm", "torchvision"), repeats=1, iters=3, build=counted)
     timed = 2 + 3 * r["rounds"]  # warm-up, then `iters` per round
     # plus the logits check where the weights are vitkit's, plus vitkit's fp32 reference
     assert calls == {"vitkit": timed + 2, "timm": timed + 1, "torchvision": timed}
@@ -74,19 +72,23 @@ def test_the_matmul_peak_is_measured_in_the_benchmarks_dtype_every_round(dtype, 
     assert 0 < peak["min"] <= peak["median"] <= peak["max"]
 
 
-def test_rounds_interleave_the_rows_and_stop_when_the_spread_stops_growing(monkeypatch):
+def fixed_peak(dtype, device):
+    """A matmul peak that takes no time to measure."""
+    return 1e12, "float32"
+
+
+def test_rounds_interleave_the_rows_and_stop_when_the_spread_stops_growing():
     order = []
     steps = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
     scripted = iter([3.0, 2.0, 1.0] + [2.0] * 100)  # first round, then nothing new: stop at `repeats`
-    monkeypatch.setattr(bench_module, "_time", lambda step, iters, device: (step(), next(scripted))[1])
-    monkeypatch.setattr(bench_module, "matmul_peak", lambda dtype, device: (1e12, "float32"))
-    times, peaks, _ = measure(steps, repeats=3, iters=1, peak_dtype=torch.float32, device=torch.device("cpu"))
+    times, peaks, _ = measure(steps, repeats=3, iters=1, peak_dtype=torch.float32, device=torch.device("cpu"),
+                              timer=lambda step, iters, device: (step(), next(scripted))[1], peak=fixed_peak)
     rounds = [order[6 + 3 * i: 9 + 3 * i] for i in range(3)]  # after 2 warm-up calls each
     assert rounds == [["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]  # every row once, order rotating
     assert len(peaks) == 3 and all(len(t) == 3 for t in times.values())
     growing = iter(float(i) for i in range(1000))  # every round a new slowest time: go on up to 3x
-    monkeypatch.setattr(bench_module, "_time", lambda step, iters, device: next(growing))
-    times, peaks, _ = measure(steps, repeats=3, iters=1, peak_dtype=torch.float32, device=torch.device("cpu"))
+    times, peaks, _ = measure(steps, repeats=3, iters=1, peak_dtype=torch.float32, device=torch.device("cpu"),
+                              timer=lambda step, iters, device: next(growing), peak=fixed_peak)
     assert len(peaks) == 9
 
 
@@ -96,7 +98,7 @@ def test_a_win_only_beyond_the_spread():
     assert verdict(Spread(8, 9, 10), Spread(10.5, 11, 12)) == "loss"
 
 
-def test_comparisons_pair_the_rows_round_by_round(monkeypatch):
+def test_comparisons_pair_the_rows_round_by_round():
     """The machine's speed drifts from round to round (1x, 4x, 2x slower; the peak measured with
     its own drift), and vitkit is 2x, 3x and 0.8x as fast as the peer in the three rounds: the
     round-by-round ratios are those three, in rounds vitkit won 2 of; each row's share of the
@@ -108,8 +110,7 @@ def test_comparisons_pair_the_rows_round_by_round(monkeypatch):
                        for s, f in zip(slowdown, peer_factor, strict=True)] for key in steps}
         return times, peaks, "float32"
 
-    monkeypatch.setattr(bench_module, "measure", scripted)
-    r = bench("vit_ti16", 32, 2, "fp32", "infer", ("timm",), repeats=1, iters=1)
+    r = bench("vit_ti16", 32, 2, "fp32", "infer", ("timm",), repeats=1, iters=1, measure=scripted)
     (c,) = r["comparisons"]
     assert c["ratio_of_medians"] == pytest.approx(1.0) and c["verdict"] == "within spread"  # 1 img/s each
     assert c["ratio_by_round"] == pytest.approx({"min": 0.8, "median": 2.0, "max": 3.0}) and c["rounds_won"] == 2
@@ -127,7 +128,7 @@ def test_comparisons_pair_the_rows_round_by_round(monkeypatch):
         assert row["fraction_of_peak"] == pytest.approx(flop * statistics.median(rates) / statistics.median(peaks))
         assert row["fraction_of_round_peak"]["median"] == pytest.approx(
             statistics.median(flop * x / p for x, p in zip(rates, peaks, strict=True)))
-    report = "\n".join(bench_module.report_lines(r))
+    report = "\n".join(report_lines(r))
     assert "round by round 0.80x / 2.00x / 3.00x, faster in 2 of 3" in report
     assert f"(the peers {r['peer_gmacs_per_image']:.2f}: the last block for every token)" in report
 
@@ -157,7 +158,7 @@ def test_a_training_row_trains_that_librarys_model(library):
 def test_agreement_is_measured_on_the_runs_real_held_out_images(tmp_path):
     model = randomize(vitkit.create_model("vit_ti4_28", depth=2, image_size=8, patch_size=2, num_classes=10))
     model.save_pretrained(tmp_path / "run", {"classes": [str(i) for i in range(10)], "data": "digits"})
-    a = bench_module.agreement_on_run(tmp_path / "run", None, images=10_000)
+    a = agreement_on_run(tmp_path / "run", None, images=10_000)
     _, (images, labels), _ = digits()  # the oracle: the 360 held-out digits, scaled as in training
     with torch.no_grad():
         accuracy = (model(images.float() / 127.5 - 1).argmax(1) == labels).float().mean().item()

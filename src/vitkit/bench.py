@@ -191,7 +191,8 @@ def tolerance(dtype: str, depth: int) -> float:
     return 1e-4 if dtype == "fp32" else 3 * math.sqrt(2 * depth + 3) * 2.0**-8
 
 
-def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
+def time_step(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    """Seconds per call of `step`, the mean of `iters` calls, the device synchronised around them."""
     _sync(device)
     start = time.perf_counter()
     for _ in range(iters):
@@ -200,12 +201,17 @@ def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
+Timer = Callable[[Callable[[], None], int, torch.device], float]  # (step, iters, device) -> seconds per step
+Peak = Callable[[torch.dtype, torch.device], tuple[float, str]]  # (dtype, device) -> FLOP/s, dtype seen
+
+
 def measure(steps: dict[str, Callable[[], None]], repeats: int, iters: int, peak_dtype: torch.dtype,
-            device: torch.device) -> tuple[dict[str, list[float]], list[float], str]:
-    """Seconds per step of every row, and matmul peaks, over rounds. In each round every row runs
-    once (the order rotating, so no row always follows the same one) and the peak is measured
-    once. At least `repeats` rounds, then more (up to 3x) until a round gives no row a new
-    fastest or slowest time: the spread has stopped growing."""
+            device: torch.device, timer: Timer = time_step,
+            peak: Peak = matmul_peak) -> tuple[dict[str, list[float]], list[float], str]:
+    """Seconds per step of every row (`timer`), and matmul peaks (`peak`), over rounds. In each
+    round every row runs once (the order rotating, so no row always follows the same one) and the
+    peak is measured once. At least `repeats` rounds, then more (up to 3x) until a round gives no
+    row a new fastest or slowest time: the spread has stopped growing."""
     for step in steps.values():  # warm-up: compilation, allocator, kernel plans
         for _ in range(2):
             step()
@@ -214,11 +220,11 @@ def measure(steps: dict[str, Callable[[], None]], repeats: int, iters: int, peak
     for done in range(1, 3 * repeats + 1):
         widened = False
         for key in keys[done % len(keys):] + keys[:done % len(keys)]:
-            t, seen = _time(steps[key], iters, device), times[key]
+            t, seen = timer(steps[key], iters, device), times[key]
             widened |= not seen or t < min(seen) or t > max(seen)
             seen.append(t)
-        peak, peak_dtype_seen = matmul_peak(peak_dtype, device)
-        peaks.append(peak)
+        flops_per_s, peak_dtype_seen = peak(peak_dtype, device)
+        peaks.append(flops_per_s)
         if done >= repeats and not widened:
             break
     return times, peaks, peak_dtype_seen
@@ -266,10 +272,12 @@ def build_models(config, compare: tuple[str, ...]) -> dict[str, torch.nn.Module]
 def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int = 16, dtype: str = "bf16",
           mode: str = "infer", compare: tuple[str, ...] = (), repeats: int = 7, iters: int = 2,
           device: str | None = None, compile: bool = False, bf16: str = "weights", agreement_images: int = 0,
-          agreement_run: str | Path | None = None, agreement_data: str | None = None) -> dict:
+          agreement_run: str | Path | None = None, agreement_data: str | None = None,
+          build: Callable[..., dict] = build_models, measure: Callable[..., tuple] = measure) -> dict:
     """Time vitkit and the peers in `compare` on one architecture, eager (and compiled with
     `compile`); see the module docstring. `bf16`: "weights" or "autocast", for every library
-    (training always uses autocast). `agreement_*`: the same fast path on a trained run."""
+    (training always uses autocast). `agreement_*`: the same fast path on a trained run. `build`
+    and `measure` make the models and time them (`build_models`, `measure`; a test passes its own)."""
     if bf16 not in BF16_WAYS:
         raise ValueError(f"bf16 handling {bf16!r}: use one of {', '.join(BF16_WAYS)}")
     if agreement_images and agreement_run is None:
@@ -278,7 +286,7 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     dev = runtime.device(device)
     bf16 = "autocast" if mode == "train" else bf16
     config = get_config(model_name, num_classes=10, **({"image_size": image_size} if image_size else {}))
-    models = {name: m.to(dev) for name, m in build_models(config, compare).items()}
+    models = {name: m.to(dev) for name, m in build(config, compare).items()}
     x = torch.randn(batch, config.in_channels, *config.image_hw, device=dev)
     with torch.inference_mode():
         reference = models["vitkit"].eval()(x).float()
