@@ -59,12 +59,12 @@ step() {  # step NAME COMMAND...: run it, keep its output, note a failure and go
 if [ "$quick" = 1 ]; then  # the same steps, small: a check that the script works, not a measurement
   model=(--model vit_ti16 --image-size 32 --batch 4 --repeats 1)
   compile=()
-  tests=(tests/test_devices.py -k "$device")
+  tests=(tests/train/test_devices.py -k "$device")
   cifar=(digits --time-budget 15)
 else
   model=(--model vit_b16 --batch 256 --repeats "$repeats")
   compile=(--compile)
-  tests=(tests/test_devices.py tests/test_fast.py -k "$device")
+  tests=(tests/train/test_devices.py tests/model/test_fast.py -k "$device")
   cifar=("$data" --time-budget "$budget")
 fi
 

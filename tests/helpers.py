@@ -1,10 +1,12 @@
 """Small shared test helpers."""
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -42,3 +44,30 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
         int(n).to_bytes(4, "big") for n in array.shape)
     data = header + array.tobytes()
     path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def make_folder(root: Path, classes=("red", "green", "blue"), per_class=6, size=16, corrupt=True) -> Path:
+    """An image folder, one subfolder per class of coloured PNGs (each a little wider than the last);
+    with `corrupt`, a file that is no JPEG and an empty PNG among them."""
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "gray": (128,) * 3}
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = colours.get(c, (i * 30, 90, 150))
+            Image.new("RGB", (size + i, size), tuple(min(255, v + 3 * i) for v in base)).save(root / c / f"{i}.png")
+    if corrupt:
+        (root / classes[0] / "broken.jpg").write_bytes(b"not a jpeg at all")
+        (root / classes[1] / "empty.png").write_bytes(b"")
+    return root
+
+
+def run_cli(capsys, *args) -> tuple[int, dict | str, str]:
+    """`vitkit ARGS` in this process: the exit code, stdout (parsed when it is JSON) and stderr."""
+    from vitkit.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    try:
+        return code, json.loads(out), err
+    except json.JSONDecodeError:
+        return code, out, err

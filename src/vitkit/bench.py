@@ -187,7 +187,7 @@ def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, o
 def tolerance(dtype: str, depth: int) -> float:
     """Largest logit error, relative to the largest logit, of a row that computes the reference
     function: fp32 reorderings, or bf16 rounding (3 * sqrt(2 * depth + 3) * 2^-8; derived in
-    tests/test_fast.py)."""
+    tests/model/test_fast.py)."""
     return 1e-4 if dtype == "fp32" else 3 * math.sqrt(2 * depth + 3) * 2.0**-8
 
 
@@ -363,7 +363,7 @@ def agreement_on_run(run: str | Path, data: str | None, images: int = 1000, dtyp
                      bf16: str = "weights", compiled: bool = False, batch: int = 64, device: str = "cpu") -> dict:
     """The bench's inference path against the fp32 model of a trained run, on real held-out
     images: top-1 agreement, both accuracies, the largest logit difference (absolute, and
-    relative to the largest logit, with the bf16 tolerance of tests/test_fast.py beside it)."""
+    relative to the largest logit, with the bf16 tolerance of tests/model/test_fast.py beside it)."""
     from vitkit.infer import open_run
 
     loaded = open_run(run, torch.device(device))

@@ -1,57 +1,32 @@
-"""Fine-tuning pretrained ViTs end to end: weights from a Hugging Face Hub cache (offline) as
-`vitkit.load("hf-hub:...")` and `vitkit train --init hf-hub:...`, a run that resumes without the
-hub, and exported programs that carry the input normalization."""
+"""Fine-tuning pretrained ViTs end to end: `vitkit train --init hf-hub:...` from a Hugging Face Hub
+cache (offline), a run that resumes without the hub, the normalization a run records, feeds and
+predicts with, and the paper's fine-tuning recipe for --init. (Loading from the hub:
+tests/weights/test_hub.py; exporting with the normalization: tests/weights/test_export.py.)"""
 
 import json
 import shutil
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from timm.models._hub import save_for_hf
-from timm.models.vision_transformer import VisionTransformer
 from torchvision.transforms.v2.functional import normalize
 
 import vitkit
-from helpers import hub_cache, randomize
+from helpers import randomize
+from peers import timm_vit_in_an_offline_hub
 from vitkit.cli import main
 from vitkit.model.normalization import IMAGENET, Normalization
 from vitkit.train import trainer
-from vitkit.weights.export import export
 
 REPO = "acme/tiny-vit"
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """An offline Hugging Face Hub cache holding REPO as timm uploads it (ImageNet statistics in
-    its pretrained_cfg); yields (cache folder, timm model)."""
-    import huggingface_hub.constants as constants
-
-    theirs = randomize(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5))
-    theirs.pretrained_cfg = {"architecture": "vit_custom", "input_size": [3, 32, 32],
-                             "mean": list(IMAGENET.mean), "std": list(IMAGENET.std)}
-    cache = tmp_path / "hub"
-    hub_cache(cache, REPO, lambda folder: save_for_hf(theirs, folder, model_args={"num_heads": 2},
-                                                      safe_serialization=True))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache, theirs
-
-
-def test_load_from_the_hub_cache(hub):
-    _, theirs = hub
-    ours = vitkit.load(f"hf-hub:{REPO}").eval()
-    assert ours.normalization == IMAGENET  # from the repository's config.json
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"hf-hub:acme/absent: .*cached"):  # offline, not in the cache
-        vitkit.load("hf-hub:acme/absent")
+    """REPO in an offline Hugging Face Hub cache: (cache folder, the timm model uploaded there)."""
+    return timm_vit_in_an_offline_hub(tmp_path / "hub", REPO, monkeypatch)
 
 
 def tiny_folder(root, per_class=6):
@@ -91,45 +66,6 @@ def test_train_from_the_hub_then_resume_without_it(tmp_path, hub, monkeypatch):
     model = vitkit.load(run)
     assert model.config.num_classes == 2 and model.config.dim == 32 and model.normalization == IMAGENET
     assert json.loads((run / "config.json").read_text())["classes"] == ["blue", "red"]
-
-
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_export_with_the_normalization_takes_images_in_0_1(tmp_path, fmt):
-    model = randomize(vitkit.create_model("vit_ti4_32", depth=2))
-    model.normalization = IMAGENET
-    result = export(model, tmp_path / f"m.{fmt}", fmt, dynamic_batch=True, include_normalization=True)
-    assert result["normalization_in_graph"] and result["normalization"] == IMAGENET.to_dict()
-    x = torch.rand(3, 3, 32, 32)  # images scaled to [0, 1]
-    with torch.no_grad():
-        want = model(normalize(x, list(IMAGENET.mean), list(IMAGENET.std)))
-        assert (model(x) - want).abs().max() > 100 * 1e-4 * want.abs().max()  # the normalization matters
-    if fmt == "onnx":
-        session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    else:
-        with torch.no_grad():
-            got = torch.export.load(tmp_path / "m.pt2").module()(x)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
-
-
-def test_cli_export_includes_the_runs_normalization(tmp_path, capsys):
-    model = randomize(vitkit.create_model("vit_ti4_28", depth=1, num_classes=4))
-    model.normalization = Normalization((0.2,), (0.1,))
-    model.save_pretrained(tmp_path / "run")  # records it, as a training run does
-    out = tmp_path / "m.onnx"
-    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--include-normalization"]) == 0
-    assert "images in [0, 1]" in capsys.readouterr().out
-    half = tmp_path / "half.onnx"  # --normalize replaces the run's own
-    assert main(["export", str(tmp_path / "run"), "--out", str(half), "--include-normalization", "--normalize",
-                 "half"]) == 0
-    x = torch.rand(2, 1, 28, 28)
-    for file, (mean, std) in ((out, (0.2, 0.1)), (half, (0.5, 0.5))):
-        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        with torch.no_grad():
-            want = model((x - mean) / std)
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
-    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--normalize", "half"]) == 2  # nothing to set
 
 
 def test_train_normalize_is_recorded_fed_and_used_by_predict_and_eval(tmp_path):

@@ -21,7 +21,7 @@ COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3",
           "--json"]  # patch dropout draws per process: a two-process run would keep other patches
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-FAULTS = str(Path(__file__).parent / "faults.py")  # the vitkit command with a fault hook installed
+FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a fault hook installed
 
 
 def make_data(root):

@@ -10,37 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import vitkit
+from helpers import make_folder, run_cli
 from vitkit.cli import main
 from vitkit.data.decode import read_image
 from vitkit.data.transforms import eval_transform
 from vitkit.model.normalization import to_model_input
 from vitkit.train.outputs import TIMING_KEYS
-
-
-def make_folder(root: Path, classes=("red", "green", "blue"), per_class=6, size=16, corrupt=True) -> Path:
-    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "gray": (128,) * 3}
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            base = colours.get(c, (i * 30, 90, 150))
-            Image.new("RGB", (size + i, size), tuple(min(255, v + 3 * i) for v in base)).save(root / c / f"{i}.png")
-    if corrupt:
-        (root / classes[0] / "broken.jpg").write_bytes(b"not a jpeg at all")
-        (root / classes[1] / "empty.png").write_bytes(b"")
-    return root
-
-
-def run_cli(capsys, *args) -> tuple[int, dict | str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    try:
-        return code, json.loads(out), err
-    except json.JSONDecodeError:
-        return code, out, err
 
 
 def train_args(data, out, *extra):

@@ -12,9 +12,8 @@ import torchvision
 import transformers
 
 import vitkit
-from helpers import randomize
-from test_cli import make_folder, run_cli
-from test_weights import flax_npz
+from helpers import make_folder, randomize, run_cli
+from peers import flax_npz
 from vitkit.model.fast import use_training_kernels
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import start
@@ -25,7 +24,7 @@ def timm_weights(path):  # a width no paper size has, mean pooling with fc_norm
         img_size=32, patch_size=8, embed_dim=40, depth=2, num_heads=5, num_classes=7, global_pool="avg",
         fc_norm=True))
     model.pretrained_cfg = {"architecture": "vit_custom", "input_size": [3, 32, 32]}
-    timm.models._hub.save_for_hf(model, path, model_args={"num_heads": 5})
+    timm.models.save_for_hf(model, path, model_args={"num_heads": 5})
     return path, {}
 
 

@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).parents[1] / "src" / "vitkit"
+SRC = Path(__file__).parents[2] / "src" / "vitkit"
 MAX_LINES = 60
 
 

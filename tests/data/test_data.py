@@ -43,7 +43,7 @@ def test_idx_truncated_is_explained(tmp_path):
 def test_real_fashion_mnist_header_if_present():
     from pathlib import Path
 
-    root = Path(__file__).parents[2] / "shared" / "data" / "fashion-mnist"
+    root = Path(__file__).parents[3] / "shared" / "data" / "fashion-mnist"
     if not root.is_dir():
         pytest.skip("shared Fashion-MNIST files not present")
     x, y = arrays.idx_split(root, "test")

@@ -5,7 +5,7 @@ import ast
 import collections
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 # Bottom to top. A part may import the parts of the layers below its own, and in its own layer
 # only what SIDEWAYS lists.
 LAYERS = [

@@ -1,13 +1,16 @@
-"""Export: onnxruntime and torch.export programs compute what the PyTorch model computes."""
+"""Export: onnxruntime and torch.export programs compute what the PyTorch model computes, with the
+input normalization in the graph when asked (images in [0, 1])."""
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from torchvision.transforms.v2.functional import normalize
 
 import vitkit
 from helpers import randomize
 from vitkit.cli import main
+from vitkit.model.normalization import IMAGENET, Normalization
 from vitkit.weights.export import export
 
 
@@ -62,3 +65,42 @@ def test_export_leaves_the_callers_model_as_it_was(tmp_path):
     assert model.training
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_with_the_normalization_takes_images_in_0_1(tmp_path, fmt):
+    model = randomize(vitkit.create_model("vit_ti4_32", depth=2))
+    model.normalization = IMAGENET
+    result = export(model, tmp_path / f"m.{fmt}", fmt, dynamic_batch=True, include_normalization=True)
+    assert result["normalization_in_graph"] and result["normalization"] == IMAGENET.to_dict()
+    x = torch.rand(3, 3, 32, 32)  # images scaled to [0, 1]
+    with torch.no_grad():
+        want = model(normalize(x, list(IMAGENET.mean), list(IMAGENET.std)))
+        assert (model(x) - want).abs().max() > 100 * 1e-4 * want.abs().max()  # the normalization matters
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    else:
+        with torch.no_grad():
+            got = torch.export.load(tmp_path / "m.pt2").module()(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
+
+
+def test_cli_export_includes_the_runs_normalization(tmp_path, capsys):
+    model = randomize(vitkit.create_model("vit_ti4_28", depth=1, num_classes=4))
+    model.normalization = Normalization((0.2,), (0.1,))
+    model.save_pretrained(tmp_path / "run")  # records it, as a training run does
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--include-normalization"]) == 0
+    assert "images in [0, 1]" in capsys.readouterr().out
+    half = tmp_path / "half.onnx"  # --normalize replaces the run's own
+    assert main(["export", str(tmp_path / "run"), "--out", str(half), "--include-normalization", "--normalize",
+                 "half"]) == 0
+    x = torch.rand(2, 1, 28, 28)
+    for file, (mean, std) in ((out, (0.2, 0.1)), (half, (0.5, 0.5))):
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            want = model((x - mean) / std)
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--normalize", "half"]) == 2  # nothing to set

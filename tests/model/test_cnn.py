@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import vitkit
-from test_cli import make_folder, run_cli
+from helpers import make_folder, run_cli
 from vitkit.model.cnn import CNN
 
 
