@@ -39,7 +39,12 @@ def command(name: str):
 
 
 def emit_json(data: object) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    """Strict JSON: a NaN or infinite number is an error, never printed (other programs read this)."""
+    try:
+        print(json.dumps(data, indent=2, default=str, allow_nan=False))
+    except ValueError:
+        raise UserError("the result holds NaN or infinite numbers, which JSON cannot carry: the model's weights or "
+                        "inputs are not finite") from None
 
 
 def finish(args: argparse.Namespace, data: object, text: str) -> int:

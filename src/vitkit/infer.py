@@ -39,8 +39,20 @@ def open_run(run: str | Path, device: torch.device | None = None) -> LoadedRun:
                          "as written by `vitkit train` or save_pretrained)")
     model = load(root).eval().to(device or "cpu")
     meta = read_meta(root)
-    classes = meta.get("classes") or [str(i) for i in range(model.config.num_classes)]
-    return LoadedRun(model, classes, meta.get("data"), model.normalization or HALF, root)
+    classes = checked_classes(meta.get("classes"), model.config.num_classes, root)
+    data = meta.get("data")
+    return LoadedRun(model, classes, data if isinstance(data, str) else None, model.normalization or HALF, root)
+
+
+def checked_classes(classes: object, outputs: int, root: Path) -> list[str]:
+    """A run's class names: as many strings as the head has outputs ("0".."N-1" when none are
+    recorded)."""
+    if classes is None:
+        return [str(i) for i in range(outputs)]
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(classes) == outputs):
+        raise ValueError(f"{root / 'config.json'}: \"classes\" must be a list of {outputs} class names (strings), "
+                         f"one per output of the model's head; got {str(classes)[:100]}")
+    return classes
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str | None = None,

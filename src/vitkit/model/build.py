@@ -61,6 +61,7 @@ def cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **override
         state = {k: v for k, v in state.items() if k not in fresh}
         log.warning("new classifier for %d classes (the weights have %d): it starts untrained",
                     model.config.num_classes, config.num_classes)
+    check_finite(state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - fresh:
         raise ValueError(f"weights do not match {config.arch}: missing {sorted(set(missing) - fresh)[:8]}, "
@@ -68,10 +69,17 @@ def cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **override
     return model
 
 
+def check_finite(state: dict[str, torch.Tensor]) -> None:
+    """Weights with NaN or infinite values would make every answer NaN, silently: refused."""
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"weight {key!r} holds NaN or infinite values; these weights are broken (a training "
+                             "run that diverged?): use an earlier checkpoint")
+
+
 def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overrides: Any) -> ViT:
     """A model for `config` (with overrides) holding `state`; refuses to half-load."""
     target = config.replace(**overrides) if overrides else config
-    model = ViT(target)
     fresh_head = target.num_classes != config.num_classes or target.feature_dim != config.feature_dim
     if fresh_head:
         log.warning("new head for %d classes (the weights have %d): it starts untrained",
@@ -81,14 +89,18 @@ def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overri
         # resample from the source's own grid: a non-square one cannot be told from the count
         state = {**state, "pos_embed": position.resample(state["pos_embed"], target.grid, config.pos_prefix_rows,
                                                          old_grid=config.grid)}
-    expected = model.state_dict()
-    for key, value in state.items():
-        if key in expected and key != "pos_embed" and expected[key].shape != value.shape:
-            raise ValueError(f"weight {key!r} has shape {tuple(value.shape)} but the model expects "
-                             f"{tuple(expected[key].shape)}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (fresh_head and k.startswith(("head.", "head_dist.")))]
+    with torch.device("meta"):  # names and shapes first, without allocating: a config that lies is refused here
+        expected = ViT(target).state_dict()
+    missing = [k for k in expected if k not in state and not (fresh_head and k.startswith(("head.", "head_dist.")))]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ValueError(f"weights do not match the architecture: missing {missing[:8]}, "
                          f"unexpected {unexpected[:8]}")
+    for key, value in state.items():
+        if key != "pos_embed" and expected[key].shape != value.shape:
+            raise ValueError(f"weight {key!r} has shape {tuple(value.shape)} but the model expects "
+                             f"{tuple(expected[key].shape)}")
+    check_finite(state)
+    model = ViT(target)
+    model.load_state_dict(state, strict=False)  # the fresh head's weights stay as initialised
     return model

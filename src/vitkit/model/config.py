@@ -20,6 +20,9 @@ ACTIVATIONS = ("gelu", "gelu-tanh")
 LIMITS = {"dim": 16384, "depth": 512, "heads": 1024, "mlp_dim": 131072, "num_classes": 1_000_000,
           "image": 16384, "in_channels": 512, "tokens": 1_000_000, "reg_tokens": 1024,
           "stem_channels": 16384, "stem_depth": 8, "backbone_stages": 4, "backbone_blocks": 64}
+# The most parameters a config may describe, checked before anything is allocated: room for
+# ViT-g/14 (1.0 billion) and the largest ViT timm builds (DINOv3's ViT-7B, 6.7 billion).
+MAX_PARAMETERS = 8_000_000_000
 
 
 def resnet_stride(layers: tuple[int, ...]) -> int:
@@ -169,6 +172,18 @@ class ViTConfig:
         """Width of what the head sees (the pre-logits width if there is one)."""
         return self.representation_size or self.dim
 
+    @property
+    def approx_parameters(self) -> int:
+        """The parameter count from the config alone, within a few per cent (a convolutional
+        stem's and the norms' small terms aside): to refuse a huge model before allocating it."""
+        (ph, pw), d, inner = self.patch_hw, self.dim, self.inner_dim
+        embed = self.in_channels * ph * pw * d + (self.num_patches + self.num_prefix_tokens) * d
+        block = d * 3 * inner + inner * d + 2 * d * self.mlp_dim + 3 * inner + self.mlp_dim + 6 * d
+        head = self.feature_dim * self.num_classes * (2 if self.distilled else 1)
+        pre_logits = d * self.representation_size if self.representation_size else 0
+        map_head = 4 * d * d + 2 * d * self.mlp_dim if self.pool == "map" else 0  # attention pooling
+        return embed + self.depth * block + head + pre_logits + map_head
+
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +230,10 @@ class ViTConfig:
                 _bounded(name, getattr(self, name), 1, LIMITS["dim"])
         self._validate_grid()
         self._validate_stem()
+        if self.approx_parameters > MAX_PARAMETERS:
+            raise ValueError(f"this config describes a model of about {self.approx_parameters / 1e9:,.1f} billion "
+                             f"parameters; vitkit builds at most {MAX_PARAMETERS / 1e9:g} billion (the largest "
+                             "published ViTs have 1-7): check dim, depth and mlp_dim")
         if self.head_dim is None and self.dim % self.heads:
             divisors = [d for d in range(1, min(self.dim, 64) + 1) if self.dim % d == 0]
             raise ValueError(

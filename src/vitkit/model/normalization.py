@@ -9,6 +9,7 @@ and train, eval, predict, explain, serve and export all read it from there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,10 @@ class Normalization:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
-            raise ValueError(f"a normalization needs as many means as stds (1 or one per channel) and "
-                             f"positive stds; got mean={list(self.mean)}, std={list(self.std)}")
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != len(self.std) or not self.mean or not finite or any(s <= 0 for s in self.std):
+            raise ValueError(f"a normalization needs as many means as stds (1 or one per channel), all finite, "
+                             f"and positive stds; got mean={list(self.mean)}, std={list(self.std)}")
 
     def __call__(self, images: torch.Tensor, channels: int | None = None) -> torch.Tensor:
         """uint8 or [0, 1] float (B, C, H, W) -> normalised float32. Gray images are repeated to
@@ -52,7 +54,10 @@ class Normalization:
         if isinstance(spec, Normalization):
             return spec
         if isinstance(spec, dict) and {"mean", "std"} <= set(spec):
-            return cls(tuple(map(float, spec["mean"])), tuple(map(float, spec["std"])))
+            try:
+                return cls(tuple(map(float, spec["mean"])), tuple(map(float, spec["std"])))
+            except TypeError:
+                raise ValueError(f"a normalization's mean and std are lists of numbers; got {spec!r}") from None
         if isinstance(spec, str) and spec in NAMED:
             return NAMED[spec]
         if isinstance(spec, str):
