@@ -15,6 +15,9 @@ from pathlib import Path
 from vitkit.data.decode import IMAGE_EXTENSIONS
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
+# An archive's images are read into memory: a member larger than this is skipped (and listed), so
+# that a small archive cannot expand into gigabytes (a 408 KB archive can hold a 400 MiB member).
+MAX_MEMBER_BYTES = 64 << 20
 
 
 @dataclass
@@ -88,6 +91,21 @@ def _unusable(path: str) -> str | None:
     return None
 
 
+def _unusable_member(member: tarfile.TarInfo, parts: list[str]) -> str | None:
+    """Why an archive member that looks like an image cannot be one of the data set's images."""
+    if any(part in ("", ".", "..") for part in parts) or member.name.startswith("/"):
+        return "its path leaves the archive's folder"
+    if member.issym() or member.islnk():
+        return "a link, not a file (links in archives are not followed)"
+    if not member.isfile():
+        return "not a regular file"
+    if member.size == 0:
+        return "empty file (0 bytes)"
+    if member.size > MAX_MEMBER_BYTES:
+        return f"{member.size:,} bytes, more than an archive's image may have ({MAX_MEMBER_BYTES:,})"
+    return None
+
+
 def _top_level_names(root: Path) -> set[str]:
     if is_archive(root):
         with tarfile.open(root) as tar:
@@ -103,17 +121,16 @@ def _scan_archive(archive: Path, split_dir: str | None) -> FileTree:
     with tarfile.open(archive) as tar:
         for member in tar:
             name = member.name.removeprefix("./")
-            if not member.isfile() or not name.startswith(prefix):
-                continue
             parts = name[len(prefix):].split("/")
-            if len(parts) < 2 or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            if not name.startswith(prefix) or len(parts) < 2 or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            label_name = f"{archive}:{name}"
-            if member.size == 0:
-                skipped.append((label_name, "empty file (0 bytes)"))
+            problem = _unusable_member(member, parts)
+            if problem:
+                skipped.append((f"{archive}:{member.name}", problem))
                 continue
-            data = tar.extractfile(member).read()
-            by_class.setdefault(parts[0], []).append((label_name, data))
+            if member.isfile():
+                data = tar.extractfile(member).read()
+                by_class.setdefault(parts[0], []).append((f"{archive}:{name}", data))
     classes = sorted(by_class)
     tree = FileTree([], [], [], classes, skipped)
     for label, cls in enumerate(classes):

@@ -334,8 +334,7 @@ class Run:
         start = self.budget.now()
         result = evaluate(self.parts.eval_model, self.feed.held_out(images), len(self.plan.splits.classes),
                           self.world.device, self.parts.bf16, self.plan.normalization, self.world)
-        for name, reason in result["skipped"]:
-            self.progress.skipped_files[name] = reason
+        self.note_problems(result["skipped"])  # --strict stops on a held-out split's bad image too
         return result | {"seconds": self.budget.now() - start}
 
     def save_checkpoint(self) -> None:
