@@ -25,7 +25,7 @@ def train_args(data, out, *extra):
     return ["train", data, "--out", out, "--batch-size", "8", "--workers", "0", "--json", *extra]
 
 
-def test_train_eval_predict_resume(tmp_path, capsys):
+def test_train_eval_predict_and_resume_agree_with_the_saved_model_and_skip_bad_files(tmp_path, capsys):
     data = make_folder(tmp_path / "imgs")
     run = tmp_path / "run"
     code, result, err = run_cli(capsys, *train_args(data, run, "--epochs", "1", "--val-split", "0.34"))
@@ -67,7 +67,7 @@ def test_train_eval_predict_resume(tmp_path, capsys):
     assert resumed["epochs"] == 1
 
 
-def test_same_seed_same_metrics(tmp_path, capsys):
+def test_the_same_seed_gives_the_same_metrics(tmp_path, capsys):
     data = make_folder(tmp_path / "imgs", corrupt=False)
     results = []
     for name in ("a", "b"):
@@ -111,7 +111,7 @@ def test_fine_tune_to_other_classes_and_size(tmp_path, capsys):
     (None, ["predict", "{tmp}", "x.png"], "not a run directory"),
     ("run", ["train", "--resume", "{tmp}/run", "--model", "vit_b16"], "--model"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, args, words):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, setup, args, words):
     if setup == "empty":
         (tmp_path / "empty" / "a").mkdir(parents=True)
     if setup == "one":

@@ -18,7 +18,7 @@ from vitkit.data.loader import ArrayBatches, EpochSampler, mix_seed, train_loade
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_idx_files(tmp_path, compress):
+def test_idx_files_plain_or_gzipped_read_as_the_arrays_written(tmp_path, compress):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 7).astype(np.uint8)
@@ -64,7 +64,7 @@ def write_cifar10(root, n_per_batch=4):
     return expected
 
 
-def test_cifar10_folder_and_archive(tmp_path):
+def test_cifar10_reads_the_same_from_a_folder_and_an_archive(tmp_path):
     expected = write_cifar10(tmp_path / "cifar-10-batches-py")
     train, test, classes = arrays.cifar(tmp_path / "cifar-10-batches-py", "cifar10")
     assert classes[0] == "airplane" and train[0].shape == (20, 3, 32, 32)
@@ -78,7 +78,7 @@ def test_cifar10_folder_and_archive(tmp_path):
     assert torch.equal(train2[0], train[0])
 
 
-def test_cifar100(tmp_path):
+def test_cifar100_reads_fine_labels_and_100_class_names(tmp_path):
     rng = np.random.default_rng(2)
     for name in ("train", "test"):
         (tmp_path / name).write_bytes(pickle.dumps({
@@ -138,7 +138,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     assert int(read_image(str(path), 1)[0, 0, 0]) == 128
 
 
-def test_palette_with_transparency(tmp_path):
+def test_palette_png_with_transparency_keeps_its_colours(tmp_path):
     img = Image.new("P", (4, 4), 1)
     img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     path = save(img, tmp_path / "p.png", transparency=0)
@@ -154,7 +154,7 @@ def test_bad_bytes_raise_bad_image(content, reason):
         read_image(content, 3)
 
 
-def test_truncated_jpeg(tmp_path):
+def test_truncated_jpeg_raises_bad_image(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, "JPEG")
     with pytest.raises(BadImage):
@@ -205,7 +205,7 @@ def test_split_folders_are_used(tmp_path):
     ("/no/such/folder", FileNotFoundError, "no such file"),
     ("cifar10:", ValueError, "needs a path"),
 ])
-def test_bad_specs(spec, error, words):
+def test_bad_data_specs_are_one_clear_error(spec, error, words):
     with pytest.raises(error, match=words):
         data_spec.load(spec)
 

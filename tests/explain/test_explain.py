@@ -19,7 +19,7 @@ def test_rollout_of_identity_is_identity():
     torch.testing.assert_close(maps.rollout_matrices([eye] * 4), torch.eye(5).expand(2, 5, 5))
 
 
-def test_rollout_of_uniform_attention():
+def test_rollout_of_uniform_attention_is_uniform_plus_the_residual():
     uniform = torch.full((1, 2, 5, 5), 1 / 5)
     torch.testing.assert_close(maps.rollout_matrices([uniform] * 3, residual=False), torch.full((1, 5, 5), 1 / 5))
     joint = maps.rollout_matrices([uniform] * 3)  # with the residual, (1 - 2^-L) U + 2^-L I
@@ -93,7 +93,7 @@ def test_explain_command_writes_pictures(tmp_path, capsys, method):
     assert Image.open(png).size[0] > 300 and len(results[0]["top"]) == 3
 
 
-def test_inspect_command(tmp_path, capsys):
+def test_inspect_command_writes_attention_distances_and_a_picture(tmp_path, capsys):
     model = randomize(vitkit.create_model("vit_ti4_32", depth=2, num_classes=2))
     model.save_pretrained(tmp_path / "run", {"classes": ["x", "y"]})
     for name in ("x", "y"):

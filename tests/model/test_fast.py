@@ -50,7 +50,7 @@ def images(model: ViT, device: str, n: int = 16) -> torch.Tensor:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_inference_fast_path(name, compile, device, monkeypatch):
+def test_inference_fast_path_computes_the_reference_logits(name, compile, device, monkeypatch):
     # fp32 means fp32 here: cuDNN's default TF32 convolutions round the patch embedding to 10 bits,
     # and the compiled graph may pick another convolution algorithm than eager (seen on an H100: 1e-3)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

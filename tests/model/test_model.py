@@ -29,7 +29,7 @@ VIT_PYTORCH_CONFIGS = [
 
 
 @pytest.mark.parametrize(("kwargs", "shape"), VIT_PYTORCH_CONFIGS)
-def test_matches_vit_pytorch(kwargs, shape):
+def test_logits_equal_vit_pytorchs_on_each_trap(kwargs, shape):
     theirs = randomize(vit_pytorch.ViT(**kwargs))
     ours = vitkit.from_vit_pytorch(theirs.state_dict(), image_size=kwargs["image_size"],
                                    heads=kwargs["heads"], patch_size=kwargs["patch_size"]).eval()
@@ -41,7 +41,7 @@ def test_matches_vit_pytorch(kwargs, shape):
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_matches_the_writeup_code(pool):
+def test_logits_equal_the_writeup_codes_with_cls_and_mean_pooling(pool):
     """The write-up's own class: always a class token, so its mean pooling averages it too."""
     kwargs = dict(image_size=(24, 40), patch_size=8, num_classes=6, dim=40, depth=2, heads=2,
                   mlp_dim=80, dim_head=24, pool=pool)
@@ -153,7 +153,7 @@ def test_the_last_block_runs_only_for_the_tokens_the_head_reads(overrides):
     assert fast_flops < 0.9 * full_flops
 
 
-def test_features_when_no_classes():
+def test_no_classes_gives_the_pre_logits_features():
     model = vitkit.create_model("vit_ti4_32", num_classes=0, representation_size=50)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 50)
 
@@ -260,7 +260,8 @@ def test_presets_follow_table_1():
     channels=st.integers(1, 4), classes=st.integers(0, 5), batch=st.integers(1, 3),
     pool=st.sampled_from(["cls", "mean", "mean-all"]), embed=st.sampled_from(["conv", "linear-ln"]),
 )
-def test_output_shapes(heads, head_width, depth, patch, grid, channels, classes, batch, pool, embed):
+def test_logits_attention_and_token_shapes_for_any_config(heads, head_width, depth, patch, grid, channels, classes,
+                                                          batch, pool, embed):
     dim = heads * head_width
     config = vitkit.ViTConfig(
         image_size=(patch[0] * grid[0], patch[1] * grid[1]), patch_size=patch, in_channels=channels,

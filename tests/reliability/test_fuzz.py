@@ -63,7 +63,7 @@ def command_lines(draw, root):
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_cli_fails_cleanly(tiny, capsys, data):
+def test_generated_command_lines_fail_with_exit_2_and_one_line(tiny, capsys, data):
     args = data.draw(command_lines(tiny))
     try:
         code = main(args)

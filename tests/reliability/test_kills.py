@@ -43,7 +43,7 @@ def progress_of(beat, steps_per_epoch: int) -> int | None:
     return epoch * steps_per_epoch + step
 
 
-def test_five_kills_then_bitwise_equal(tmp_path):
+def test_five_sigkills_and_resumes_end_bitwise_equal_to_the_uninterrupted_run(tmp_path):
     make_data(tmp_path / "data")
     args = ["train", str(tmp_path / "data"), "--epochs", "6", "--batch-size", "4", "--workers", "1", "--seed", "7",
             "--ema", "0.9", "--mixup", "0.2", "--precision", "fp32"]

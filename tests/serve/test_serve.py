@@ -210,7 +210,7 @@ def test_explain_methods_of_vitkit_explain(client, engine):
     assert client.post("/explain?method=gradcam", content=data).status_code == 422
 
 
-def test_info_health_and_page(client, engine):
+def test_info_describes_the_model_health_answers_and_the_page_loads_nothing_from_elsewhere(client, engine):
     info = client.get("/info").json()
     assert info["classes"] == CLASSES
     assert info["image_size"] == [32, 32] and info["normalize"] == IMAGENET.to_dict()

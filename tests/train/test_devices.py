@@ -157,7 +157,7 @@ def resume_tolerance(device: str, fields: dict, tmp_path: Path, whole: Path) -> 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: NCCL beside gloo")
-def test_torchrun_one_process_on_the_gpu(tmp_path):
+def test_torchrun_with_one_process_trains_on_the_gpu(tmp_path):
     """The multi-process path on one GPU: NCCL for the model, gloo for the CPU-side decisions."""
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
                            "-m", "vitkit", "train", "--epochs", "1", "--out", str(tmp_path / "r"), "--json"],

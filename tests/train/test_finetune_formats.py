@@ -66,7 +66,8 @@ SOURCES = {"timm": timm_weights, "hf": hf_weights, "torchvision": torchvision_we
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_fine_tune_from(tmp_path, capsys, monkeypatch, source):
+def test_fine_tuning_from_each_format_keeps_its_architecture_and_every_command_works(tmp_path, capsys, monkeypatch,
+                                                                                      source):
     monkeypatch.chdir(tmp_path)
     data = make_folder(tmp_path / "imgs", corrupt=False)
     weights, hints = SOURCES[source](tmp_path / "weights")

@@ -27,7 +27,7 @@ def test_onnx_dynamic_batch_matches_pytorch(tmp_path):
             np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4 * max(1, float(np.abs(got).max())))
 
 
-def test_pt2_round_trip(tmp_path):
+def test_pt2_program_computes_the_models_logits_at_any_batch(tmp_path):
     model = randomize(vitkit.create_model("vit_ti4_28", depth=1, pool="mean", class_token=False))
     export(model, tmp_path / "m.pt2", "pt2", dynamic_batch=True)
     program = torch.export.load(tmp_path / "m.pt2").module()
@@ -36,7 +36,7 @@ def test_pt2_round_trip(tmp_path):
         torch.testing.assert_close(program(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_cli_convert_then_export(tmp_path, capsys):
+def test_convert_then_export_gives_the_torchvision_models_logits_in_onnxruntime(tmp_path, capsys):
     torchvision = pytest.importorskip("torchvision")
     # randomised: torchvision zero-initialises its head, and zeros would match any export
     source = randomize(torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,

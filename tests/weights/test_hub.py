@@ -15,7 +15,7 @@ from peers import close, timm_vit_in_an_offline_hub
 from vitkit.model.normalization import IMAGENET
 
 
-def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
+def test_preset_tag_loads_timms_upload_from_the_offline_hub_cache(tmp_path, monkeypatch):
     """Offline: a Hugging Face Hub cache laid out as huggingface_hub keeps it, holding what timm uploads
     for the repository that the name resolves to."""
     import huggingface_hub.constants as hub
@@ -40,7 +40,7 @@ def test_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
         vitkit.create_model("vit_s16", pretrained="wrong")
 
 
-def test_hybrid_weights_by_name_from_the_hub_cache(tmp_path, monkeypatch):
+def test_hybrid_preset_tag_loads_timms_upload_and_a_plain_vit_is_not_taken_for_it(tmp_path, monkeypatch):
     """Offline: the repository a hybrid preset's tag names, as timm uploads it, loads into the preset;
     a plain ViT of the same sizes is not taken for it."""
     import huggingface_hub.constants as hub
@@ -73,7 +73,7 @@ def hub(tmp_path, monkeypatch):
     return timm_vit_in_an_offline_hub(tmp_path / "hub", REPO, monkeypatch)
 
 
-def test_load_from_the_hub_cache(hub):
+def test_hf_hub_name_loads_from_the_offline_cache_with_its_normalization(hub):
     _, theirs = hub
     ours = vitkit.load(f"hf-hub:{REPO}").eval()
     assert ours.normalization == IMAGENET  # from the repository's config.json

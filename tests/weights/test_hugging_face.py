@@ -20,7 +20,7 @@ HF_CONFIGS = [
 
 
 @pytest.mark.parametrize("overrides", HF_CONFIGS)
-def test_hugging_face_classifier(tmp_path, overrides):
+def test_hugging_face_vit_classifier_gives_its_logits_in_vitkit(tmp_path, overrides):
     config = transformers.ViTConfig(**{**dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                               intermediate_size=128, image_size=32, patch_size=8, num_labels=5),
                                        **overrides})
@@ -44,7 +44,7 @@ def test_hugging_face_model_with_pooler_is_pre_logits(tmp_path):
         close(ours(x), theirs(pixel_values=x).pooler_output)
 
 
-def test_round_trip_through_hugging_face(tmp_path):
+def test_vitkit_saved_as_hugging_face_loads_in_transformers_and_back_unchanged(tmp_path):
     model = randomize(vitkit.create_model("vit_ti16", image_size=32, depth=2, num_classes=3))
     vitkit.save(model, tmp_path / "hf", format="hf", class_names=["a", "b", "c"])
     theirs = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
@@ -76,7 +76,7 @@ HF_FAMILY = [  # (model class, config), what the model computes that vitkit comp
 
 
 @pytest.mark.parametrize(("cls", "config", "output"), HF_FAMILY)
-def test_hugging_face_family(tmp_path, cls, config, output):
+def test_each_hugging_face_family_model_gives_its_output_in_vitkit(tmp_path, cls, config, output):
     theirs = randomize(cls(config))
     with torch.no_grad():
         for name, p in theirs.named_parameters():  # small embeddings: a wrong LayerNorm eps shows
@@ -89,7 +89,7 @@ def test_hugging_face_family(tmp_path, cls, config, output):
         close(ours(x), getattr(theirs(pixel_values=x), output))
 
 
-def test_siglip_image_tower_of_a_two_tower_model(tmp_path):
+def test_the_image_tower_of_a_two_tower_siglip_gives_its_pooled_output(tmp_path):
     config = transformers.SiglipConfig(vision_config=dict(**HF_SMALL, intermediate_size=64),
                                        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                                         intermediate_size=64, vocab_size=50))

@@ -20,7 +20,7 @@ def test_loaded_models_come_ready_to_predict(tmp_path):
         torch.testing.assert_close(loaded(x), loaded(x))
 
 
-def test_load_into_other_size_and_class_count(tmp_path, caplog):
+def test_load_at_another_size_and_class_count_resamples_positions_and_makes_a_new_head(tmp_path, caplog):
     theirs = randomize(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=3))
     torch.save(theirs.state_dict(), tmp_path / "w.pth")
     ours = vitkit.load(tmp_path / "w.pth", heads=4, image_size=64, num_classes=10)

@@ -17,7 +17,7 @@ from peers import TINY, close, flax_npz
 
 
 @pytest.mark.parametrize(("representation", "big_vision"), [(None, False), (32, False), (None, True)])
-def test_jax_npz(tmp_path, representation, big_vision):
+def test_official_flax_npz_gives_its_source_models_logits_and_timm_reads_it_alike(tmp_path, representation, big_vision):
     source = randomize(torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=5,
         representation_size=representation))
@@ -85,7 +85,7 @@ def big_vision_npz(model: VisionTransformer, path) -> None:
     pytest.param(dict(global_pool="map", class_token=False), 32, id="map"),
     pytest.param(dict(global_pool="map", class_token=False), (32, 48), id="map-non-square"),
 ])
-def test_big_vision_npz(tmp_path, kwargs, image_size):
+def test_big_vision_npz_gives_timms_logits_in_vitkit(tmp_path, kwargs, image_size):
     theirs = randomize(VisionTransformer(img_size=image_size, patch_size=8, **TINY, act_layer="gelu_tanh", **kwargs))
     big_vision_npz(theirs, tmp_path / "bv.npz")
     check = VisionTransformer(img_size=image_size, patch_size=8, **TINY, act_layer="gelu_tanh", **kwargs)

@@ -29,7 +29,7 @@ TIMM_CONFIGS = [
 
 
 @pytest.mark.parametrize("kwargs", TIMM_CONFIGS)
-def test_timm(tmp_path, kwargs):
+def test_timm_vit_saved_by_timm_gives_timms_logits_in_vitkit(tmp_path, kwargs):
     theirs = randomize(VisionTransformer(**kwargs))
     theirs.pretrained_cfg = {"architecture": "vit_custom",
                              "input_size": [3, *timm.layers.to_2tuple(kwargs["img_size"])]}
@@ -40,7 +40,7 @@ def test_timm(tmp_path, kwargs):
         close(ours(x), theirs(x))
 
 
-def test_timm_bare_pth_and_missing_heads(tmp_path):
+def test_a_bare_timm_state_dict_needs_the_heads_then_gives_timms_logits(tmp_path):
     theirs = randomize(VisionTransformer(img_size=32, patch_size=8, embed_dim=40, depth=1, num_heads=5, num_classes=3))
     torch.save(theirs.state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match="heads"):
@@ -51,7 +51,7 @@ def test_timm_bare_pth_and_missing_heads(tmp_path):
         close(ours(x), theirs(x))
 
 
-def test_round_trip_through_timm(tmp_path):
+def test_vitkit_saved_as_timm_loads_strictly_into_timm_and_back_unchanged(tmp_path):
     model = randomize(vitkit.create_model("vit_ti4_32", depth=2, num_classes=7))
     path = vitkit.save(model, tmp_path / "timm", format="timm")
     kwargs = json.loads(path.with_name("config.json").read_text())["model_args"]
@@ -100,7 +100,7 @@ def timm_model(name, kwargs, image_size):
 
 
 @pytest.mark.parametrize(("name", "kwargs", "image_size"), TIMM_FAMILY)
-def test_timm_family(tmp_path, name, kwargs, image_size):
+def test_each_timm_family_model_gives_timms_logits_in_vitkit(tmp_path, name, kwargs, image_size):
     theirs = timm_model(name, kwargs, image_size)
     save_for_hf(theirs, tmp_path, model_args={**TINY, **kwargs})  # what timm writes, as timm writes it
     ours = vitkit.load(tmp_path).eval()
@@ -110,7 +110,7 @@ def test_timm_family(tmp_path, name, kwargs, image_size):
 
 
 @pytest.mark.parametrize(("name", "kwargs", "image_size"), TIMM_FAMILY)
-def test_timm_family_round_trip(tmp_path, name, kwargs, image_size):
+def test_each_timm_family_model_saved_by_vitkit_loads_strictly_into_timm(tmp_path, name, kwargs, image_size):
     """vitkit -> timm: the written kwargs build timm's model, which loads the file strictly and computes
     the same logits; and back. CLIP's LayerNorm eps (1e-5) is a norm_layer partial in timm, which
     model_args (JSON) cannot hold: saving it refuses with the reason."""
@@ -167,7 +167,7 @@ def test_timm_pooling_vitkit_cannot_express_is_refused(tmp_path, pool):
         vitkit.load(tmp_path)
 
 
-def test_non_square_timm_at_its_own_size(tmp_path):
+def test_non_square_timm_weights_load_at_their_own_size_and_other_grids_are_not_guessed(tmp_path):
     """No config.json: the grid of the size asked for has as many positions, so it is the source's."""
     theirs = randomize(VisionTransformer(img_size=(48, 80), patch_size=16, **TINY))
     torch.save(theirs.state_dict(), tmp_path / "w.pth")

@@ -11,7 +11,7 @@ from peers import close
 
 
 @pytest.mark.parametrize("representation", [None, 48])
-def test_torchvision(tmp_path, representation):
+def test_torchvision_vit_gives_its_logits_in_vitkit(tmp_path, representation):
     theirs = randomize(torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=5,
         representation_size=representation))

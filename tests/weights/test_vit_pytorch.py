@@ -10,7 +10,7 @@ from helpers import randomize
 from peers import close
 
 
-def test_vit_pytorch_file(tmp_path):
+def test_vit_pytorch_state_dict_gives_its_logits_in_vitkit(tmp_path):
     theirs = randomize(vit_pytorch.ViT(image_size=32, patch_size=8, num_classes=4, dim=48, depth=2, heads=3,
                                        mlp_dim=96, dim_head=24))
     torch.save(theirs.state_dict(), tmp_path / "vp.pt")
