@@ -1,9 +1,10 @@
-# Two commands: `make demo` and `make test`. Both install into a local .venv first.
+# Two commands: `make demo` and `make test`. Both install into a local .venv first. (And, while you
+# work, `make quick`: the tests without the slow ones.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs lint clean
+.PHONY: demo test quick docs lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +28,18 @@ demo: $(VENV)/.installed
 	[Image.fromarray(x[i, 0].numpy()).resize((64, 64)).save(d / f'digit{i}-is-{int(y[i])}.png') for i in range(5)]"
 	$(BIN)/vitkit predict $$(ls -td runs/digits-* | head -1) runs/demo-images --topk 3
 
+# Every test, the slow ones included, and the documentation site: what must pass before a commit.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(MAKE) docs
+
+# For a quick check while you work: every test but those marked slow (torchrun, processes killed and
+# resumed, fresh interpreters, long end-to-end runs: ~10 s or more each), minutes sooner. Not a
+# substitute for `make test`, which runs them all.
+quick: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # The documentation site (site/), built strictly: a broken link, anchor or API reference fails it.
 docs: $(VENV)/.installed-test

@@ -125,6 +125,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, setup, args, words):
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a vitkit process killed, then resumed (~30 s)
 def test_killed_run_resumes_and_finishes(tmp_path):
     """SIGKILL mid-training; --resume finishes with the metrics of an uninterrupted run."""
     data = make_folder(tmp_path / "imgs", per_class=40, corrupt=False)
@@ -168,6 +169,7 @@ def test_every_recipe_knob_together_runs_and_is_recorded(tmp_path, capsys):
     assert recipe["accum_steps"] == 2 and recipe["cutmix"] == 1.0 and recipe["crop"] == "random-resized"
 
 
+@pytest.mark.slow  # a vitkit process interrupted, then resumed (~10 s)
 def test_sigint_saves_a_checkpoint_that_resumes(tmp_path):
     data = make_folder(tmp_path / "imgs", per_class=40, corrupt=False)
     run = tmp_path / "run"

@@ -22,6 +22,7 @@ COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a fault hook installed
+pytestmark = pytest.mark.slow  # every test runs torchrun with 2 processes (~15-45 s each)
 
 
 def make_data(root):

@@ -60,6 +60,7 @@ def command_lines(draw, root):
     return args
 
 
+@pytest.mark.slow  # 60 command lines (~20 s)
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())

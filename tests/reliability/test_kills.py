@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -20,6 +21,7 @@ from vitkit.data.transforms import train_transform
 from vitkit.train.outputs import TIMING_KEYS as TIMING
 
 FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a heartbeat hook
+pytestmark = pytest.mark.slow  # vitkit processes killed and resumed, 100,000 files (~1-3 min each)
 
 
 def make_data(root, per_class=30):
