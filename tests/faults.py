@@ -117,5 +117,6 @@ def fake_clock(spec: str) -> None:
 
 if __name__ == "__main__":
     kind, _, rest = sys.argv[1].partition(":")
-    {"draws": record_draws, "heartbeat": heartbeat, "clock": fake_clock, "poison": poison}.get(kind, lambda _: install(sys.argv[1]))(rest)
+    hooks = {"draws": record_draws, "heartbeat": heartbeat, "clock": fake_clock, "poison": poison}
+    hooks.get(kind, lambda _: install(sys.argv[1]))(rest)
     sys.exit(main(sys.argv[2:]))
