@@ -13,12 +13,14 @@ import logging
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from vitkit import runtime
 from vitkit.model import PRESETS, ViT, flops
+from vitkit.model.normalization import AssumedNormalization
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import TrainingError
 from vitkit.weights.hub import PRETRAINED
@@ -36,6 +38,11 @@ def command(name: str):
         COMMANDS[name] = fn
         return fn
     return register
+
+
+def add_revision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", help="for hf-hub:ORG/NAME (or NAME:TAG) weights: the Hub's branch, tag or commit "
+                                      "(default: main)")
 
 
 def emit_json(data: object) -> None:
@@ -267,6 +274,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-image-size", type=int, help="image size the weights were trained at (vit-pytorch)")
     p.add_argument("--pool", choices=["cls", "mean"], help="pooling, for weights that do not record it")
     p.add_argument("--num-classes", type=int, help="replace the head with a fresh one of this size")
+    add_revision(p)
 
 
 @command("convert")
@@ -276,10 +284,10 @@ def run_convert(args: argparse.Namespace) -> int:
     options = {k: v for k, v in {"heads": args.heads, "image_size": args.image_size, "pool": args.pool,
                                  "source_image_size": args.source_image_size,
                                  "num_classes": args.num_classes}.items() if v is not None}
-    model = load(args.src, format=args.fmt, **options)
+    model = load(args.src, format=args.fmt, revision=args.revision, **options)
     path = save(model, args.out, format=args.to)
     info = {"out": str(path), "format": args.to, "config": model.config.to_dict(),
-            "params": model.num_parameters()}
+            "params": model.num_parameters(), "revision": model.revision}
     return finish(args, info, f"wrote {path} ({args.to}): {model.num_parameters():,} parameters")
 
 
@@ -296,6 +304,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                         "[0, 1], (batch, channels, height, width); without it, normalised images")
     p.add_argument("--normalize", help="the normalization to include instead of the weights' own: imagenet, half, "
                                        "none, MEAN,STD or M1,M2,M3,S1,S2,S3")
+    add_revision(p)
 
 
 @command("export")
@@ -306,7 +315,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.normalize and not args.include_normalization:
         raise UserError("--normalize sets the normalization that --include-normalization puts into the program; "
                         "add --include-normalization")
-    model = load(args.run, normalize=args.normalize)
+    model = load(args.run, normalize=args.normalize, revision=args.revision)
     result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization)
     taking = "; it takes images in [0, 1] (normalization " + model.normalization.describe() + " included)" \
         if args.include_normalization else ""
@@ -336,6 +345,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
+    add_revision(p)
 
 
 @command("embed")
@@ -345,7 +355,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.layer_norm and args.layer is None:
         raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
     features.check_out(args.out)  # before the work, not after it
-    model = features.open_model(args.run, runtime.device(args.device))
+    model = features.open_model(args.run, runtime.device(args.device), args.revision)
     images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
     found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)
     meta = {"model": str(args.run), "data": args.data, "split": split, "classes": json.dumps(classes),
@@ -382,6 +392,7 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
+    add_revision(p)
 
 
 @command("fewshot")
@@ -392,7 +403,8 @@ def run_fewshot(args: argparse.Namespace) -> int:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--shots {args.shots!r} is not a comma-separated list of numbers, e.g. 1,5,10,25") from None
-    result = fewshot(args.run, args.data, shots, args.l2, args.seeds, args.device, args.batch_size, args.workers)
+    result = fewshot(args.run, args.data, shots, args.l2, args.seeds, args.device, args.batch_size, args.workers,
+                     args.revision)
     return finish(args, result, "\n".join(report_lines(result)))
 
 
@@ -510,6 +522,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="a name the server may be reached at besides its address (repeatable); with --host 0.0.0.0, "
                         "once one is given, requests under any other name get 400")
     p.add_argument("--docs", action="store_true", help="serve the API schema (/openapi.json and /docs)")
+    add_revision(p)
 
 
 @command("serve")
@@ -524,7 +537,7 @@ def run_serve(args: argparse.Namespace) -> int:
                             max_request_mpx=args.max_request_mpx, max_pending=args.max_pending,
                             body_timeout_s=args.body_timeout, allow_hosts=tuple(args.allow_host), docs=args.docs)
     settings.check()
-    engine = app.load_engine(args.run, args.device, args.dtype, args.compile)
+    engine = app.load_engine(args.run, args.device, args.dtype, args.compile, args.revision)
     sock = app.listen(args.host, args.port)
     started = {"url": app.url(sock), "port": sock.getsockname()[1], "classes": len(engine.classes),
                "dtype": engine.dtype, "device": str(engine.device)}
@@ -555,6 +568,14 @@ ADDERS = [add_models, add_train, add_eval, add_predict, add_convert, add_export,
           add_inspect, add_bench, add_serve]
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """vitkit's own warnings as one line each, as its log says them; others as Python shows them."""
+    if issubclass(category, AssumedNormalization):
+        logging.getLogger("vitkit").warning("%s", message)
+    else:
+        warnings._showwarning_orig(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -562,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.raw_argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
     logging.getLogger("vitkit").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    warnings.showwarning = show_warning
     if args.command is None:
         parser.print_help()
         return 2

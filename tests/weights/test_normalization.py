@@ -4,6 +4,7 @@ known value where nothing is recorded (and said so), and written back by every s
 the form its own library reads."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 import vitkit
 from helpers import randomize
 from peers import TINY, flax_npz
-from vitkit.model.normalization import HALF, IMAGENET, Normalization
+from vitkit.model.normalization import HALF, IMAGENET, AssumedNormalization, Normalization
 
 
 def weights_without_normalization(tmp_path, fmt):
@@ -48,16 +49,16 @@ def weights_without_normalization(tmp_path, fmt):
 
 @pytest.mark.parametrize(("fmt", "expected"), [("timm", "half"), ("deit", "imagenet"), ("hf", "half"),
                                                ("torchvision", "imagenet"), ("jax", "half"), ("vit-pytorch", "half")])
-def test_each_source_gets_its_known_normalization_and_says_so(tmp_path, caplog, fmt, expected):
+def test_each_source_gets_its_known_normalization_and_says_so(tmp_path, fmt, expected):
+    """From Python too: a warning (not a log line only the command shows) says what was assumed."""
     path, args = weights_without_normalization(tmp_path, fmt)
-    with caplog.at_level("INFO", logger="vitkit"):
+    with pytest.warns(AssumedNormalization) as said:
         model = vitkit.load(path, **args)
     assert model.normalization == Normalization.parse(expected)
-    said = [r.getMessage() for r in caplog.records if "do not record their input normalization" in r.getMessage()]
-    assert len(said) == 1 and f"assuming {expected}" in said[0] and "--normalize" in said[0]
-    caplog.clear()
-    assert vitkit.load(path, **args, normalize="0.2,0.3").normalization == Normalization((0.2,), (0.3,))
-    assert not caplog.records  # the caller's choice needs no word
+    assert len(said) == 1 and f"assuming {expected}" in str(said[0].message) and "normalize=" in str(said[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedNormalization)  # the caller's choice needs no word
+        assert vitkit.load(path, **args, normalize="0.2,0.3").normalization == Normalization((0.2,), (0.3,))
 
 
 def small_timm_dir(tmp_path, config_json):
@@ -70,19 +71,19 @@ def small_timm_dir(tmp_path, config_json):
     return tmp_path
 
 
-def test_timm_normalization_from_config_json_then_timm_registry(tmp_path, caplog):
-    caplog.set_level("INFO", logger="vitkit")
+def test_timm_normalization_from_config_json_then_timm_registry(tmp_path):
     cfg = {"pretrained_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}}
-    model = vitkit.load(small_timm_dir(tmp_path / "a", cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedNormalization)  # recorded: nothing to say
+        model = vitkit.load(small_timm_dir(tmp_path / "a", cfg))
     assert model.normalization == Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
-    assert not caplog.records  # recorded: nothing to say
     model = vitkit.load(small_timm_dir(tmp_path / "half", {"pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
     assert model.normalization == HALF and model.normalization.describe() == "half"
     # no mean/std in config.json: the architecture's own pretrained_cfg from timm's registry
     registered = timm.models.get_pretrained_cfg("deit_tiny_patch16_224")
-    model = vitkit.load(small_timm_dir(tmp_path / "b", {"architecture": "deit_tiny_patch16_224"}))
+    with pytest.warns(AssumedNormalization, match="timm's registry"):
+        model = vitkit.load(small_timm_dir(tmp_path / "b", {"architecture": "deit_tiny_patch16_224"}))
     assert model.normalization == Normalization.parse({"mean": registered.mean, "std": registered.std}) == IMAGENET
-    assert "timm's registry" in caplog.text
     model = vitkit.load(small_timm_dir(tmp_path / "c", {"architecture": "vit_base_patch16_clip_224",
                                                         "pretrained_cfg": {"tag": "openai"}}))
     clip = timm.models.get_pretrained_cfg("vit_base_patch16_clip_224.openai")
@@ -128,11 +129,40 @@ def test_saved_weights_carry_the_normalization(tmp_path, fmt):
         assert (tuple(data["mean"]), tuple(data["std"])) == ((0.1, 0.2, 0.3), (0.3, 0.2, 0.1))
 
 
-def test_vitkit_directory_without_a_recorded_normalization_says_what_it_assumes(tmp_path, caplog):
+def test_vitkit_directory_without_a_recorded_normalization_says_what_it_assumes(tmp_path):
     from vitkit.model.native import save_weights
 
     model = vitkit.create_model("vit_ti4_32", depth=1)
     save_weights(model.state_dict(), model.config, tmp_path)  # as vitkit wrote runs before it recorded one
-    with caplog.at_level("INFO", logger="vitkit"):
+    with pytest.warns(AssumedNormalization, match="does not record its input normalization.*assuming half"):
         assert vitkit.load(tmp_path).normalization == HALF
-    assert "does not record its input normalization" in caplog.text and "assuming half" in caplog.text
+
+
+def test_a_bare_deit_state_dict_from_python_warns_what_it_assumed(tmp_path):
+    """A timm DeiT state dict (ImageNet statistics, as DeiT trains) loaded from Python: said, not silent."""
+    torch.save(timm.models.deit.VisionTransformerDistilled(img_size=32, patch_size=8, **TINY).state_dict(),
+               tmp_path / "deit.pth")
+    with pytest.warns(AssumedNormalization, match="assuming imagenet"):
+        assert vitkit.load(tmp_path / "deit.pth", heads=4).normalization == IMAGENET
+
+
+def test_every_model_vitkit_builds_saves_its_normalization(tmp_path):
+    """create_model(...).save_pretrained() records vitkit's own normalization; loading it back is quiet."""
+    vitkit.create_model("vit_ti4_32", depth=1).save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["normalize"] == HALF.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedNormalization)
+        assert vitkit.load(tmp_path / "new").normalization == HALF
+
+
+def test_a_transposed_position_grid_is_resampled_not_copied():
+    """A 12x16 grid's table loaded into a 16x12 model has as many rows: the state dict says which
+    grid it is for, so the table is resampled (as from any other grid), never copied row by row."""
+    from vitkit.model import position
+
+    wide = randomize(vitkit.create_model("vit_ti16", image_size=(192, 256), depth=1))
+    tall = vitkit.create_model("vit_ti16", image_size=(256, 192), depth=1)
+    tall.load_state_dict(wide.state_dict())
+    expected = position.resample(wide.pos_embed.detach(), (16, 12), 1, old_grid=(12, 16))
+    torch.testing.assert_close(tall.pos_embed.detach(), expected)
+    assert not torch.equal(tall.pos_embed, wide.pos_embed)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from vitkit.model import native, position
 from vitkit.model.cnn import CNN, CNNConfig
 from vitkit.model.config import ViTConfig
-from vitkit.model.normalization import Normalization
+from vitkit.model.normalization import AssumedNormalization, Normalization
 from vitkit.model.vit import ViT
 
 log = logging.getLogger("vitkit")
@@ -40,8 +41,9 @@ def load_pretrained(directory: str | Path, **overrides: Any) -> ViT | CNN:
         model = build_with_state(config, state, **overrides)
     recorded = native.read_meta(directory).get("normalize")
     if recorded is None:
-        log.info("%s does not record its input normalization (written before vitkit recorded it); assuming "
-                 "half (mean=std=0.5); pass --normalize to override", directory)
+        warnings.warn(f"{directory} does not record its input normalization (written before vitkit recorded it); "
+                      "assuming half (mean=std=0.5); set it with vitkit.load(..., normalize=...) or --normalize",
+                      AssumedNormalization, stacklevel=4)
     model.normalization = Normalization.parse(recorded or "half")
     return model
 

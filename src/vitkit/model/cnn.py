@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vitkit.model.config import Size, pair
+from vitkit.model.normalization import HALF
 
 PREFIX = "torchvision:"
 
@@ -68,7 +69,7 @@ class CNN(nn.Module):
         elif config.in_channels != first.in_channels:
             raise ValueError(f"{config.arch} takes {first.in_channels}-channel images; --model-option "
                              "in_channels is for ResNets with small_images")
-        self.normalization = None
+        self.normalization = HALF  # as a ViT's: vitkit's own for a new model
         self.blocks = nn.ModuleList()  # no transformer blocks: FSDP shards the whole model as one unit
         self.grad_checkpointing = False
 

@@ -72,6 +72,10 @@ class Normalization:
                          "M1,M2,M3,S1,S2,S3")
 
 
+class AssumedNormalization(UserWarning):
+    """Weights that do not record the normalization they expect: vitkit says what it assumed."""
+
+
 HALF = Normalization((0.5,), (0.5,))  # [0, 1] -> [-1, 1]: big_vision, the original JAX ViT, timm's augreg, HF
 IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision, DeiT, timm's ImageNet-1k
 NONE = Normalization((0.0,), (1.0,))

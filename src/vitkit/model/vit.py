@@ -24,6 +24,7 @@ from torchvision.ops import StochasticDepth
 
 from vitkit.model import native, position, stems
 from vitkit.model.config import ViTConfig
+from vitkit.model.normalization import HALF
 
 
 class PatchEmbed(nn.Module):
@@ -173,6 +174,11 @@ class MAPHead(nn.Module):
         return out[:, 0]
 
 
+def _record_grid(module: ViT, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """A state dict says which patch grid its position table is for (in its metadata, no tensor)."""
+    local_metadata["pos_grid"] = list(module.config.grid)
+
+
 class Intermediates(NamedTuple):
     """What `ViT.forward_intermediates` returns, one entry per chosen block."""
 
@@ -208,7 +214,9 @@ class ViT(nn.Module):
         self.pos_drop = nn.Dropout(config.emb_dropout)
         self.norm_pre = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else nn.Identity()
         self.grad_checkpointing = False
-        self.normalization = None  # the input normalization the weights expect; vitkit.load sets it
+        # The input normalization the weights expect: vitkit's own for a new model (half: [-1, 1]);
+        # vitkit.load sets what the weights record, a run what it trained with. Saved with the weights.
+        self.normalization = HALF
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)  # deeper drops more
         self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(config.dim, eps=config.norm_eps)
@@ -223,6 +231,7 @@ class ViT(nn.Module):
         if config.distilled:  # DeiT's second head, on the distillation token
             self.head_dist = nn.Linear(config.dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
+        self._register_state_dict_hook(_record_grid)
 
     # -- initialisation (big_vision's choices; the head starts at zero) ---------------------------
     def reset_parameters(self) -> None:
@@ -418,15 +427,18 @@ class ViT(nn.Module):
         return h // ph, w // pw
 
     # -- weights ------------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Weights trained at another resolution: resample their position embedding bicubically."""
-        key = prefix + "pos_embed"
-        if (isinstance(self.pos_embed, nn.Parameter) and key in state_dict
-                and state_dict[key].shape != self.pos_embed.shape
-                and state_dict[key].shape[-1] == self.pos_embed.shape[-1]):
-            state_dict[key] = position.resample(state_dict[key], self.config.grid,
-                                                self.config.pos_prefix_rows)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Weights for another patch grid: their position embedding resampled bicubically, from the
+        grid a vitkit state dict records (a 12x16 table into a 16x12 model is resampled, not copied
+        row by row), else from the table's size (other libraries' square grids)."""
+        key, source = prefix + "pos_embed", local_metadata.get("pos_grid")
+        if isinstance(self.pos_embed, nn.Parameter) and key in state_dict:
+            table = state_dict[key]
+            moved = tuple(source) != self.config.grid if source else table.shape != self.pos_embed.shape
+            if moved and table.shape[-1] == self.pos_embed.shape[-1]:
+                state_dict[key] = position.resample(table, self.config.grid, self.config.pos_prefix_rows,
+                                                    old_grid=tuple(source) if source else None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write `config.json` + `model.safetensors`, which `vitkit.load(directory)` reads back."""

@@ -36,11 +36,11 @@ class Features:
     positions: torch.Tensor | None = None  # which of the data set's images each row is
 
 
-def open_model(source: str | Path, device: torch.device | str | None = None) -> ViT:
-    """A run directory or any weights `vitkit.load` reads, in eval mode on `device`."""
+def open_model(source: str | Path, device: torch.device | str | None = None, revision: str | None = None) -> ViT:
+    """A run directory or any weights `vitkit.load` reads (at the Hub `revision`), in eval mode."""
     from vitkit.weights import load
 
-    return load(source).eval().to(device or "cpu")
+    return load(source, revision=revision).eval().to(device or "cpu")
 
 
 class _Positions(Dataset):

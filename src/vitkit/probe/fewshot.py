@@ -105,12 +105,12 @@ def fewshot_accuracies(train: tuple[torch.Tensor, torch.Tensor], test: tuple[tor
 
 def fewshot(source: str | Path, data: str | None = None, shots: list[int] | tuple[int, ...] = SHOTS,
             l2: float = L2, seeds: int = SEEDS, device: str | None = None, batch_size: int = 64,
-            workers: int | None = None) -> dict:
+            workers: int | None = None, revision: str | None = None) -> dict:
     """`vitkit fewshot`: k training images per class sampled from the data's train split, scored on
     its test split (its validation split when it has no test split)."""
     if seeds < 1 or not shots or min(shots) < 1:
         raise ValueError(f"--shots must be positive numbers and --seeds at least 1; got {list(shots)}, {seeds}")
-    model = open_model(source, runtime.device(device))
+    model = open_model(source, runtime.device(device), revision)
     data = data or _recorded_data(source)
     splits = data_spec.load(data, channels=model.config.in_channels)
     test_name = "test" if splits.test is not None else "val"

@@ -226,12 +226,13 @@ async def info(request: Request) -> dict:
             "max_body_bytes": settings.max_body_bytes, "methods": list(METHODS)}
 
 
-def load_engine(source: str | Path, device: str | None = None, dtype: str = "auto", compile: bool = False) -> Engine:
+def load_engine(source: str | Path, device: str | None = None, dtype: str = "auto", compile: bool = False,
+                revision: str | None = None) -> Engine:
     """Open the model (a load failure is a ValueError/FileNotFoundError: the CLI's one-line
     error at start, never a server that fails on its first request)."""
 
     dev = runtime.device(device)
-    loaded = open_model(source, dev)
+    loaded = open_model(source, dev, revision)
     if dtype == "auto":  # bf16 pays on CPUs with AMX/AVX512-BF16, and only for wider models
         dtype = "bf16" if runtime.bf16_pays(dev, loaded.model.config) else "fp32"
     return Engine(loaded, dev, dtype, compile)

@@ -32,14 +32,14 @@ METHODS: tuple[str, ...] = typing.get_args(Method)
 OVERLAY_MIN_SIDE = 256  # small models (digits: 16 px) get a picture a person can see
 
 
-def open_model(source: str | Path, device: torch.device) -> LoadedRun:
+def open_model(source: str | Path, device: torch.device, revision: str | None = None) -> LoadedRun:
     """A run directory as `vitkit predict` opens it, or any weights `vitkit.load` reads; those
     carry no class names, so their classes are "0".."N-1", and their input normalization is
     what `vitkit.load` found for them."""
     path = Path(source)
-    if path.is_dir() and is_native(path):
+    if path.is_dir() and is_native(path) and revision is None:
         return open_run(path, device)
-    model = load(source).eval().to(device)
+    model = load(source, revision=revision).eval().to(device)
     classes = [str(i) for i in range(model.config.num_classes)]
     return LoadedRun(model, classes, None, model.normalization or HALF, path)
 

@@ -62,6 +62,8 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
         config, normalization = config_from_dict(resume["model_config"]), Normalization.parse(resume["normalize"])
     elif init is not None:
         recipe = fine_tune_recipe(recipe, given, max(init.config.image_hw), len(splits.train), flip_ok)
+        if getattr(init, "revision", None):  # the commit the Hub's weights came from: the run records it
+            recipe = dataclasses.replace(recipe, revision=init.revision)
         config = init.config.replace(**regularisers(recipe)) if isinstance(init.config, ViTConfig) else init.config
         normalization = Normalization.parse(recipe.normalize or init.normalization or HALF)
     else:

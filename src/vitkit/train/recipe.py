@@ -79,6 +79,8 @@ class Recipe:
     image_size: int | None = knob(None, "train at this image size (pixels)")
     init: str | None = knob(None, "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); "
                                   "the model keeps their architecture and gets a new head")
+    revision: str | None = knob(None, "for --init hf-hub:ORG/NAME weights: the Hub's branch, tag or commit (default: "
+                                      "main); the run records the commit the weights came from")
     normalize: str | None = knob(None, "input normalization: imagenet, half, none, MEAN,STD or M1,M2,M3,S1,S2,S3 "
                                        "(default: the weights' own with --init, else half)")
     layer_decay: float | None = knob(None, "layer-wise learning-rate decay for fine-tuning, e.g. 0.75")

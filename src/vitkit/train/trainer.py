@@ -128,7 +128,8 @@ def open_init(recipe: Recipe, splits: data_spec.DataSplits) -> nn.Module:
     from vitkit.weights import load
 
     size = {"image_size": recipe.image_size} if recipe.image_size else {}
-    model = load(recipe.init, num_classes=len(splits.classes), **size, **recipe.model_overrides)
+    model = load(recipe.init, revision=recipe.revision, num_classes=len(splits.classes), **size,
+                 **recipe.model_overrides)
     if model.config.in_channels < splits.channels:
         raise ValueError(f"the --init weights take {model.config.in_channels}-channel images and the data has "
                          f"{splits.channels} channels; fine-tune weights made for {splits.channels}-channel images")

@@ -4,6 +4,7 @@ ports, which vitkit reads), and the download itself."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 log = logging.getLogger("vitkit")
@@ -47,28 +48,38 @@ def pretrained_repo(name: str, tag: str) -> str:
     return tags[tag]
 
 
-def resolve(path: str | Path) -> Path:
+def resolve(path: str | Path, revision: str | None = None) -> Path:
     """A local path for what `vitkit.load` is given: `NAME:TAG` (a preset's published weights) and
-    `hf-hub:ORG/NAME` are downloaded (or found in the Hub's cache); anything else is a path."""
+    `hf-hub:ORG/NAME` are downloaded (or found in the Hub's cache) at `revision` (a branch, tag or
+    commit; default: main); anything else is a path, for which a revision is an error."""
     name, _, tag = str(path).partition(":")
     if tag and name in PRETRAINED and not Path(path).exists():
         path = "hf-hub:" + pretrained_repo(name, tag)
     if str(path).startswith("hf-hub:"):
-        return download(str(path).removeprefix("hf-hub:"))
+        return download(str(path).removeprefix("hf-hub:"), revision)
+    if revision is not None:
+        raise ValueError(f"--revision {revision} names a version on the Hugging Face Hub; {path} is a local path")
     return Path(path)
 
 
-def download(repo: str) -> Path:
-    """A local folder holding the repository's weights and JSON files (the Hub's cache)."""
+def commit_of(folder: Path) -> str | None:
+    """The commit a downloaded folder holds: the Hub's cache keeps each as snapshots/<commit>."""
+    return folder.name if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
+
+
+def download(repo: str, revision: str | None = None) -> Path:
+    """A local folder holding the repository's weights and JSON files at `revision` (the Hub's
+    cache keeps one folder per commit, so the folder's name says which commit it is)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ValueError("hf-hub: paths need huggingface_hub (pip install 'vitkit[hub]')") from None
-    log.info("fetching %s from the Hugging Face hub (or its local cache)", repo)
+    log.info("fetching %s%s from the Hugging Face hub (or its local cache)", repo, f"@{revision}" if revision else "")
     try:  # the *.json files include preprocessor_config.json: the input normalization
-        folder = Path(snapshot_download(repo, allow_patterns=["*.json", "model.safetensors"]))
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["*.json", "model.safetensors"]))
         if (folder / "model.safetensors").is_file():  # not also the same weights as .bin (or open_clip's)
             return folder
-        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
+        return Path(snapshot_download(repo, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.bin", "*.npz"]))
     except (OSError, ValueError) as e:  # offline and not cached, no network, no such repository, a bad name
         raise ValueError(f"hf-hub:{repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from vitkit import atomic
 from vitkit.model import build, native
-from vitkit.model.normalization import HALF, Normalization
+from vitkit.model.normalization import HALF, AssumedNormalization, Normalization
 from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
 from vitkit.weights import hf, hub, jax, timm, timm_hybrid, torchvision, vit_pytorch
@@ -88,7 +89,8 @@ def _files_in(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     raise ValueError(f"{directory} holds no single weights file ({', '.join(WEIGHT_FILES)}, ...)")
 
 
-def load(path: str | Path, format: str = "auto", normalize: Any = None, **overrides: Any) -> ViT:
+def load(path: str | Path, format: str = "auto", normalize: Any = None, revision: str | None = None,
+         **overrides: Any) -> ViT:
     """A vitkit `ViT` from any ViT checkpoint on disk (or `hf-hub:ORG/NAME`: the Hugging Face Hub,
     or with HF_HUB_OFFLINE=1 its local cache only; or `NAME:TAG`, a preset's published weights,
     e.g. `vit_b16:augreg2_in21k_ft_in1k`: see `vitkit models`).
@@ -97,15 +99,24 @@ def load(path: str | Path, format: str = "auto", normalize: Any = None, **overri
     `num_classes=10` gives a fresh head. `heads=`, `pool=`, `norm_eps=` and `source_image_size=`
     tell what a format's weights do not record. `model.normalization` is the input normalization
     the weights expect, as their source records it (else its known default, logged);
-    `normalize=` ("imagenet", "half", "M,S", a dict or a Normalization) replaces it.
+    `normalize=` ("imagenet", "half", "M,S", a dict or a Normalization) replaces it. `revision`:
+    the Hub version of `hf-hub:`/`NAME:TAG` weights (branch, tag or commit); `model.revision` is
+    the commit they came from (None for local files), for a run to record.
     The model comes in eval mode, ready to predict (a run's weights may carry patch dropout or
     stochastic depth, which act in training mode only); `.train()` before training it further.
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
-    path = hub.resolve(path)
+    path = hub.resolve(path, revision)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
+    model = _read(path, format, normalize, overrides)
+    model.revision = hub.commit_of(path)
+    return model
+
+
+def _read(path: Path, format: str, normalize: Any, overrides: dict[str, Any]) -> ViT:
+    """The weights at a local `path`, converted from their format, with their normalization."""
     if path.is_dir() and native.is_native(path) and format in ("auto", "vitkit"):
         model = build.load_pretrained(path, **overrides)
         return _normalized(model, normalize, "vitkit", None, path).eval()
@@ -143,8 +154,9 @@ def _normalized(model: ViT, normalize: Any, kind: str, config_json: dict[str, An
     else:
         found, why = {"torchvision": torchvision, "jax": jax, "vit-pytorch": vit_pytorch}[kind].NORMALIZATION
     if why:
-        log.info("%s weights do not record their input normalization; assuming %s: %s; pass --normalize to "
-                 "override", kind, describe(found), why)
+        warnings.warn(f"{path}: {kind} weights do not record their input normalization; assuming "
+                      f"{describe(found)}: {why}; set it with vitkit.load(..., normalize=...) or --normalize",
+                      AssumedNormalization, stacklevel=4)
     model.normalization = found
     return model
 
@@ -222,17 +234,18 @@ def save(model: ViT, path: str | Path, format: str = "vitkit", class_names: list
     raise ValueError(f"save format={format!r}: use vitkit, hf or timm")
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> ViT:
+def create_model(name: str, pretrained: str | None = None, revision: str | None = None, **overrides: Any) -> ViT:
     """Build a named model: create_model("vit_b16", num_classes=10, image_size=384).
 
     `pretrained="augreg2_in21k_ft_in1k"` (a tag of `weights.hub.PRETRAINED`) loads those weights
     from the Hugging Face Hub, cached after the first download (HF_HUB_OFFLINE=1 reads only the
-    cache); overrides then adapt them, e.g. num_classes=10 gives a fresh head.
+    cache) at `revision` (default: main); overrides then adapt them, e.g. num_classes=10 gives a
+    fresh head.
     """
     if pretrained is None:
         return ViT(get_config(name, **overrides))
     preset = get_config(name)
-    model = load(f"hf-hub:{hub.pretrained_repo(name, pretrained)}", **overrides)
+    model = load(f"hf-hub:{hub.pretrained_repo(name, pretrained)}", revision=revision, **overrides)
     wrong = [f for f in hub.ARCHITECTURE if getattr(model.config, f) != getattr(preset.replace(**overrides), f)]
     if wrong:
         raise ValueError(f"the weights {pretrained!r} of {name} differ from the preset in {wrong}")
