@@ -3,7 +3,6 @@ holding what timm uploads, read for a preset's pretrained tag (`vit_ti16:augreg_
 and for `hf-hub:ORG/NAME`; a table entry that does not fit its preset and an unknown tag are
 refused in one line."""
 
-
 import pytest
 import timm
 import torch
@@ -18,12 +17,13 @@ from vitkit.model.normalization import IMAGENET
 def test_preset_tag_loads_timms_upload_from_the_offline_hub_cache(tmp_path, monkeypatch):
     """Offline: a Hugging Face Hub cache laid out as huggingface_hub keeps it, holding what timm uploads
     for the repository that the name resolves to."""
-    import huggingface_hub.constants as hub
+    import huggingface_hub.constants as constants
+
     theirs = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False))
     hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
               lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     ours = vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k").eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -43,12 +43,13 @@ def test_preset_tag_loads_timms_upload_from_the_offline_hub_cache(tmp_path, monk
 def test_hybrid_preset_tag_loads_timms_upload_and_a_plain_vit_is_not_taken_for_it(tmp_path, monkeypatch):
     """Offline: the repository a hybrid preset's tag names, as timm uploads it, loads into the preset;
     a plain ViT of the same sizes is not taken for it."""
-    import huggingface_hub.constants as hub
+    import huggingface_hub.constants as constants
+
     theirs = randomize(timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False))
     repo = "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k"
     hub_cache(tmp_path, repo, lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     ours = vitkit.create_model("vit_ti32_rstem", pretrained="augreg_in21k_ft_in1k").eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

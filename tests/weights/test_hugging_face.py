@@ -3,7 +3,6 @@ transformers computes (logits, or the pooled output of a model without a head); 
 saved as Hugging Face load in transformers and back. The family: DeiT, DINOv2 (with registers),
 SigLIP, CLIP, and the image tower of a two-tower SigLIP."""
 
-
 import pytest
 import torch
 import transformers

@@ -1,7 +1,6 @@
 """`vitkit.load` whatever the format: the model comes in eval mode, and loads at another image size
 (positions resampled) with another class count (a new head, said in the log)."""
 
-
 import torch
 from timm.models.vision_transformer import VisionTransformer
 

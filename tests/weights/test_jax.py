@@ -3,7 +3,6 @@
 timm model in those layouts, load into vitkit and compute the source model's logits; timm's own
 npz reader reads the same files."""
 
-
 import numpy as np
 import pytest
 import timm

@@ -44,6 +44,7 @@ def test_timm_hybrid_loads_computes_timms_logits_and_saves_back(tmp_path, name, 
     """timm -> vitkit: the same logits. vitkit -> timm: the written architecture and kwargs build
     timm's hybrid, which loads the file strictly and computes the same logits; and back."""
     from safetensors.torch import load_file
+
     theirs = timm_hybrid(name, image_size)
     save_for_hf(theirs, tmp_path / "source", model_args={"img_size": image_size, **TIMM_TINY})  # as timm does
     ours = vitkit.load(tmp_path / "source").eval()

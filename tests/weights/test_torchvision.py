@@ -1,6 +1,5 @@
 """torchvision's VisionTransformer state dicts load into vitkit and compute torchvision's logits."""
 
-
 import pytest
 import torch
 import torchvision
