@@ -61,10 +61,10 @@ def record_draws(folder: str) -> None:
         if not draws and not hasattr(run, "_probed"):
             model_forward, run._probed = run.parts.forward, True
 
-            def forward(x):
+            def forward(x, **kwargs):
                 draws.append(torch.rand(4).tolist())
                 Path(folder, f"rank-{run.world.rank}.json").write_text(json.dumps(draws))
-                return model_forward(x)
+                return model_forward(x, **kwargs)
 
             run.parts.forward = forward
 

@@ -21,6 +21,7 @@ import torch
 from vitkit import runtime
 from vitkit.model import PRESETS, ViT, flops
 from vitkit.model.normalization import AssumedNormalization
+from vitkit.train.outputs import finite
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import TrainingError
 from vitkit.weights.hub import PRETRAINED
@@ -46,12 +47,8 @@ def add_revision(p: argparse.ArgumentParser) -> None:
 
 
 def emit_json(data: object) -> None:
-    """Strict JSON: a NaN or infinite number is an error, never printed (other programs read this)."""
-    try:
-        print(json.dumps(data, indent=2, default=str, allow_nan=False))
-    except ValueError:
-        raise UserError("the result holds NaN or infinite numbers, which JSON cannot carry: the model's weights or "
-                        "inputs are not finite") from None
+    """Strict JSON: a NaN or infinite number (a diverged run's loss) is null, never printed as NaN."""
+    print(json.dumps(finite(data), indent=2, default=str, allow_nan=False))
 
 
 def finish(args: argparse.Namespace, data: object, text: str) -> int:

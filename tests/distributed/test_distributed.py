@@ -17,8 +17,8 @@ from vitkit.data import spec
 from vitkit.data.loader import EpochSampler
 
 COMMON = ["--epochs", "3", "--batch-size", "8", "--workers", "0", "--seed", "3", "--precision", "fp32",
-          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--patch-dropout", "0",
-          "--json"]  # patch dropout draws per process: a two-process run would keep other patches
+          "--rotate", "10", "--val-split", "0.3", "--ema", "0.9", "--accum-steps", "2", "--drop-path", "0.2",
+          "--json"]  # the small-image default's patch dropout on, and stochastic depth: both drawn per image
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 FAULTS = str(Path(__file__).parents[1] / "faults.py")  # the vitkit command with a fault hook installed
@@ -171,6 +171,7 @@ def test_unreadable_images_never_hang_a_process_and_the_gradient_is_the_global_m
             (data / c / f"broken{i}.jpg").write_bytes(b"not an image")
     args = [str(data), "--epochs", "2", "--batch-size", "4", "--workers", "0", "--seed", "5",
             "--precision", "fp32", "--val-split", "0.3", "--patch-dropout", "0", "--json"]
+    # (no patch dropout: a broken image moves the next ones to other places in the batch, and their draws with them)
     splits = spec.load(str(data), val_split=0.3, seed=5)
     empty_steps = 0
     for rank in (0, 1):  # the steps where this rank's two images are both broken

@@ -46,8 +46,8 @@ def probe_forward(run: Run) -> list:
     """Record (input, output) of every training forward."""
     calls, forward = [], run.parts.forward
 
-    def recorded(x):
-        out = forward(x)
+    def recorded(x, **kwargs):
+        out = forward(x, **kwargs)
         calls.append((x.detach(), out))
         return out
 

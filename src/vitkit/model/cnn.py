@@ -73,7 +73,8 @@ class CNN(nn.Module):
         self.blocks = nn.ModuleList()  # no transformer blocks: FSDP shards the whole model as one unit
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise` is a ViT's (per-image keys for its stochastic parts); torchvision's CNNs draw their own."""
         return self.net(x)
 
     def no_weight_decay(self) -> set[str]:

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import StochasticDepth
 
 from vitkit.model import native, position, stems
 from vitkit.model.config import ViTConfig
+from vitkit.model.noise import uniform as noise_uniform
 from vitkit.model.normalization import HALF
 
 
@@ -129,7 +129,7 @@ class Block(nn.Module):
     """Pre-norm encoder block: x + Attention(LN(x)), then x + MLP(LN(x)) (each branch scaled by
     a LayerScale if `init_values` is set)."""
 
-    def __init__(self, config: ViTConfig, drop_path: float):
+    def __init__(self, config: ViTConfig, drop_path: float, index: int = 0):
         super().__init__()
         scale = config.init_values
         self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps)
@@ -138,15 +138,36 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.mlp = MLP(config)
         self.ls2 = LayerScale(config.dim, scale) if scale else nn.Identity()
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path)
+        self.index = index  # the block's place: its stochastic depth draws differ from the others'
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`queries`: compute only the first this many output tokens (`ViTConfig.head_tokens`)."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`queries`: compute only the first this many output tokens (`ViTConfig.head_tokens`).
+        `noise`: a key per image for stochastic depth (model/noise.py), else torch's stream."""
         y, probs = self.attn(self.norm1(x), return_attention, queries)
-        x = x[:, :queries] + self.drop_path(self.ls1(y))
-        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x[:, :queries] + self.drop_path(self.ls1(y), noise, 2 * self.index + 1)
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))), noise, 2 * self.index + 2)
         return x, probs
+
+
+class DropPath(nn.Module):
+    """Stochastic depth, per image (torchvision's "row" mode): a residual branch dropped with
+    probability `rate`, the kept ones scaled by 1 / (1 - rate); drawn from each image's key."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, salt: int = 0) -> torch.Tensor:
+        if not (self.training and self.rate):
+            return x
+        u = noise_uniform(noise, 1, salt) if noise is not None else torch.rand(x.shape[0], 1, device=x.device)
+        keep = (u >= self.rate).to(x.dtype) / (1 - self.rate)
+        return x * keep.view(-1, *[1] * (x.ndim - 1))
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
 
 
 class MAPHead(nn.Module):
@@ -218,7 +239,7 @@ class ViT(nn.Module):
         # vitkit.load sets what the weights record, a run what it trained with. Saved with the weights.
         self.normalization = HALF
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)  # deeper drops more
+        self.blocks = nn.ModuleList(Block(config, rate, i) for i, rate in enumerate(rates))  # deeper drops more
         self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.fc_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.fc_norm else nn.Identity()
         self.attn_pool = MAPHead(config) if config.pool == "map" else None
@@ -265,13 +286,16 @@ class ViT(nn.Module):
                 nn.init.zeros_(head.bias)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, noise: torch.Tensor | None = None):
+        """Logits (and with `return_attention` every block's attention). `noise`: one key per image
+        (model/noise.py) for patch dropout and stochastic depth in training: each image's draws
+        then depend on its key alone, not on the batch it is in nor on torch's random stream."""
         if return_attention:
-            tokens, attentions = self.forward_tokens(x, return_attention=True)
+            tokens, attentions = self.forward_tokens(x, return_attention=True, noise=noise)
             return self.forward_head(tokens), attentions
         # Only the tokens that the head reads (config.head_tokens) leave the last block: the same
         # logits up to float rounding for about 9/12 of one block's work less (6% of ViT-B/16).
-        return self.forward_head(self.forward_tokens(x, last_queries=self.config.head_tokens)[0])
+        return self.forward_head(self.forward_tokens(x, last_queries=self.config.head_tokens, noise=noise)[0])
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images -> the tokens the first block sees (B, prefix + patches, dim; before patch
@@ -286,39 +310,42 @@ class ViT(nn.Module):
             pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
         return self.norm_pre(self.pos_drop(x + pos)), grid
 
-    def drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+    def drop_patches(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`patch_dropout`: a random subset of each image's patch tokens, the same count for every
         image (so shapes stay static); the prefix tokens always stay. After `norm_pre`, which is per
-        token, so the same as timm's order."""
+        token, so the same as timm's order. Drawn from each image's key in `noise` when given."""
         rate = self.config.patch_dropout
         if not (self.training and rate):
             return x
         n = self.config.num_prefix_tokens
         prefix, patches = x[:, :n], x[:, n:]
         keep = max(1, int(patches.shape[1] * (1 - rate)))
-        index = torch.randn(patches.shape[:2], device=x.device).argsort(dim=1)[:, :keep]  # timm's draw
+        draw = noise_uniform(noise, patches.shape[1], 0) if noise is not None else \
+            torch.randn(patches.shape[:2], device=x.device)  # timm's draw
+        index = draw.argsort(dim=1)[:, :keep]
         patches = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
         return torch.cat([prefix, patches], dim=1)
 
-    def forward_tokens(self, x: torch.Tensor, return_attention: bool = False, last_queries: int | None = None
-                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_tokens(self, x: torch.Tensor, return_attention: bool = False, last_queries: int | None = None,
+                       noise: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All output tokens after the final norm (B, prefix + patches, dim; fewer patches under
         patch dropout in training), and attentions. `last_queries`: only the first this many
         tokens out of the last block (whose attention then has this many rows)."""
-        x = self.drop_patches(self.embed(x)[0])
+        x = self.drop_patches(self.embed(x)[0], noise)
         attentions = []
         for i, block in enumerate(self.blocks):
-            x, probs = self._block(block, x, return_attention, last_queries if i == len(self.blocks) - 1 else None)
+            queries = last_queries if i == len(self.blocks) - 1 else None
+            x, probs = self._block(block, x, return_attention, queries, noise)
             if return_attention:
                 attentions.append(probs)
         return self.norm(x), attentions
 
-    def _block(self, block: Block, x: torch.Tensor, return_attention: bool, queries: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _block(self, block: Block, x: torch.Tensor, return_attention: bool, queries: int | None = None,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One block; under gradient checkpointing its activations are recomputed in backward."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, return_attention, queries, use_reentrant=False)
-        return block(x, return_attention, queries)
+            return checkpoint(block, x, return_attention, queries, noise, use_reentrant=False)
+        return block(x, return_attention, queries, noise)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input in training and recompute the rest in backward: memory

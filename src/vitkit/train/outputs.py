@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vitkit import atomic
 from vitkit.model.native import save_weights
-from vitkit.train import plots
-from vitkit.train.plan import Plan
+
+if TYPE_CHECKING:
+    from vitkit.train.plan import Plan
 
 log = logging.getLogger("vitkit")
 TIMING_KEYS = ("seconds", "train_seconds", "elapsed", "img_per_s", "loader_wait_s")  # differ run to run
@@ -54,16 +57,30 @@ def write_weights(paths: RunPaths, weights: dict[str, torch.Tensor], plan: Plan)
     save_weights(weights, plan.config, paths.root, meta)
 
 
+def finite(value: object) -> object:
+    """`value` with every NaN or infinite number as None: JSON has no such numbers (a diverged
+    run's loss is NaN, and other programs read what vitkit writes)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_metrics(paths: RunPaths, history: list[dict]) -> None:
-    atomic.write_text(paths.metrics, "".join(json.dumps(h) + "\n" for h in history))
+    atomic.write_text(paths.metrics, "".join(json.dumps(finite(h), allow_nan=False) + "\n" for h in history))
 
 
 def draw_curves(paths: RunPaths, history: list[dict]) -> None:
+    from vitkit.train import plots  # matplotlib: imported when a run first draws
+
     plots.curves(history, paths.curves)
 
 
 def write_log(paths: RunPaths, skipped: dict[str, str], result: dict) -> None:
-    lines = [f"result: {json.dumps(result)}", f"skipped files: {len(skipped)}"]
+    lines = [f"result: {json.dumps(finite(result), allow_nan=False)}", f"skipped files: {len(skipped)}"]
     lines += [f"  {name}: {reason}" for name, reason in sorted(skipped.items())]
     atomic.write_text(paths.log, "\n".join(lines) + "\n")
     if skipped:

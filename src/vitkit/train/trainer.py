@@ -34,6 +34,7 @@ from vitkit.data import spec as data_spec
 from vitkit.data.loader import mix_seed
 from vitkit.distributed import World, restarted
 from vitkit.evaluate import evaluate
+from vitkit.model import noise
 from vitkit.train import checkpoint, outputs
 from vitkit.train.budget import Budget
 from vitkit.train.distill import distillation_losses
@@ -232,10 +233,11 @@ class Run:
         pieces = max(1, min(recipe.accum_steps, len(batch.labels)))
         loss_sum, hits = torch.zeros((), device=world.device), torch.zeros((), device=world.device)
         teacher = parts.teacher(batch.pixels) if parts.teacher else torch.zeros(len(batch.labels), 0)
-        chunks = [c.chunk(pieces) for c in (batch.images, batch.targets, batch.labels, batch.weights, teacher)]
-        for i, (x, t, y, w, teach) in enumerate(zip(*chunks, strict=True)):
+        keys = self.noise_keys(len(batch.labels))
+        chunks = [c.chunk(pieces) for c in (batch.images, batch.targets, batch.labels, batch.weights, teacher, keys)]
+        for i, (x, t, y, w, teach, key) in enumerate(zip(*chunks, strict=True)):
             with self.gradient_sync(last=i == pieces - 1):
-                losses, logits = self.compute(x, t, w, teach if parts.teacher else None)
+                losses, logits = self.compute(x, t, w, teach if parts.teacher else None, key)
                 (losses.sum() * (world.size / used)).backward()
             loss_sum += losses.detach().sum()
             hits += ((logits.detach().argmax(1) == y) * w).sum()
@@ -251,13 +253,22 @@ class Run:
         p.totals.correct += int(hits.item())
         p.totals.seen += len(labels)
 
+    def noise_keys(self, images: int) -> torch.Tensor:
+        """A key per image for the model's patch dropout and stochastic depth, from the seed, the
+        step and the image's place in the global batch: N processes draw what one process draws."""
+        p, world = self.progress, self.world
+        first = world.rank * (self.plan.recipe.batch_size // world.size)
+        places = torch.arange(first, first + images, device=world.device)
+        return noise.keys(mix_seed(self.plan.recipe.seed, p.epoch, p.step, 3), places)
+
     def losses(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-               teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               teacher: torch.Tensor | None = None, keys: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image losses (zero for stand-in images) and the logits: the part of a step that
         --compile compiles, forward and backward. A distilled student's two heads learn the labels
         and the teacher's predictions (train/distill.py)."""
         with runtime.autocast(self.world.device, self.parts.bf16):
-            out = self.parts.forward(x)
+            out = self.parts.forward(x, noise=keys)
         smoothing = self.plan.recipe.label_smoothing
         if isinstance(out, tuple):  # DeiT's (class head, distillation head)
             losses = distillation_losses(out, targets, teacher, self.plan.recipe.distill, smoothing)
