@@ -19,6 +19,14 @@ benchmarks/results/serve.jsonl.
 The clients are a few lines of asyncio (HTTP/1.1 with keep-alive) rather than an HTTP library:
 on a 2-core machine the load generator shares the cores with the server, and the lighter it is,
 the less it takes from what is measured.
+
+    python benchmarks/serve.py --attack [--seconds 20] [--repeats 3]
+
+is the load test under attack: 64 well-behaved clients, alone and then beside 8 attackers (4
+sending decompression bombs, a 48 KB PNG of 20000 x 20000 pixels each time, and 4 sending bodies
+one byte every half second), taking turns round by round. It records the good clients' p99
+latency in both, their ratio, what the attackers got back, and the server's peak memory (its
+VmHWM) against the bound the server's settings imply.
 """
 
 from __future__ import annotations
@@ -124,7 +132,8 @@ async def drive(host: str, port: int, clients: int, photos: list[bytes], seconds
 def start_server(model_dir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str, int, dict]:
     process = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", str(model_dir), "--port", "0", "--json",
                                 "--dtype", args.dtype, "--max-batch", str(args.max_batch),
-                                "--max-wait-ms", str(args.max_wait_ms)], stdout=subprocess.PIPE, text=True)
+                                "--max-wait-ms", str(args.max_wait_ms), "--body-timeout", str(args.body_timeout)],
+                               stdout=subprocess.PIPE, text=True)
     started = json.loads(process.stdout.readline() or "{}")
     if "url" not in started:
         process.kill()
@@ -140,6 +149,105 @@ def start_server(model_dir: Path, args: argparse.Namespace) -> tuple[subprocess.
                 raise
             time.sleep(0.2)
     return process, "127.0.0.1", started["port"], started
+
+
+def bomb() -> bytes:
+    """A decompression bomb: 48 KB of PNG that decodes to 20000 x 20000 pixels (400 MB as bytes)."""
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+async def bombard(host: str, port: int, body: bytes, stop_at: float, answers: list[int]) -> None:
+    """An attacker: the bomb again and again, as fast as the server answers."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            answers.append(int(head.split(b" ", 2)[1]))
+            await reader.readexactly(int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)[1]))
+    finally:
+        writer.close()
+
+
+async def trickle(host: str, port: int, stop_at: float, answers: list[int]) -> None:
+    """An attacker: a body of a megabyte announced, then sent one byte every half second."""
+    while time.perf_counter() < stop_at:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /predict HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n\r\n" % host.encode())
+        try:
+            while time.perf_counter() < stop_at:
+                writer.write(b"x")
+                await writer.drain()
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+                    answers.append(int(head.split(b" ", 2)[1]))
+                    break
+                except TimeoutError:
+                    continue
+        except (ConnectionError, asyncio.IncompleteReadError):
+            answers.append(0)  # the server closed the connection
+        finally:
+            writer.close()
+
+
+async def under_attack(host: str, port: int, photos: list[bytes], seconds: float, max_requests: int,
+                       attackers: int, payload: bytes, answers: list[int]) -> dict:
+    """64 good clients, with `attackers` attackers beside them (half bombs, half slow bodies)."""
+    stop_at = time.perf_counter() + seconds
+    attacks = [bombard(host, port, payload, stop_at, answers) if i % 2 == 0 else trickle(host, port, stop_at, answers)
+               for i in range(attackers)]
+    good, *_ = await asyncio.gather(drive(host, port, 64, photos, seconds, max_requests), *attacks)
+    return good
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def attack(model_dir: Path, photos: list[bytes], args: argparse.Namespace) -> tuple[list[str], dict, str]:
+    """The load test under attack, rounds alternating between calm and attacked."""
+    payload, calm, attacked, answers = bomb(), [], [], []
+    process, host, port, started = start_server(model_dir, args)
+    try:
+        asyncio.run(drive(host, port, 64, photos, min(2.0, args.seconds), args.max_requests))  # warm
+        before = peak_memory(process.pid)
+        for _ in range(args.repeats):
+            calm.append(asyncio.run(drive(host, port, 64, photos, args.seconds, args.max_requests)))
+            attacked.append(asyncio.run(under_attack(host, port, photos, args.seconds, args.max_requests, 8,
+                                                     payload, answers)))
+        after, alive = peak_memory(process.pid), process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    p99 = [1000 * r["p99"] for r in calm], [1000 * r["p99"] for r in attacked]
+    ratio = [b / a for a, b in zip(*p99, strict=True)]
+    bound = before + 8 * 20 * 2**20 + 2 * 40e6 * 4  # attackers' bodies at the 20 MB limit, decoders' images
+    codes = {str(code): answers.count(code) for code in sorted(set(answers))}
+    figures = {"p99 latency, 64 clients alone": figure(p99[0], "ms", 1),
+               "p99 latency, 64 clients beside 8 attackers": figure(p99[1], "ms", 1),
+               "p99 latency ratio, attacked / alone": figure(ratio, "x", 2),
+               "img/s, 64 clients alone": figure([r["img_per_s"] for r in calm], "img/s", 1),
+               "img/s, 64 clients beside 8 attackers": figure([r["img_per_s"] for r in attacked], "img/s", 1),
+               "server peak memory before the attacks": figure(before / 2**20, "MiB", 0),
+               "server peak memory after the attacks": figure(after / 2**20, "MiB", 0),
+               "memory bound": figure(bound / 2**20, "MiB", 0), "server alive at the end": alive,
+               "attackers' answers (status: count)": json.dumps(codes),
+               "bomb size": figure(len(payload) / 1024, "KiB", 0)}
+    lines = [f"{name}: {value}" for name, value in figures.items()]
+    notes = (f"`vitkit serve` ({started['dtype']} fast path, --body-timeout {args.body_timeout:g}) with {args.model}, "
+             f"random weights; {args.repeats} rounds, each {args.seconds:g} s of 64 good clients alone then "
+             "beside 8 attackers (4 sending a decompression bomb again and again, 4 trickling a body a byte per "
+             "half second); server and clients share the CPU. 413: bombs refused from their header; 408: slow "
+             "bodies timed out.")
+    return lines, figures, notes
 
 
 def repeat(measure, repeats: int) -> dict:
@@ -174,6 +282,8 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=5000, help="most requests in each run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-record", action="store_true", help="print only; append no record")
+    parser.add_argument("--attack", action="store_true", help="the load test under attack (see above)")
+    parser.add_argument("--body-timeout", type=float, default=30.0, help="the server's --body-timeout")
     args = parser.parse_args()
     bounds = (args.seconds, args.max_requests)
     photos = make_photos(32)
@@ -184,6 +294,12 @@ def main() -> None:
         model.normalization = HALF
         model.save_pretrained(model_dir, extra={"classes": [f"class {i}" for i in range(10)]})
         size = model.config.image_size
+        if args.attack:
+            lines, figures, notes = attack(model_dir, photos, args)
+            print("\n".join(lines))
+            record("serve-attack", "Serving under attack: 64 clients beside 8 attackers", figures, notes,
+                   "\n".join(lines), save=not args.no_record)
+            return
         print(f"{describe(machine())}\n{args.model} at {size} px, random weights; one-at-a-time baseline ...",
               flush=True)
         base = one_at_a_time_runs(model_dir, photos, args)
