@@ -21,9 +21,64 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import figure, record
-from vitkit.bench import agreement_on_run
+from vitkit.bench import inference_function, tolerance
+from vitkit.data import spec as data_spec
+from vitkit.data.datasets import ArrayImages
+from vitkit.data.transforms import eval_transform
+from vitkit.infer import open_run
+from vitkit.model.normalization import to_model_input
 
 PATHS = [("weights", False), ("weights", True), ("autocast", False), ("autocast", True)]  # (bf16 as, compiled)
+
+
+def real_images(spec: str, loaded, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Up to `count` images of the held-out split of `spec` (test where there is one, else val),
+    spread evenly over it, as the run's model input; with their labels and the split's name."""
+    config = loaded.model.config
+    kind, path = data_spec.parse(spec)
+    split = "test" if kind != "folder" or "test" in data_spec.folder.find_splits(path) else "val"
+    dataset, _ = data_spec.load_for_eval(spec, split, loaded.classes, config.in_channels)
+    fit = eval_transform(config.image_hw)
+    if isinstance(dataset, ArrayImages):
+        dataset, fit = dataset.resized(config.image_hw), (lambda image: image)
+    picked, labels = [], []
+    for i in torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist():
+        image, label, problem = dataset[i]
+        if problem is None:
+            picked.append(fit(image))
+            labels.append(label)
+    if not picked:
+        raise ValueError(f"no readable images in {spec} [{split}]")
+    return to_model_input(torch.stack(picked), loaded.normalize), torch.tensor(labels), split
+
+
+@torch.inference_mode()
+def agreement_on_run(run: str | Path, data: str | None, images: int = 1000, dtype: str = "bf16",
+                     bf16: str = "weights", compiled: bool = False, batch: int = 64, device: str = "cpu") -> dict:
+    """The bench's inference path against the fp32 model of a trained run, on real held-out
+    images: top-1 agreement, both accuracies, the largest logit difference (absolute, and
+    relative to the largest logit, with the bf16 tolerance of tests/model/test_fast.py beside it)."""
+    loaded = open_run(run, torch.device(device))
+    spec = data or loaded.data
+    if spec is None:
+        raise ValueError(f"{run} does not record its data set; give --agreement-data SPEC")
+    x, labels, split = real_images(spec, loaded, images)
+    fast = inference_function(loaded.model, dtype, bf16, compiled)
+    want, got = [], []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch].to(device)
+        want.append(loaded.model(chunk).float().cpu())
+        got.append(fast(chunk).float().cpu())
+    want, got = torch.cat(want), torch.cat(got)
+    depth = loaded.model.config.depth
+    return {"run": str(run), "data": spec, "split": split, "images": len(labels), "dtype": dtype, "bf16": bf16,
+            "execution": "compiled" if compiled else "eager",
+            "top1_agreement": (want.argmax(1) == got.argmax(1)).float().mean().item(),
+            "accuracy_fp32": (want.argmax(1) == labels).float().mean().item(),
+            "accuracy_fast": (got.argmax(1) == labels).float().mean().item(),
+            "max_abs_error": (got - want).abs().max().item(),
+            "max_rel_error": ((got - want).abs().max() / want.abs().max()).item(),
+            "tolerance": tolerance(dtype, depth), "depth": depth}
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -271,17 +270,14 @@ def build_models(config, compare: tuple[str, ...]) -> dict[str, torch.nn.Module]
 
 def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int = 16, dtype: str = "bf16",
           mode: str = "infer", compare: tuple[str, ...] = (), repeats: int = 7, iters: int = 2,
-          device: str | None = None, compile: bool = False, bf16: str = "weights", agreement_images: int = 0,
-          agreement_run: str | Path | None = None, agreement_data: str | None = None,
+          device: str | None = None, compile: bool = False, bf16: str = "weights",
           build: Callable[..., dict] = build_models, measure: Callable[..., tuple] = measure) -> dict:
     """Time vitkit and the peers in `compare` on one architecture, eager (and compiled with
     `compile`); see the module docstring. `bf16`: "weights" or "autocast", for every library
-    (training always uses autocast). `agreement_*`: the same fast path on a trained run. `build`
-    and `measure` make the models and time them (`build_models`, `measure`; a test passes its own)."""
+    (training always uses autocast). `build` and `measure` make the models and time them
+    (`build_models`, `measure`; a test passes its own)."""
     if bf16 not in BF16_WAYS:
         raise ValueError(f"bf16 handling {bf16!r}: use one of {', '.join(BF16_WAYS)}")
-    if agreement_images and agreement_run is None:
-        raise ValueError("--agreement measures a trained model on real images: give --agreement-run RUN")
     runtime.keep_freed_memory()  # as every vitkit command runs; process-wide, so the peers run with it too
     dev = runtime.device(device)
     bf16 = "autocast" if mode == "train" else bf16
@@ -300,15 +296,12 @@ def bench(model_name: str = "vit_s16", image_size: int | None = None, batch: int
     macs = {lib: flops(config, every_token=lib != "vitkit") * (3 if mode == "train" else 1) for lib in models}
     peak = Spread.of(peaks)
     rows = [row(key, t, batch, macs, peaks, errors[key], tolerance(dtype, config.depth)) for key, t in times.items()]
-    check = (agreement_on_run(agreement_run, agreement_data, agreement_images or 1000, dtype, bf16, compile,
-                              device=str(dev)) if agreement_run else None)
     return {"model": model_name, "image_size": list(config.image_hw), "batch": batch, "dtype": dtype, "mode": mode,
             "bf16": bf16 if dtype == "bf16" else None, "device": str(dev), "threads": torch.get_num_threads(),
             "executions": list(executions), "rounds": len(peaks), "gmacs_per_image": flops(config) / 1e9,
             "peer_gmacs_per_image": flops(config, every_token=True) / 1e9,
             "matmul_peak": {"dtype": peak_dtype, "tflops": {k: v / 1e12 for k, v in asdict(peak).items()}},
-            "peak_memory_bytes": _memory(dev), "rows": rows, "comparisons": comparisons(rows, compare),
-            "agreement": check}
+            "peak_memory_bytes": _memory(dev), "rows": rows, "comparisons": comparisons(rows, compare)}
 
 
 def row(key: str, seconds: list[float], batch: int, macs: dict[str, float], peaks: list[float],
@@ -332,65 +325,8 @@ def _memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def real_images(spec: str, loaded, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Up to `count` images of the held-out split of `spec` (test where there is one, else val),
-    spread evenly over it, as the run's model input; with their labels and the split's name."""
-    from vitkit.data import spec as data_spec
-    from vitkit.data.datasets import ArrayImages
-    from vitkit.data.transforms import eval_transform
-    from vitkit.model.normalization import to_model_input
-
-    config = loaded.model.config
-    kind, path = data_spec.parse(spec)
-    split = "test" if kind != "folder" or "test" in data_spec.folder.find_splits(path) else "val"
-    dataset, _ = data_spec.load_for_eval(spec, split, loaded.classes, config.in_channels)
-    fit = eval_transform(config.image_hw)
-    if isinstance(dataset, ArrayImages):
-        dataset, fit = dataset.resized(config.image_hw), (lambda image: image)
-    picked, labels = [], []
-    for i in torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist():
-        image, label, problem = dataset[i]
-        if problem is None:
-            picked.append(fit(image))
-            labels.append(label)
-    if not picked:
-        raise ValueError(f"no readable images in {spec} [{split}]")
-    return to_model_input(torch.stack(picked), loaded.normalize), torch.tensor(labels), split
-
-
-@torch.inference_mode()
-def agreement_on_run(run: str | Path, data: str | None, images: int = 1000, dtype: str = "bf16",
-                     bf16: str = "weights", compiled: bool = False, batch: int = 64, device: str = "cpu") -> dict:
-    """The bench's inference path against the fp32 model of a trained run, on real held-out
-    images: top-1 agreement, both accuracies, the largest logit difference (absolute, and
-    relative to the largest logit, with the bf16 tolerance of tests/model/test_fast.py beside it)."""
-    from vitkit.infer import open_run
-
-    loaded = open_run(run, torch.device(device))
-    spec = data or loaded.data
-    if spec is None:
-        raise ValueError(f"{run} does not record its data set; give --agreement-data SPEC")
-    x, labels, split = real_images(spec, loaded, images)
-    fast = inference_function(loaded.model, dtype, bf16, compiled)
-    want, got = [], []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch].to(device)
-        want.append(loaded.model(chunk).float().cpu())
-        got.append(fast(chunk).float().cpu())
-    want, got = torch.cat(want), torch.cat(got)
-    depth = loaded.model.config.depth
-    return {"run": str(run), "data": spec, "split": split, "images": len(labels), "dtype": dtype, "bf16": bf16,
-            "execution": "compiled" if compiled else "eager",
-            "top1_agreement": (want.argmax(1) == got.argmax(1)).float().mean().item(),
-            "accuracy_fp32": (want.argmax(1) == labels).float().mean().item(),
-            "accuracy_fast": (got.argmax(1) == labels).float().mean().item(),
-            "max_abs_error": (got - want).abs().max().item(),
-            "max_rel_error": ((got - want).abs().max() / want.abs().max()).item(),
-            "tolerance": tolerance(dtype, depth), "depth": depth}
-
-
 def report_lines(r: dict) -> list[str]:
-    """`vitkit bench` for people: one line per row, one per comparison, and the agreement."""
+    """`vitkit bench` for people: one line per row, and one per comparison."""
     handling = {"weights": ", weights cast to bf16 for every library", "autocast": ", autocast for every library",
                 None: ""}[r["bf16"]]
     p = r["matmul_peak"]["tflops"]
@@ -417,11 +353,4 @@ def report_lines(r: dict) -> list[str]:
                      f"{c['ratio_of_medians']:.2f}x of medians: {c['verdict']}; round by round "
                      f"{ratio['min']:.2f}x / {ratio['median']:.2f}x / {ratio['max']:.2f}x, faster in {c['rounds_won']} "
                      f"of {r['rounds']}")
-    if r["agreement"]:
-        a = r["agreement"]
-        lines.append(f"agreement on {a['run']} ({a['data']} [{a['split']}], {a['images']} real images): "
-                     f"{a['dtype']} {a['execution']} vs fp32 top-1 {100 * a['top1_agreement']:.2f}%, accuracy "
-                     f"{100 * a['accuracy_fast']:.2f}% vs {100 * a['accuracy_fp32']:.2f}%, largest logit difference "
-                     f"{a['max_abs_error']:.3g} ({100 * a['max_rel_error']:.2f}% of the largest logit; "
-                     f"tolerance {100 * a['tolerance']:.1f}%)")
     return lines

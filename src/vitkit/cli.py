@@ -467,11 +467,6 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    "freezing for inference); the compile time is not timed")
     p.add_argument("--bf16", choices=["weights", "autocast"], default="weights",
                    help="how every library runs bf16 inference: weights cast once, or fp32 weights under autocast")
-    p.add_argument("--agreement-run", metavar="RUN",
-                   help="also compare this trained run's bf16 path with its fp32 model on real images")
-    p.add_argument("--agreement-data", metavar="SPEC", help="the real images for that (default: the run's data)")
-    p.add_argument("--agreement", type=int, default=0, metavar="N",
-                   help="images for --agreement-run (default 1000, from the held-out split)")
 
 
 @command("bench")
@@ -481,13 +476,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     compare = tuple(c for c in args.compare.split(",") if c)
-    if args.agreement < 0:
-        raise UserError(f"--agreement is a number of images, 0 or more; got {args.agreement}")
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     r = bench(args.model, args.image_size, args.batch, args.dtype, args.mode, compare, args.repeats,
-              device=args.device, compile=args.compile, bf16=args.bf16, agreement_images=args.agreement,
-              agreement_run=args.agreement_run, agreement_data=args.agreement_data)
+              device=args.device, compile=args.compile, bf16=args.bf16)
     return finish(args, r, "\n".join(report_lines(r)))
 
 

@@ -6,13 +6,14 @@ win is a win only beyond the spread. (Speed itself is a benchmark, not a test.)"
 import json
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import vitkit
 from helpers import randomize
-from vitkit.bench import Spread, agreement_on_run, bench, build_models, measure, report_lines, runner, verdict
+from vitkit.bench import Spread, bench, build_models, measure, report_lines, runner, verdict
 from vitkit.cli import main
 from vitkit.data.arrays import digits
 from vitkit.model.presets import get_config
@@ -155,7 +156,11 @@ def test_a_training_row_trains_that_librarys_model(library):
     assert (row.output() - before).abs().max() > 1e-3
 
 
-def test_agreement_is_measured_on_the_runs_real_held_out_images(tmp_path):
+def test_agreement_is_measured_on_the_runs_real_held_out_images(tmp_path, monkeypatch):
+    """benchmarks/agreement.py (lab tooling, not the package's): the bench's bf16 path on a trained run."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "benchmarks"))
+    from agreement import agreement_on_run
+
     model = randomize(vitkit.create_model("vit_ti4_28", depth=2, image_size=8, patch_size=2, num_classes=10))
     model.save_pretrained(tmp_path / "run", {"classes": [str(i) for i in range(10)], "data": "digits"})
     a = agreement_on_run(tmp_path / "run", None, images=10_000)
@@ -165,11 +170,6 @@ def test_agreement_is_measured_on_the_runs_real_held_out_images(tmp_path):
     assert (a["data"], a["split"], a["images"]) == ("digits", "test", 360)
     assert a["accuracy_fp32"] == pytest.approx(accuracy, abs=1e-6)
     assert 0 < a["max_rel_error"] < a["tolerance"]
-
-
-def test_agreement_needs_a_trained_run(capsys):
-    assert main(["bench", "--model", "vit_ti16", "--image-size", "32", "--batch", "2", "--agreement", "5"]) == 2
-    assert "--agreement-run RUN" in capsys.readouterr().err
 
 
 def test_a_missing_peer_library_is_a_clear_error(monkeypatch, capsys):
