@@ -93,7 +93,6 @@ def test_explain_command_writes_pictures(tmp_path, capsys, method):
     assert Image.open(png).size[0] > 300 and len(results[0]["top"]) == 3
 
 
-@pytest.mark.slow  # the command end to end over a folder (~30 s)
 def test_inspect_command_writes_attention_distances_and_a_picture(tmp_path, capsys):
     model = randomize(vitkit.create_model("vit_ti4_32", depth=2, num_classes=2))
     model.save_pretrained(tmp_path / "run", {"classes": ["x", "y"]})

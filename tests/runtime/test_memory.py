@@ -51,7 +51,6 @@ def run(setup: str, env: dict | None = None) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.slow  # a fresh interpreter each (~10 s)
 def test_freed_blocks_are_reused_where_glibc_would_fault_them_in_again():
     default = run("applied = None")
     kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()")
@@ -60,7 +59,6 @@ def test_freed_blocks_are_reused_where_glibc_would_fault_them_in_again():
     assert sum(kept["faults"][-4:]) < PAGES, kept  # a fraction of one block, over four
 
 
-@pytest.mark.slow  # a fresh interpreter each (~10 s)
 def test_the_vitkit_command_keeps_freed_memory():
     kept = run("from vitkit.cli import main; main(['models']); applied = True")
     assert sum(kept["faults"][-4:]) < PAGES, kept
@@ -83,7 +81,6 @@ THEIRS = [{name: "131072"} for name in GLIBC_ENV] + [
     {"LD_PRELOAD": "libjemalloc.so.2"}]  # another malloc (absent here: the loader skips it, glibc's stays)
 
 
-@pytest.mark.slow  # a fresh interpreter each (~10 s)
 @pytest.mark.parametrize("env", THEIRS)
 def test_the_users_own_glibc_settings_stay_in_charge(env):
     theirs = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()", env)
@@ -91,7 +88,6 @@ def test_the_users_own_glibc_settings_stay_in_charge(env):
     assert min(theirs["faults"][-4:]) > PAGES / 2, theirs  # glibc's own rules, as they set them
 
 
-@pytest.mark.slow  # a fresh interpreter each (~10 s)
 def test_other_malloc_knobs_and_libraries_are_not_mistaken_for_these():
     kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()",
                {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7", "MALLOC_ARENA_MAX": "2"})

@@ -43,6 +43,7 @@ def stubborn_teacher(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a real training run (~10 s or more)
 def test_the_distillation_head_learns_the_teacher_and_the_class_head_the_labels(tmp_path, stubborn_teacher):
     recipe = Recipe(epochs=8, teacher=str(stubborn_teacher), **FAST)
     run = start("digits", recipe, {"epochs", "teacher", *FAST}, out=tmp_path / "student")
