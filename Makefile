@@ -35,7 +35,7 @@ test: $(VENV)/.installed-test
 	$(MAKE) docs
 
 # For a quick check while you work: every test but those marked slow (torchrun, processes killed and
-# resumed, fresh interpreters, long end-to-end runs: ~10 s or more each), minutes sooner. Not a
+# resumed, gpu.sh, long end-to-end runs: ~10 s or more each), minutes sooner. Not a
 # substitute for `make test`, which runs them all.
 quick: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
