@@ -16,17 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitkit.data.datasets import ArrayImages, Sample, Transformed, collate
+from vitkit.data.seeds import mix_seed
+from vitkit.data.shards import ShardEval, ShardSplit
 
 log = logging.getLogger("vitkit")
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-spread 63-bit seed from small integers (splitmix64 steps)."""
-    x = 0x9E3779B97F4A7C15
-    for part in parts:
-        x = (x ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 class EpochSampler(Sampler):
@@ -114,8 +107,12 @@ class ArrayBatches:
         return self.sampler.batches_per_epoch() - self.sampler.skip_batches
 
 
-def eval_loader(dataset: Dataset, transform: Callable | None, batch_size: int, workers: int,
-                indices: list[int] | None = None) -> DataLoader:
-    """Every image once, in order (or only `indices`, for one rank's shard)."""
+def eval_loader(dataset: Dataset | ShardSplit, transform: Callable | None, batch_size: int, workers: int,
+                indices: list[int] | None = None, rank: int = 0, ranks: int = 1) -> DataLoader:
+    """Every image once, in order (or only `indices`, for one rank's share; of shards, the rank's
+    shards)."""
+    if isinstance(dataset, ShardSplit):
+        return DataLoader(ShardEval(dataset, transform, rank, ranks), batch_size=batch_size, num_workers=workers,
+                          collate_fn=collate)
     return DataLoader(Transformed(dataset, transform), batch_size=batch_size, sampler=indices,
                       num_workers=workers, collate_fn=collate)

@@ -1,7 +1,8 @@
 """`--data SPEC` -> the train / validation / test sets, class names and native image shape.
 
 SPEC is `digits`, `mnist:DIR`, `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR` (DIR may be the
-.tar.gz), or an image-folder DIR / .tar / .tar.gz.
+.tar.gz), an image-folder DIR / .tar / .tar.gz, `wds:DIR` (WebDataset shards: data/shards.py) or
+`hfds:PATH` (a Hugging Face dataset: data/hf.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.data import arrays, folder
+from vitkit.data import arrays, folder, shards
 from vitkit.data.datasets import ArrayImages, FileImages
+from vitkit.data.shards import ShardSplit
 
 DECODE_ARCHIVE_BYTES = 1 << 30  # archives of small images are decoded once, up to 1 GiB of pixels
-KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "wds", "hfds")
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,9 @@ class DataSplits:
     classes: list[str]
     channels: int
     image_size: tuple[int, int] | None  # native size when all images share one; else None
-    train: ArrayImages | FileImages | None
-    val: ArrayImages | FileImages | None
-    test: ArrayImages | FileImages | None = None
+    train: ArrayImages | FileImages | ShardSplit | None
+    val: ArrayImages | FileImages | ShardSplit | None
+    test: ArrayImages | FileImages | ShardSplit | None = None
     skipped: tuple[tuple[str, str], ...] = ()  # unreadable files found while scanning
 
     def split(self, name: str) -> ArrayImages | FileImages:
@@ -48,7 +50,7 @@ def parse(spec: str) -> tuple[str, Path | None]:
     if sep and kind in KINDS:
         if not rest:
             raise ValueError(f"--data {spec!r} needs a path after the colon, e.g. {kind}:/data/{kind}")
-        return kind, Path(rest).expanduser()
+        return kind, Path(rest).expanduser()  # (a wds: brace pattern stays as written: str(path))
     path = Path(spec).expanduser()
     if path.exists():
         return "folder", path
@@ -64,11 +66,13 @@ def load(spec: str, val_split: float = 0.1, seed: int = 0, channels: int | None 
     return hold_out(read(spec, channels), val_split, seed)
 
 
-def read(spec: str, channels: int | None = None) -> DataSplits:
+def read(spec: str, channels: int | None = None, decode_archives: bool = True) -> DataSplits:
     """Read what a data spec names, as it is on disk: `val` is None when the data has no
     validation split of its own (`hold_out` makes one). `channels` forces 1 or 3 channels for
-    image folders."""
+    image folders; `decode_archives` off keeps an archive's images as their encoded bytes."""
     kind, path = parse(spec)
+    if kind == "wds":
+        return _shards(spec.partition(":")[2])
     if kind == "digits":
         train, test, classes = arrays.digits()  # the recipe is chosen on val; test is scored once, at the end
         return DataSplits("digits", classes, 1, (8, 8), ArrayImages(*train), None, ArrayImages(*test))
@@ -79,7 +83,16 @@ def read(spec: str, channels: int | None = None) -> DataSplits:
     if kind in ("cifar10", "cifar100"):
         train, test, classes = arrays.cifar(path, kind)
         return DataSplits(kind, classes, 3, (32, 32), ArrayImages(*train), None, ArrayImages(*test))
-    return _image_folder(path, channels)
+    return _image_folder(path, channels, decode_archives)
+
+
+def _shards(where: str) -> DataSplits:
+    found = shards.open_shards(str(Path(where).expanduser()))
+    first = next(iter(found.values()))
+    probe = [next((s[e] for e in shards.EXTENSIONS if e in s), b"") for s, _ in
+             zip(shards.read_shard(first.shards[0]), range(16), strict=False)] if first.shards else []
+    return DataSplits(first.source, list(first.classes), first.channels, typical_size(probe), found.get("train"),
+                      found.get("val"), found.get("test"))
 
 
 def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
@@ -87,11 +100,14 @@ def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     fixed by `seed`). The test split stays untouched for the final evaluation."""
     if splits.val is not None or splits.train is None:
         return splits
+    if isinstance(splits.train, ShardSplit):
+        raise ValueError(f"{splits.name}: WebDataset shards need a validation split of their own (val-*.tar): "
+                         "`vitkit shard` holds one out when it writes them")
     train, val = splits.train.split(fraction, seed)
     return dataclasses.replace(splits, train=train, val=val)
 
 
-def _image_folder(root: Path, channels: int | None) -> DataSplits:
+def _image_folder(root: Path, channels: int | None, decode_archives: bool = True) -> DataSplits:
     if not (root.is_dir() or folder.is_archive(root)):
         raise ValueError(f"{root} is neither an image folder nor a .tar/.tar.gz archive of one")
     splits = folder.find_splits(root)
@@ -110,7 +126,8 @@ def _image_folder(root: Path, channels: int | None) -> DataSplits:
     skipped = [item for tree in trees.values() for item in tree.skipped]
     size = typical_size(next(iter(trees.values())).sources)
     total = sum(len(t.sources) for t in trees.values())
-    if folder.is_archive(root) and size and total * channels * size[0] * size[1] <= DECODE_ARCHIVE_BYTES:
+    small = size and total * channels * size[0] * size[1] <= DECODE_ARCHIVE_BYTES
+    if decode_archives and folder.is_archive(root) and small:
         for key, ds in datasets.items():
             datasets[key], problems = ds.decoded(size)
             skipped += problems

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitkit.data import transforms
 from vitkit.data.datasets import FileImages
 from vitkit.data.loader import ArrayBatches, EpochSampler, default_workers, eval_loader, mix_seed, train_loader
+from vitkit.data.shards import ShardSplit, ShardStream
 from vitkit.distributed import World
 from vitkit.model.config import ViTConfig
 from vitkit.model.normalization import Normalization
@@ -41,7 +42,7 @@ class Batch:
 class Feed:
     recipe: Recipe
     loader: DataLoader | ArrayBatches
-    sampler: EpochSampler
+    sampler: EpochSampler | ShardStream  # set_epoch(epoch, steps done) before each epoch
     eval_tf: Callable | None
     geometry: transforms.GeometricAugment
     mixer: Callable | None
@@ -72,7 +73,8 @@ class Feed:
 
     def held_out(self, images: Dataset) -> DataLoader:
         """Every image of a held-out split once, each process its share."""
-        return eval_loader(images, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(images)))
+        return eval_loader(images, self.eval_tf, EVAL_BATCH, self.workers, self.world.shard(len(images)),
+                           self.world.rank, self.world.size)
 
 
 def build_feed(plan: Plan, world: World) -> Feed:
@@ -84,12 +86,16 @@ def build_feed(plan: Plan, world: World) -> Feed:
     geometry = transforms.GeometricAugment(recipe.padding if recipe.crop == "pad" else 0, recipe.flip,
                                            recipe.rotate, recipe.translate, recipe.scale_jitter)
     eval_tf = transforms.eval_transform(size)
-    per_image_work = isinstance(splits.train, FileImages) or recipe.crop == "random-resized" \
+    per_image_work = isinstance(splits.train, FileImages | ShardSplit) or recipe.crop == "random-resized" \
         or recipe.augment != "none" or recipe.erasing > 0
     if not per_image_work:  # arrays already at the model's size: fetched a batch at a time
         train_tf = eval_tf = None
     workers = recipe.workers if recipe.workers is not None else default_workers() if per_image_work else 0
-    if per_image_work:
+    if isinstance(splits.train, ShardSplit):  # read in each epoch's ranges; the stream is its own sampler
+        sampler = ShardStream(splits.train, train_tf, recipe.batch_size // world.size, recipe.seed, world.rank,
+                              world.size, workers)
+        loader = DataLoader(sampler, batch_size=None, num_workers=workers, pin_memory=world.device.type == "cuda")
+    elif per_image_work:
         loader, sampler = train_loader(splits.train, train_tf, recipe.batch_size, recipe.seed, workers,
                                        world.rank, world.size, pin_memory=world.device.type == "cuda")
     else:

@@ -9,12 +9,15 @@ caller opens the data, the --init weights and the checkpoint first (`train.train
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from vitkit.data.datasets import ArrayImages
+from vitkit.data.loader import default_workers
+from vitkit.data.shards import ShardSplit
 from vitkit.data.spec import DataSplits, hold_out
 from vitkit.model.build import config_from_dict
 from vitkit.model.cnn import CNNConfig
@@ -22,6 +25,7 @@ from vitkit.model.config import ViTConfig
 from vitkit.model.normalization import HALF, Normalization
 from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe, regularisers
 
+log = logging.getLogger("vitkit")
 NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; Fashion-MNIST flips: a garment stays one
 CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
 
@@ -76,8 +80,31 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
         raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
                          "model (deit_*_distilled), or no --init")
     recipe = batch_for(recipe, len(splits.train), processes)
-    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization,
-                len(splits.train) // recipe.batch_size)
+    if isinstance(splits.train, ShardSplit):
+        recipe, steps = stream_epoch(recipe, splits.train, processes)
+        if resume and (resume.get("processes", processes), resume["recipe"].get("workers")) != (processes,
+                                                                                             recipe.workers):
+            raise ValueError(f"this run reads shards in ranges cut for {resume.get('processes')} process(es) and "
+                             f"{resume['recipe'].get('workers')} loader worker(s) each; resume it with the same "
+                             "(--nproc, --workers)")
+    else:
+        steps = len(splits.train) // recipe.batch_size
+    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization, steps)
+
+
+def stream_epoch(recipe: Recipe, train: ShardSplit, processes: int) -> tuple[Recipe, int]:
+    """A stream's steps per epoch: equal ranges of its samples for every (process, worker), in
+    whole batches, so the loader's workers are part of the plan (and of the recipe it records)."""
+    workers = recipe.workers if recipe.workers is not None else default_workers()
+    steps = train.steps_per_epoch(recipe.batch_size // processes, processes, workers)
+    if not steps:
+        raise ValueError(f"{len(train)} training samples are fewer than one batch of {recipe.batch_size // processes} "
+                         f"for each of {processes} process(es) x {max(workers, 1)} loader worker(s); use a smaller "
+                         "--batch-size or fewer --workers")
+    left = len(train) - steps * recipe.batch_size
+    log.info("%d training samples an epoch in shards: %d steps of %d; %d left over at each epoch's end (the "
+             "remainder of equal ranges per process and worker)", len(train), steps, recipe.batch_size, left)
+    return dataclasses.replace(recipe, workers=workers), steps
 
 
 def batch_for(recipe: Recipe, images: int, processes: int) -> Recipe:

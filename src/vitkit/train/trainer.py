@@ -354,7 +354,7 @@ class Run:
         checkpoint.save_training(self.paths.checkpoint, parts.model, parts.optimizer, parts.ema, {
             "progress": dataclasses.asdict(self.progress), "budget": self.budget.state_dict(), "data": plan.data,
             "recipe": plan.recipe.to_dict(), "normalize": plan.normalization.to_dict(),
-            "model_config": plan.config.to_dict(), "classes": plan.splits.classes,
+            "model_config": plan.config.to_dict(), "classes": plan.splits.classes, "processes": self.world.size,
         }, self.progress.global_step, parts.sharded, self.world)
 
     def publish(self, final: bool) -> None:
