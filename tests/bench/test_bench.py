@@ -135,7 +135,7 @@ def test_comparisons_pair_the_rows_round_by_round():
 
 
 def test_bench_compares_modes_and_reports_spreads(capsys, monkeypatch):
-    # compiling takes a while on 2 cores, and the compiled paths are tested in test_fast.py;
+    # compiling takes a while on 2 cores, and the compiled paths are tested in tests/model/test_fast.py;
     # here: the rows, comparisons and checks around them
     monkeypatch.setattr(torch, "compile", lambda model, **options: model)
     assert main(["bench", "--model", "vit_ti16", "--image-size", "32", "--batch", "2", "--compare", "timm",

@@ -155,7 +155,7 @@ def test_killed_run_resumes_and_finishes(tmp_path):
 
 
 def test_every_recipe_knob_together_runs_and_is_recorded(tmp_path, capsys):
-    """Flags combined, through the CLI; what each one does is tests/test_recipe_knobs.py."""
+    """Flags combined, through the CLI; what each one does is tests/train/test_recipe_knobs.py."""
     data = make_folder(tmp_path / "imgs", per_class=8, corrupt=False)
     code, result, err = run_cli(capsys, *train_args(
         data, tmp_path / "run", "--epochs", "2", "--augment", "randaugment", "--mixup", "0.2", "--cutmix", "1.0",

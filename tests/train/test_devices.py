@@ -1,6 +1,6 @@
 """Training on each device there is: a step computes what the CPU computes, and a run stopped and
 resumed ends where the uninterrupted one does. On a machine without a GPU only the CPU runs;
-`benchmarks/gpu.sh` runs these (and test_fast.py) on CUDA where there is one."""
+`benchmarks/gpu.sh` runs these (and tests/model/test_fast.py) on CUDA where there is one."""
 
 import json
 import os
