@@ -27,7 +27,8 @@ from vitkit.train.recipe import Recipe, auto_recipe, fine_tune_recipe, regularis
 
 log = logging.getLogger("vitkit")
 NO_FLIP = {"digits", "mnist"}  # a mirrored digit is another (or no) digit; Fashion-MNIST flips: a garment stays one
-CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing"}  # how, not what, a run computes
+# How, not what, a run computes: flags a resumed run may change
+CHANGEABLE_ON_RESUME = {"workers", "compile", "fsdp", "grad_checkpointing", "tensorboard"}
 
 
 class TrainingError(Exception):

@@ -92,6 +92,8 @@ class Recipe:
     grad_checkpointing: bool = knob(False, "recompute each block's activations in backward instead of keeping them "
                                            "(less memory for ViT-L/H, ~one more forward of compute)")
     skip_nonfinite: bool = knob(False, "drop steps whose loss is NaN/inf instead of stopping")
+    tensorboard: bool = knob(True, "write TensorBoard event files in the run folder (with the tensorboard extra "
+                                   "installed): the loss and learning rate per step, the epoch's metrics")
     fsdp: bool = knob(False, "with several processes, shard parameters, gradients and optimizer state (FSDP2) "
                              "instead of replicating them (DDP): for models that do not fit one device")
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={

@@ -36,6 +36,7 @@ from vitkit.distributed import World, restarted
 from vitkit.evaluate import evaluate
 from vitkit.model import noise
 from vitkit.train import checkpoint, outputs
+from vitkit.train.board import Board
 from vitkit.train.budget import Budget
 from vitkit.train.distill import distillation_losses
 from vitkit.train.feed import Feed, build_feed
@@ -119,6 +120,7 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
               sys.stderr.isatty() if progress is None else progress, strict)
     if saved:
         run.restore(saved)
+    run.board = Board(paths.root, planned.recipe.tensorboard and world.main, run.progress.global_step)
     return run
 
 
@@ -154,6 +156,7 @@ class Run:
         graphs = world.device.type == "cuda" and world.size == 1 and plan.recipe.accum_steps == 1
         self.compute = CompiledOrEager(self.losses, graphs) if plan.recipe.compile else self.losses
         self.stop = StopFlag()
+        self.board = Board(paths.root, on=False, step=0)  # `start` opens the run's event file
 
     def restore(self, saved: dict[str, Any]) -> None:
         """A resumed run's model, optimizer, EMA, progress, plan and random state."""
@@ -249,6 +252,7 @@ class Run:
         parts.optimizer.zero_grad(set_to_none=True)
         if parts.ema is not None:
             parts.ema.update_parameters(parts.model)
+        self.board.step(p.global_step + 1, loss_sum.item() / len(batch.labels), lr)
         p.totals.loss_sum += loss_sum.item()
         p.totals.correct += int(hits.item())
         p.totals.seen += len(labels)
@@ -331,6 +335,7 @@ class Run:
         p.history.append(record)
         p.epoch, p.step, p.totals = p.epoch + 1, 0, EpochTotals()
         self.budget.end_epoch(p.global_step, record["steps"], totals.seconds, val["seconds"])
+        self.board.epoch(p.global_step, record, self.world.device)
         self.save_checkpoint()
         self.publish(final=p.epoch == self.budget.epochs)
         outputs.log_epoch(record, self.budget.epochs)
@@ -351,6 +356,7 @@ class Run:
 
     def save_checkpoint(self) -> None:
         plan, parts = self.plan, self.parts
+        self.board.flush()  # what the board says never runs ahead of what a resume keeps
         checkpoint.save_training(self.paths.checkpoint, parts.model, parts.optimizer, parts.ema, {
             "progress": dataclasses.asdict(self.progress), "budget": self.budget.state_dict(), "data": plan.data,
             "recipe": plan.recipe.to_dict(), "normalize": plan.normalization.to_dict(),
@@ -377,6 +383,7 @@ class Run:
             result["test_top1"] = self.evaluate(test)["top1"]
         if self.world.main:
             outputs.write_log(self.paths, p.skipped_files, result)
+        self.board.close()
         self.world.barrier()
         return result
 
