@@ -42,6 +42,27 @@ def command(name: str):
     return register
 
 
+def add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-column", metavar="COLUMN", help="hfds: data: the column holding the images "
+                                                             "(default: the Image feature, or one named image/img)")
+    p.add_argument("--label-column", metavar="COLUMN", help="hfds: data: the column holding the labels "
+                                                             "(default: the ClassLabel feature, or one named label)")
+
+
+def with_columns(args: argparse.Namespace) -> None:
+    """--image-column/--label-column become part of the hfds: spec, which a run records."""
+    columns = {k: getattr(args, f"{k}_column", None) for k in ("image", "label")}
+    columns = {k: v for k, v in columns.items() if v}
+    if not columns:
+        return
+    for attr in ("data", "data_pos", "src"):
+        spec = getattr(args, attr, None)
+        if spec and spec.startswith("hfds:"):
+            setattr(args, attr, spec + ("&" if "?" in spec else "?") + "&".join(f"{k}={v}" for k, v in columns.items()))
+            return
+    raise UserError("--image-column and --label-column name the columns of hfds: data; give --data hfds:PATH")
+
+
 def add_revision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="for hf-hub:ORG/NAME (or NAME:TAG) weights: the Hub's branch, tag or commit "
                                       "(default: main)")
@@ -115,6 +136,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "record (heads=12, pool=mean, source_image_size=384); repeatable")
     p.add_argument("--nproc", type=int, help="train with N processes on this machine (launches torchrun; "
                    "--batch-size stays the global batch)")
+    add_columns(p)
     for field in dataclasses.fields(Recipe):
         if field.name == "model_overrides":
             continue
@@ -211,6 +233,7 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", type=float, default=0.1,
                    help="fraction held out for validation when the data has no validation split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="the held-out split and the samples' order")
+    add_columns(p)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
 
@@ -237,6 +260,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data spec (default: the run's own data)")
     p.add_argument("--split", choices=["train", "val", "test"],
                    help="which split (default: test if the data has one, else val)")
+    add_columns(p)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
@@ -372,6 +396,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, metavar="N",
                    help="also write block N's tokens (prefix tokens first; negative N counts from the end)")
     p.add_argument("--layer-norm", action="store_true", help="pass block N's tokens through the final LayerNorm")
+    add_columns(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
@@ -419,6 +444,7 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    help="L2 regularisation of the least-squares map (default 1024, big_vision's)")
     p.add_argument("--seeds", type=int, default=3, metavar="N",
                    help="draws of the training images to average (default 3)")
+    add_columns(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
@@ -472,6 +498,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data spec for the attention distances (default: the run's)")
     p.add_argument("--out", help="folder for inspect.png (default: RUN)")
     p.add_argument("--images", type=int, default=64, help="images to average attention distance over")
+    add_columns(p)
 
 
 @command("inspect")
@@ -611,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     runtime.keep_freed_memory()  # every command runs tensors through the allocator, step after step
     try:
+        with_columns(args)
         return COMMANDS[args.command](args)
     except (UserError, TrainingError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)

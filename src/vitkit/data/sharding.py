@@ -9,12 +9,16 @@ Samples are shuffled once, with the seed, so that each shard holds every class.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from PIL import Image
+
 from vitkit.data import shards
 from vitkit.data.datasets import ArrayImages, FileImages
+from vitkit.data.hf import HFImages
 from vitkit.data.spec import hold_out, read
 
 
@@ -52,7 +56,8 @@ def write(spec: str, out: Path, shard_bytes: int, val_split: float = 0.1, seed: 
             "shards": {k: len(v[0]) for k, v in written.items()}, "skipped": list(splits.skipped)}
 
 
-def samples(images: ArrayImages | FileImages, split: str, seed: int) -> Iterator[tuple[str, bytes, str, int]]:
+def samples(images: ArrayImages | FileImages | HFImages, split: str,
+            seed: int) -> Iterator[tuple[str, bytes, str, int]]:
     """(key, encoded bytes, extension, label) of every image, in an order shuffled by the seed."""
     order = list(range(len(images)))
     random.Random(f"{seed}-{split}").shuffle(order)
@@ -65,8 +70,16 @@ def samples(images: ArrayImages | FileImages, split: str, seed: int) -> Iterator
         yield f"{split}{n:09d}", data, Path(name).suffix.lower().lstrip(".") or "jpg", label
 
 
-def original(images: FileImages, i: int) -> tuple[bytes, str]:
-    """An image file's own bytes, and its name (for its format's extension)."""
+def original(images: FileImages | HFImages, i: int) -> tuple[bytes, str]:
+    """An image's own encoded bytes, and a name whose extension is its format's."""
+    if isinstance(images, HFImages):
+        data = images.encoded(i) or b""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                kind = (img.format or "png").lower().replace("jpeg", "jpg")
+        except (OSError, ValueError):
+            kind = "png"  # not an image: the reader will skip it and say so
+        return data, f"row.{kind}"
     source, name = images.sources[i], images.names[i]
     if isinstance(source, bytes):
         return source, name

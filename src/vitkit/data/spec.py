@@ -14,8 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.data import arrays, folder, shards
+from vitkit.data import arrays, folder, hf, shards
 from vitkit.data.datasets import ArrayImages, FileImages
+from vitkit.data.hf import HFImages
 from vitkit.data.shards import ShardSplit
 
 DECODE_ARCHIVE_BYTES = 1 << 30  # archives of small images are decoded once, up to 1 GiB of pixels
@@ -30,9 +31,9 @@ class DataSplits:
     classes: list[str]
     channels: int
     image_size: tuple[int, int] | None  # native size when all images share one; else None
-    train: ArrayImages | FileImages | ShardSplit | None
-    val: ArrayImages | FileImages | ShardSplit | None
-    test: ArrayImages | FileImages | ShardSplit | None = None
+    train: ArrayImages | FileImages | HFImages | ShardSplit | None
+    val: ArrayImages | FileImages | HFImages | ShardSplit | None
+    test: ArrayImages | FileImages | HFImages | ShardSplit | None = None
     skipped: tuple[tuple[str, str], ...] = ()  # unreadable files found while scanning
 
     def split(self, name: str) -> ArrayImages | FileImages:
@@ -73,6 +74,11 @@ def read(spec: str, channels: int | None = None, decode_archives: bool = True) -
     kind, path = parse(spec)
     if kind == "wds":
         return _shards(spec.partition(":")[2])
+    if kind == "hfds":
+        name, classes, found = hf.open_dataset(spec.partition(":")[2], channels)
+        train = found["train"]
+        size = typical_size([train.encoded(i) or b"" for i in range(0, len(train), max(1, len(train) // 64))][:64])
+        return DataSplits(name, classes, train.channels, size, train, found.get("val"), found.get("test"))
     if kind == "digits":
         train, test, classes = arrays.digits()  # the recipe is chosen on val; test is scored once, at the end
         return DataSplits("digits", classes, 1, (8, 8), ArrayImages(*train), None, ArrayImages(*test))

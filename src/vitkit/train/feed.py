@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitkit.data import transforms
 from vitkit.data.datasets import FileImages
+from vitkit.data.hf import HFImages
 from vitkit.data.loader import ArrayBatches, EpochSampler, default_workers, eval_loader, mix_seed, train_loader
 from vitkit.data.shards import ShardSplit, ShardStream
 from vitkit.distributed import World
@@ -86,7 +87,7 @@ def build_feed(plan: Plan, world: World) -> Feed:
     geometry = transforms.GeometricAugment(recipe.padding if recipe.crop == "pad" else 0, recipe.flip,
                                            recipe.rotate, recipe.translate, recipe.scale_jitter)
     eval_tf = transforms.eval_transform(size)
-    per_image_work = isinstance(splits.train, FileImages | ShardSplit) or recipe.crop == "random-resized" \
+    per_image_work = isinstance(splits.train, FileImages | HFImages | ShardSplit) or recipe.crop == "random-resized" \
         or recipe.augment != "none" or recipe.erasing > 0
     if not per_image_work:  # arrays already at the model's size: fetched a batch at a time
         train_tf = eval_tf = None
