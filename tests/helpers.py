@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -71,3 +72,20 @@ def run_cli(capsys, *args) -> tuple[int, dict | str, str]:
         return code, json.loads(out), err
     except json.JSONDecodeError:
         return code, out, err
+
+
+def assert_same_run(a, b, tol=1e-5, skip_key_bias_of_inner_dim=None):
+    """The same weights and metrics. `skip_key_bias_of_inner_dim`: leave out the attention keys' bias,
+    whose gradient is zero up to rounding (softmax ignores a shift shared by a row's logits), so
+    that AdamW turns two processes' different rounding into steps of the learning rate's size."""
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for key in wa:
+        diff = (wa[key] - wb[key]).abs()
+        if skip_key_bias_of_inner_dim and key.endswith("attn.qkv.bias"):  # [queries, keys, values]
+            diff = torch.cat([diff[:skip_key_bias_of_inner_dim], diff[2 * skip_key_bias_of_inner_dim:]])
+        assert diff.max().item() < tol, key
+    ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
+    for key in ("train_loss", "val_loss"):  # the same loss: evaluation sharded with no image lost or repeated
+        assert [round(m[key], 5) for m in ma] == [round(m[key], 5) for m in mb]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
+from helpers import assert_same_run
 from vitkit.data import spec
 from vitkit.data.loader import EpochSampler
 
@@ -49,23 +49,6 @@ def one(tmp_path_factory):
     done = train(str(root / "data"), *COMMON, "--out", str(root / "one"))
     assert done.returncode == 0, done.stderr
     return root
-
-
-def assert_same_run(a, b, tol=1e-5, skip_key_bias_of_inner_dim=None):
-    """The same weights and metrics. `skip_key_bias_of_inner_dim`: leave out the attention keys' bias,
-    whose gradient is zero up to rounding (softmax ignores a shift shared by a row's logits), so
-    that AdamW turns two processes' different rounding into steps of the learning rate's size."""
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    for key in wa:
-        diff = (wa[key] - wb[key]).abs()
-        if skip_key_bias_of_inner_dim and key.endswith("attn.qkv.bias"):  # [queries, keys, values]
-            diff = torch.cat([diff[:skip_key_bias_of_inner_dim], diff[2 * skip_key_bias_of_inner_dim:]])
-        assert diff.max().item() < tol, key
-    ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
-    mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
-    for key in ("train_loss", "val_loss"):  # the same loss: evaluation sharded with no image lost or repeated
-        assert [round(m[key], 5) for m in ma] == [round(m[key], 5) for m in mb]
 
 
 def test_ddp_two_processes_equal_one(one):
