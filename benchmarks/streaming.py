@@ -1,0 +1,182 @@
+"""Photos at scale: the 224-px photo recipe's loader from an image folder, from WebDataset shards
+and timm's loader on the same images; and a scale run of synthetic ImageNet-like data.
+
+    python benchmarks/streaming.py loaders [--images 2000] [--seconds 20] [--no-record]
+    python benchmarks/streaming.py scale [--images 100000] [--no-record]
+
+`loaders`: JPEG photos of 256-400 px (noise over gradients, so they compress like photographs),
+in 100 classes, as a folder and as shards (`vitkit shard`). Each loader decodes and augments as the
+photo recipe does: RandomResizedCrop to 224, flip, RandAugment (m9), in 1 and then 2 worker
+processes, for --seconds after a warm-up; images/s, and per worker (per core: each worker is one
+process on one core). timm's loader gets the same crop, flip and RandAugment (`rand-m9-mstd0.5`).
+
+`scale`: 100,000 such JPEGs in 1,000 classes (generated, not downloaded), sharded, then two epochs
+streamed at 10,000 and 100,000 images: images/s per epoch (steady?), the loader process's resident
+memory (flat?), the start of an epoch (first batch), and the folder path's memory at the same two
+sizes (it holds every file's path and label). Memory is VmRSS of the process and its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import figure, record
+from vitkit.data import sharding
+from vitkit.data import spec as data_spec
+from vitkit.data.loader import train_loader
+from vitkit.data.shards import ShardStream
+from vitkit.data.transforms import train_transform
+
+BATCH = 64
+PHOTO = train_transform((224, 224), crop="random-resized", min_scale=0.35, augment="randaugment", magnitude=9,
+                        erasing=0.0)  # the photo recipe's per-image work
+
+
+def photos(root: Path, count: int, classes: int, seed: int = 0) -> None:
+    """`count` JPEGs of 256-400 px per side in `classes` class folders."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        h, w = (int(v) for v in rng.integers(256, 401, 2))
+        ys, xs = np.mgrid[0:h, 0:w]
+        base = np.stack([xs * rng.uniform(0.2, 0.6), ys * rng.uniform(0.2, 0.6), (xs + ys) * 0.2], -1)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        folder = root / f"class{i % classes:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:07d}.jpg", quality=88)
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def family() -> list[int]:
+    """This process and its children (the loader's workers)."""
+    me = os.getpid()
+    children = Path(f"/proc/{me}/task/{me}/children")
+    return [me, *(int(p) for p in children.read_text().split())] if children.exists() else [me]
+
+
+def timed(loader, seconds: float) -> dict:
+    """img/s over `seconds` after the first batch, the first batch's wait, and memory at the end."""
+    start = time.perf_counter()
+    batches = iter(loader)
+    next(batches)
+    first = time.perf_counter() - start
+    count, begin = 0, time.perf_counter()
+    for images, *_ in batches:
+        count += len(images)
+        if time.perf_counter() - begin > seconds:
+            break
+    return {"img_per_s": count / (time.perf_counter() - begin), "first_batch_s": first, "rss": rss(family())}
+
+
+def vitkit_folder(folder: Path, workers: int):
+    loader, sampler = train_loader(data_spec.read(str(folder)).train, PHOTO, BATCH, 0, workers)
+    sampler.set_epoch(0)
+    return loader
+
+
+def vitkit_shards(shards: Path, workers: int, epoch: int = 0):
+    stream = ShardStream(data_spec.read(f"wds:{shards}").train, PHOTO, BATCH, 0, 0, 1, workers)
+    stream.set_epoch(epoch)
+    return DataLoader(stream, batch_size=None, num_workers=workers)
+
+
+def timm_folder(folder: Path, workers: int):
+    import timm.data
+
+    dataset = timm.data.create_dataset("", root=str(folder), is_training=True)
+    return timm.data.create_loader(dataset, (3, 224, 224), BATCH, is_training=True, auto_augment="rand-m9-mstd0.5",
+                                   color_jitter=0.0, num_workers=workers, use_prefetcher=False,
+                                   device=torch.device("cpu"), persistent_workers=False, scale=(0.35, 1.0))
+
+
+def loaders(args: argparse.Namespace) -> None:
+    figures, lines = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, shards = Path(tmp) / "photos", Path(tmp) / "shards"
+        photos(folder, args.images, 100)
+        sharding.write(str(folder), shards, 64 << 20, val_split=0.05)
+        for workers in (1, 2):
+            for name, make in (("folder", vitkit_folder), ("shards", vitkit_shards), ("timm", timm_folder)):
+                rates = [timed(make(folder if name != "shards" else shards, workers), args.seconds)["img_per_s"]
+                         for _ in range(args.repeats)]
+                figures[f"{name}, {workers} worker(s): img/s"] = figure(rates, "img/s", 1)
+                figures[f"{name}, {workers} worker(s): img/s per worker"] = figure([r / workers for r in rates],
+                                                                                   "img/s", 1)
+                lines.append(f"{name:7} {workers} worker(s): {statistics.median(rates):7.1f} img/s "
+                             f"({min(rates):.1f} - {max(rates):.1f})")
+                print(lines[-1], flush=True)
+    notes = (f"{args.images} JPEGs of 256-400 px, 100 classes; RandomResizedCrop 224 (scale 0.35-1), flip, "
+             f"RandAugment m9 in every loader; batch {BATCH}; {args.repeats} runs of {args.seconds:g} s each after "
+             "the first batch; each worker one process.")
+    record("loader-photos", "Photo loaders: image folder, WebDataset shards and timm", figures, notes,
+           "\n".join(lines), save=not args.no_record)
+
+
+def scale(args: argparse.Namespace) -> None:
+    figures, lines = {}, []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for count in (args.images // 10, args.images):
+            folder, shards = Path(tmp) / f"photos{count}", Path(tmp) / f"shards{count}"
+            photos(folder, count, 1000)
+            sharding.write(str(folder), shards, 512 << 20, val_split=0.01)
+            for epoch in range(2):
+                result = timed(vitkit_shards(shards, 2, epoch), args.seconds)
+                figures[f"shards, {count:,} images, epoch {epoch + 1}: img/s"] = figure(result["img_per_s"], "img/s", 1)
+                figures[f"shards, {count:,} images, epoch {epoch + 1}: memory"] = figure(result["rss"] / 2**20,
+                                                                                         "MiB", 0)
+                figures[f"shards, {count:,} images, epoch {epoch + 1}: first batch"] = figure(result["first_batch_s"],
+                                                                                             "s", 2)
+                lines.append(f"shards {count:>7,} epoch {epoch + 1}: {result['img_per_s']:.1f} img/s, "
+                             f"{result['rss'] / 2**20:.0f} MiB, first batch {result['first_batch_s']:.2f} s")
+                print(lines[-1], flush=True)
+            result = timed(vitkit_folder(folder, 2), args.seconds)
+            figures[f"folder, {count:,} images: memory"] = figure(result["rss"] / 2**20, "MiB", 0)
+            figures[f"folder, {count:,} images: first batch"] = figure(result["first_batch_s"], "s", 2)
+            lines.append(f"folder {count:>7,}: {result['img_per_s']:.1f} img/s, {result['rss'] / 2**20:.0f} MiB, "
+                         f"first batch {result['first_batch_s']:.2f} s")
+            print(lines[-1], flush=True)
+    notes = (f"Synthetic JPEGs of 256-400 px in 1,000 classes, {args.images // 10:,} and {args.images:,}; 2 workers, "
+             f"the photo recipe's augmentation, {args.seconds:g} s of each epoch after its first batch; memory: "
+             "VmRSS of the loading process and its workers.")
+    record("streaming-scale", "Streaming at scale: shards against folders", figures, notes, "\n".join(lines),
+           save=not args.no_record)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["loaders", "scale"])
+    parser.add_argument("--images", type=int, help="photos (loaders: 2000; scale: 100000)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tmp", help="where the scale run's images go (several GB)")
+    parser.add_argument("--no-record", action="store_true", help="print only; append no record")
+    args = parser.parse_args()
+    args.images = args.images or (2000 if args.mode == "loaders" else 100_000)
+    torch.set_num_threads(1)
+    (loaders if args.mode == "loaders" else scale)(args)
+
+
+if __name__ == "__main__":
+    main()
