@@ -57,18 +57,23 @@ def flax_npz(model: torchvision.models.VisionTransformer, heads: int, path, big_
     np.savez(path, **out)
 
 
+def offline_hub(cache: Path, repo: str, theirs: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, **saved) -> None:
+    """`theirs` uploaded to `repo` as timm uploads a model, in a Hugging Face Hub cache at `cache`,
+    which huggingface_hub reads offline until the test ends."""
+    import huggingface_hub.constants as constants
+
+    hub_cache(cache, repo, lambda folder: save_for_hf(theirs, folder, safe_serialization=True, **saved))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def timm_vit_in_an_offline_hub(cache: Path, repo: str, monkeypatch: pytest.MonkeyPatch):
     """A small timm ViT with random weights, uploaded as timm uploads it (ImageNet statistics in its
     pretrained_cfg) to `repo` in a Hugging Face Hub cache at `cache`, which huggingface_hub reads
     offline until the test ends; returns (cache, the timm model)."""
-    import huggingface_hub.constants as constants
-
     theirs = randomize(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5))
     theirs.pretrained_cfg = {"architecture": "vit_custom", "input_size": [3, 32, 32],
                              "mean": list(IMAGENET.mean), "std": list(IMAGENET.std)}
-    hub_cache(cache, repo, lambda folder: save_for_hf(theirs, folder, model_args={"num_heads": 2},
-                                                      safe_serialization=True))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub(cache, repo, theirs, monkeypatch, model_args={"num_heads": 2})
     return cache, theirs

@@ -6,24 +6,18 @@ refused in one line."""
 import pytest
 import timm
 import torch
-from timm.models import save_for_hf
 
 import vitkit
-from helpers import hub_cache, randomize
-from peers import close, timm_vit_in_an_offline_hub
+from helpers import randomize
+from peers import close, offline_hub, timm_vit_in_an_offline_hub
 from vitkit.model.normalization import IMAGENET
 
 
 def test_preset_tag_loads_timms_upload_from_the_offline_hub_cache(tmp_path, monkeypatch):
     """Offline: a Hugging Face Hub cache laid out as huggingface_hub keeps it, holding what timm uploads
     for the repository that the name resolves to."""
-    import huggingface_hub.constants as constants
-
     theirs = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False))
-    hub_cache(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-              lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline_hub(tmp_path, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", theirs, monkeypatch)
     ours = vitkit.create_model("vit_ti16", pretrained="augreg_in21k_ft_in1k").eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -43,13 +37,9 @@ def test_preset_tag_loads_timms_upload_from_the_offline_hub_cache(tmp_path, monk
 def test_hybrid_preset_tag_loads_timms_upload_and_a_plain_vit_is_not_taken_for_it(tmp_path, monkeypatch):
     """Offline: the repository a hybrid preset's tag names, as timm uploads it, loads into the preset;
     a plain ViT of the same sizes is not taken for it."""
-    import huggingface_hub.constants as constants
-
     theirs = randomize(timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False))
     repo = "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k"
-    hub_cache(tmp_path, repo, lambda folder: save_for_hf(theirs, folder, safe_serialization=True))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline_hub(tmp_path, repo, theirs, monkeypatch)
     ours = vitkit.create_model("vit_ti32_rstem", pretrained="augreg_in21k_ft_in1k").eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
