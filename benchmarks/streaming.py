@@ -134,6 +134,16 @@ def loaders(args: argparse.Namespace) -> None:
            "\n".join(lines), save=not args.no_record)
 
 
+def noted(figures: dict, lines: list[str], name: str, result: dict) -> None:
+    """A measurement's img/s, memory and first batch, for the record and for people."""
+    figures[f"{name}: img/s"] = figure(result["img_per_s"], "img/s", 1)
+    figures[f"{name}: memory"] = figure(result["rss"] / 2**20, "MiB", 0)
+    figures[f"{name}: first batch"] = figure(result["first_batch_s"], "s", 2)
+    lines.append(f"{name}: {result['img_per_s']:.1f} img/s, {result['rss'] / 2**20:.0f} MiB, "
+                 f"first batch {result['first_batch_s']:.2f} s")
+    print(lines[-1], flush=True)
+
+
 def scale(args: argparse.Namespace) -> None:
     figures, lines = {}, []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -142,21 +152,9 @@ def scale(args: argparse.Namespace) -> None:
             photos(folder, count, 1000)
             sharding.write(str(folder), shards, 512 << 20, val_split=0.01)
             for epoch in range(2):
-                result = timed(vitkit_shards(shards, 2, epoch), args.seconds)
-                figures[f"shards, {count:,} images, epoch {epoch + 1}: img/s"] = figure(result["img_per_s"], "img/s", 1)
-                figures[f"shards, {count:,} images, epoch {epoch + 1}: memory"] = figure(result["rss"] / 2**20,
-                                                                                         "MiB", 0)
-                figures[f"shards, {count:,} images, epoch {epoch + 1}: first batch"] = figure(result["first_batch_s"],
-                                                                                             "s", 2)
-                lines.append(f"shards {count:>7,} epoch {epoch + 1}: {result['img_per_s']:.1f} img/s, "
-                             f"{result['rss'] / 2**20:.0f} MiB, first batch {result['first_batch_s']:.2f} s")
-                print(lines[-1], flush=True)
-            result = timed(vitkit_folder(folder, 2), args.seconds)
-            figures[f"folder, {count:,} images: memory"] = figure(result["rss"] / 2**20, "MiB", 0)
-            figures[f"folder, {count:,} images: first batch"] = figure(result["first_batch_s"], "s", 2)
-            lines.append(f"folder {count:>7,}: {result['img_per_s']:.1f} img/s, {result['rss'] / 2**20:.0f} MiB, "
-                         f"first batch {result['first_batch_s']:.2f} s")
-            print(lines[-1], flush=True)
+                noted(figures, lines, f"shards, {count:,} images, epoch {epoch + 1}",
+                      timed(vitkit_shards(shards, 2, epoch), args.seconds))
+            noted(figures, lines, f"folder, {count:,} images", timed(vitkit_folder(folder, 2), args.seconds))
     notes = (f"Synthetic JPEGs of 256-400 px in 1,000 classes, {args.images // 10:,} and {args.images:,}; 2 workers, "
              f"the photo recipe's augmentation, {args.seconds:g} s of each epoch after its first batch; memory: "
              "VmRSS of the loading process and its workers.")
