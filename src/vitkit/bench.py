@@ -24,7 +24,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -129,7 +128,7 @@ def inference_function(model: torch.nn.Module, dtype: str, bf16: str = "weights"
         prepared = for_inference(model, "fp32", compiled)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            with runtime.autocast(x.device, True):
                 return prepared(x)
         return run
     prepared = for_inference(model, dtype, compiled)
@@ -168,7 +167,7 @@ def runner(model: torch.nn.Module, mode: str, dtype: str, batch: torch.Tensor, o
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.randint(0, 10, (len(batch),), device=batch.device)
     forward = torch.compile(model) if compiled else model
-    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    autocast = runtime.autocast(batch.device, dtype == "bf16")
 
     def train() -> None:
         with autocast:

@@ -84,6 +84,12 @@ def test_every_part_has_a_layer():
     assert not [p for p in parts if not any(p in layer for layer in LAYERS)]
 
 
+def test_the_model_imports_nothing_of_vitkit_but_its_file_writes():
+    """The ground floor: model/ builds, saves and loads models with no other part of vitkit."""
+    others = {t for m, targets in imports().items() if part(m) == "model" for t in targets if part(t) != "model"}
+    assert others <= {"vitkit.atomic"}, others
+
+
 def test_only_the_command_line_imports_the_trainer():
     """Evaluating, predicting, serving and benchmarking a model never load the training code."""
     users = {part(m) for m, targets in imports().items() for t in targets if part(t) == "train" and part(m) != "train"}

@@ -175,8 +175,9 @@ def test_unreadable_images_never_hang_a_process_and_the_gradient_is_the_global_m
 
 
 def test_each_process_draws_its_own_noise_with_the_default_photo_recipe(tmp_path):
-    """Dropout, drop-path and MixUp/CutMix draw from a stream seeded by (seed, epoch, step, rank):
-    processes do not apply the same masks to different images."""
+    """Dropout and MixUp/CutMix draw from a stream seeded by (seed, epoch, step, rank): processes do
+    not apply the same masks to different images. (Patch dropout and stochastic depth draw from each
+    image's key instead: test_ddp_two_processes_equal_one.)"""
     data = tmp_path / "photos"
     for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
         (data / c).mkdir(parents=True)

@@ -61,3 +61,14 @@ def test_strict_stops_on_a_held_out_images_failure_too(tmp_path, capsys):
     assert main([*args, "--strict", "--out", str(tmp_path / "strict")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "broken.png" in err[-1] and err[-1].endswith("(--strict)")
+
+
+def test_an_archive_whose_images_add_up_to_too_much_is_refused(tmp_path, monkeypatch, capsys):
+    """Members under the per-member cap that together pass the archive's total (read into memory)."""
+    monkeypatch.setattr(folder, "MAX_ARCHIVE_BYTES", 2000)
+    with tarfile.open(tmp_path / "many.tar", "w") as tar:
+        for i in range(8):
+            add(tar, f"train/{'ab'[i % 2]}/{i}.png", png((30 * i, 0, 0)) + bytes(400))
+    assert main(["train", str(tmp_path / "many.tar"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds more than" in err[0] and "extract it into a folder" in err[0]

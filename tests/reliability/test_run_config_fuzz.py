@@ -79,6 +79,34 @@ def test_the_findings_each_give_one_line(run, capsys, normalize, classes):
     assert len(err) == 1 and ("normalization" in err[0] or "classes" in err[0]), err
 
 
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    from vitkit.model.cnn import CNN, CNNConfig
+    from vitkit.model.native import save_weights
+
+    root = tmp_path_factory.mktemp("cnn")
+    config = CNNConfig("resnet18", num_classes=3, image_size=8, small_images=True)
+    save_weights(CNN(config).state_dict(), config, root / "run", {"classes": ["a", "b", "c"]})
+    Image.new("RGB", (8, 8), (90, 20, 200)).save(root / "image.png")
+    return root, json.loads((root / "run" / "config.json").read_text())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["cnn", "cnn.arch", "cnn.num_classes", "cnn.in_channels", "cnn.image_size",
+                              "cnn.small_images", "cnn.unknown"]), value=JSON)
+def test_a_malformed_cnn_run_config_is_one_line_and_exit_2(cnn_run, capsys, field, value):
+    root, good = cnn_run
+    config = json.loads(json.dumps(good))
+    where, _, name = field.rpartition(".")
+    (config[where] if where else config)[name] = value
+    (root / "run" / "config.json").write_text(json.dumps(config))
+    code = main(["predict", str(root / "run"), str(root / "image.png"), "--json"])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, (field, value, err)
+    assert code == 0 or len(err.strip().splitlines()) == 1, (field, value, err)
+
+
 def test_normalization_flags_must_be_finite_and_positive():
     for spec in ("nan,nan", "0.5,inf", "0.5,0", "0.5,-1"):
         with pytest.raises(ValueError, match="finite"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vitkit.train import budget, outputs, trainer
+from vitkit.train.optim import Schedule
 from vitkit.train.recipe import Recipe
 from vitkit.train.trainer import Run, start, train
 
@@ -96,6 +97,10 @@ def test_the_backstop_ends_a_run_whose_steps_slow_down_within_an_epoch(tmp_path,
     assert "the steps ran slower than planned; ending after step 39 of 75" in caplog.text
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["budget"]["steps"] == 39 and history(tmp_path / "run") == [20, 19]
+    # the epoch's record has the rate its last step ran at (step 39 of a 75-step cosine), not the
+    # shortened run's end of the schedule
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["lr"] == pytest.approx(Schedule(3e-3, 1e-5, warmup=60).lr(38, 75))
 
 
 def test_one_slow_step_near_the_deadline_does_not_end_a_run(tmp_path, hook):

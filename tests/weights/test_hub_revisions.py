@@ -49,9 +49,14 @@ def test_a_run_records_the_commit_its_init_weights_came_from(hub, capsys):
     out = hub / "run"
     assert main(["train", "--init", f"hf-hub:{REPO}", "--revision", "v2", "--epochs", "1", "--batch-size", "64",
                  "--out", str(out)]) == 0
-    recorded = json.loads((out / "config.json").read_text())["recipe"]
-    assert recorded["init"] == f"hf-hub:{REPO}" and recorded["revision"] == NEW
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["recipe"]["revision"] == NEW
+    written = json.loads((out / "config.json").read_text())
+    assert written["recipe"]["init"] == f"hf-hub:{REPO}" and written["recipe"]["revision"] == "v2"
+    assert written["init_commit"] == NEW  # the commit v2 named when the run started
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["init_commit"] == NEW
+    # the same command again resumes (torchrun's restarts repeat it), and keeps the commit
+    assert main(["train", "--resume", str(out), "--revision", "v2", "--epochs", "2"]) == 2  # --epochs may not change
+    assert main(["train", "--resume", str(out), "--revision", "v2"]) == 0
+    assert json.loads((out / "config.json").read_text())["init_commit"] == NEW
 
 
 def test_convert_says_which_commit_it_converted(hub, capsys):

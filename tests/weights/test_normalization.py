@@ -166,3 +166,5 @@ def test_a_transposed_position_grid_is_resampled_not_copied():
     expected = position.resample(wide.pos_embed.detach(), (16, 12), 1, old_grid=(12, 16))
     torch.testing.assert_close(tall.pos_embed.detach(), expected)
     assert not torch.equal(tall.pos_embed, wide.pos_embed)
+    with pytest.warns(UserWarning, match="no recorded grid: taken to be this model's 16x12 grid"):
+        tall.load_state_dict(dict(wide.state_dict()))  # a plain dict (a safetensors file's) cannot say

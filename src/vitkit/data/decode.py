@@ -57,24 +57,26 @@ def read_image(source: str | Path | bytes, channels: int = 3, max_side: int | No
 
 
 def header_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from an image's header alone, no pixel decoded; BadImage if there is none."""
+    """(width, height) from an image's header alone, no pixel decoded (whatever it claims: the
+    caller judges it); BadImage if there is none."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _open(io.BytesIO(data)) as img:
+            with _open(io.BytesIO(data), limit=None) as img:
                 return img.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImage(_reason(e)) from None
 
 
 @contextmanager
-def _open(stream) -> Iterator[Image.Image]:
-    """`Image.open` with PIL's global bomb limit lifted to vitkit's for the header parse only, then
-    restored: vitkit's limit applies to vitkit's decoding, the host's to everything else."""
+def _open(stream, limit: int | None = MAX_PIXELS) -> Iterator[Image.Image]:
+    """`Image.open` with PIL's global bomb limit lifted to vitkit's (`limit`; None: none, for reading
+    a header alone) for the header parse only, then restored: vitkit's limit applies to vitkit's
+    decoding, the host's to everything else."""
     with _PIL_LIMIT:
         host_limit = Image.MAX_IMAGE_PIXELS
         if host_limit is not None:
-            Image.MAX_IMAGE_PIXELS = max(host_limit, MAX_PIXELS // 2)  # PIL raises above twice this
+            Image.MAX_IMAGE_PIXELS = None if limit is None else max(host_limit, limit // 2)  # PIL raises above 2x
         try:
             img = Image.open(stream)
         finally:

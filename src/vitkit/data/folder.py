@@ -15,9 +15,11 @@ from pathlib import Path
 from vitkit.data.decode import IMAGE_EXTENSIONS
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
-# An archive's images are read into memory: a member larger than this is skipped (and listed), so
-# that a small archive cannot expand into gigabytes (a 408 KB archive can hold a 400 MiB member).
+# An archive's images are read into memory as their encoded bytes: a member larger than this is
+# skipped (and listed), and an archive whose images add up to more is refused, so that a small
+# archive cannot expand into gigabytes (a 408 KB archive can hold a 400 MiB member).
 MAX_MEMBER_BYTES = 64 << 20
+MAX_ARCHIVE_BYTES = 4 << 30
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _scan_archive(archive: Path, split_dir: str | None) -> FileTree:
     """Read an archive's images into memory as encoded bytes (a CIFAR-10 archive is ~16 MB)."""
     by_class: dict[str, list[tuple[str, bytes]]] = {}
     skipped: list[tuple[str, str]] = []
-    prefix = f"{split_dir}/" if split_dir else ""
+    prefix, total = f"{split_dir}/" if split_dir else "", 0
     with tarfile.open(archive) as tar:
         for member in tar:
             name = member.name.removeprefix("./")
@@ -129,6 +131,10 @@ def _scan_archive(archive: Path, split_dir: str | None) -> FileTree:
                 skipped.append((f"{archive}:{member.name}", problem))
                 continue
             if member.isfile():
+                total += member.size
+                if total > MAX_ARCHIVE_BYTES:
+                    raise ValueError(f"{archive} holds more than {MAX_ARCHIVE_BYTES >> 30} GiB of images, which an "
+                                     "archive's images may not (they are read into memory): extract it into a folder")
                 data = tar.extractfile(member).read()
                 by_class.setdefault(parts[0], []).append((f"{archive}:{name}", data))
     classes = sorted(by_class)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,24 @@ def cnn_with_state(config: CNNConfig, state: dict[str, torch.Tensor], **override
     if unknown:
         raise ValueError(f"a {config.arch} run cannot be adapted with {unknown[0]}=")
     fields = {k: overrides[k] for k in ("num_classes", "image_size") if k in overrides}
-    model = CNN(config.replace(**fields))
-    fresh = set()
-    if model.config.num_classes != config.num_classes:
-        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    target = config.replace(**fields)
+    with torch.device("meta"):  # names and shapes first, without allocating
+        skeleton = CNN(target)
+    expected, fresh = skeleton.state_dict(), set()
+    if target.num_classes != config.num_classes:
+        linear = [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
         fresh = {f"{n}.{p}" for n in linear for p in ("weight", "bias")}
         state = {k: v for k, v in state.items() if k not in fresh}
         log.warning("new classifier for %d classes (the weights have %d): it starts untrained",
-                    model.config.num_classes, config.num_classes)
+                    target.num_classes, config.num_classes)
+    missing, unexpected = sorted(set(expected) - set(state) - fresh), sorted(set(state) - set(expected))
+    wrong = [k for k in state if k in expected and expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"weights do not match {config.arch}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+                         f"other shapes {wrong[:8]}")
     check_finite(state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - fresh:
-        raise ValueError(f"weights do not match {config.arch}: missing {sorted(set(missing) - fresh)[:8]}, "
-                         f"unexpected {unexpected[:8]}")
+    model = CNN(target)
+    model.load_state_dict(state, strict=False)
     return model
 
 
@@ -104,5 +110,7 @@ def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overri
                              f"{tuple(expected[key].shape)}")
     check_finite(state)
     model = ViT(target)
+    state = OrderedDict(state)
+    state._metadata = {"": {"pos_grid": list(target.grid)}}  # resampled to the target's grid above
     model.load_state_dict(state, strict=False)  # the fresh head's weights stay as initialised
     return model

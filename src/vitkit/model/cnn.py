@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.model.config import Size, pair
+from vitkit.model.config import LIMITS, Size, bounded, check_type, pair
 from vitkit.model.normalization import HALF
 
 PREFIX = "torchvision:"
@@ -49,7 +49,24 @@ class CNNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CNNConfig:
-        return cls(**data)
+        """Build from untrusted JSON-like data (a run's config.json): unknown keys, wrong types and
+        sizes out of range are errors, before anything is built."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a CNN config must be a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown CNN config keys {unknown}; known keys: {sorted(fields)}")
+        for key, value in data.items():
+            check_type(key, value, fields[key].type)
+        if not isinstance(data.get("arch"), str):
+            raise ValueError("a CNN config needs 'arch': a torchvision classification model, e.g. resnet18")
+        config = cls(**data)
+        bounded("num_classes", config.num_classes, 1, LIMITS["num_classes"])
+        bounded("in_channels", config.in_channels, 1, LIMITS["in_channels"])
+        for side in config.image_hw:
+            bounded("image_size", side, 1, LIMITS["image"])
+        return config
 
     def replace(self, **changes: Any) -> CNNConfig:
         return dataclasses.replace(self, **changes)

@@ -198,7 +198,7 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown ViT config keys {unknown}; known keys: {sorted(fields)}")
         for key, value in data.items():
-            _check_type(key, value, fields[key].type)
+            check_type(key, value, fields[key].type)
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -222,12 +222,12 @@ class ViTConfig:
         _choice("pos_embed", self.pos_embed, POS_EMBEDS)
         _choice("act", self.act, ACTIVATIONS)
         for name in ("in_channels", "dim", "depth", "heads", "mlp_dim"):
-            _bounded(name, getattr(self, name), 1, LIMITS.get(name))
+            bounded(name, getattr(self, name), 1, LIMITS.get(name))
         self._validate_descendants()
-        _bounded("num_classes", self.num_classes, 0, LIMITS["num_classes"])
+        bounded("num_classes", self.num_classes, 0, LIMITS["num_classes"])
         for name in ("head_dim", "representation_size"):
             if getattr(self, name) is not None:
-                _bounded(name, getattr(self, name), 1, LIMITS["dim"])
+                bounded(name, getattr(self, name), 1, LIMITS["dim"])
         self._validate_grid()
         self._validate_stem()
         if self.approx_parameters > MAX_PARAMETERS:
@@ -259,7 +259,7 @@ class ViTConfig:
             if not (isinstance(value, int) or (isinstance(value, tuple) and len(value) == 2)):
                 raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
             for side in pair(value) if isinstance(value, tuple) else (value,):
-                _bounded(name, side, 1, LIMITS["image"])
+                bounded(name, side, 1, LIMITS["image"])
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if h % ph or w % pw:
             fix_h, fix_w = max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw)
@@ -273,16 +273,16 @@ class ViTConfig:
         """A CNN before the patch projection must end on the patch grid."""
         (ph, pw), stages = self.patch_hw, self.backbone_layers
         if self.stem_channels is not None:
-            _bounded("stem_channels", self.stem_channels, 1, LIMITS["stem_channels"])
+            bounded("stem_channels", self.stem_channels, 1, LIMITS["stem_channels"])
             if self.patch_embed != "conv-stem":
                 raise ValueError("stem_channels is the width of patch_embed='conv-stem'; set that or drop it")
-        _bounded("stem_depth", self.stem_depth, 1, LIMITS["stem_depth"])
+        bounded("stem_depth", self.stem_depth, 1, LIMITS["stem_depth"])
         if self.stem_depth != 1 and self.patch_embed != "conv-stem":
             raise ValueError("stem_depth is the depth of patch_embed='conv-stem'; set that or drop it")
         if not isinstance(stages, tuple) or len(stages) > LIMITS["backbone_stages"]:
             raise ValueError(f"backbone_layers must be up to 4 stage depths such as (3, 4, 9), got {stages!r}")
         for depth in stages:
-            _bounded("backbone_layers", depth, 1, LIMITS["backbone_blocks"])
+            bounded("backbone_layers", depth, 1, LIMITS["backbone_blocks"])
         if stages and self.patch_embed != "resnet":
             raise ValueError("backbone_layers are the stages of patch_embed='resnet'; set that or drop them")
         if self.patch_embed == "conv-stem" and (ph != pw or ph < 2 or ph & (ph - 1)):
@@ -295,7 +295,7 @@ class ViTConfig:
 
     def _validate_descendants(self) -> None:
         """The fields of the paper's descendants (registers, DeiT, layer scale, MAP)."""
-        _bounded("reg_tokens", self.reg_tokens, 0, LIMITS["reg_tokens"])
+        bounded("reg_tokens", self.reg_tokens, 0, LIMITS["reg_tokens"])
         for name in ("distilled", "no_embed_class", "qk_norm", "pre_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -318,14 +318,14 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {list(options)}")
 
 
-def _bounded(name: str, value: Any, low: int, high: int | None) -> None:
+def bounded(name: str, value: Any, low: int, high: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name}={value} is out of range [{low}, {high}]")
 
 
-def _check_type(key: str, value: Any, annotation: str) -> None:
+def check_type(key: str, value: Any, annotation: str) -> None:
     """Types of JSON values against the dataclass annotations (which are strings here)."""
     ok = {
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),

@@ -38,6 +38,8 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 # Xiao et al.'s convolutional stem in place of the patch projection, same token grid (ViT_C).
 CONV_STEM = ("vit_ti4_32", "vit_s4_32", "vit_ti16", "vit_s16", "vit_b16")
+
+
 def _size(name: str, **fields: Any) -> ViTConfig:
     dim, depth, heads, mlp_dim = SIZES[name]
     return ViTConfig(dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, **fields)
@@ -72,6 +74,9 @@ def get_config(name: str, **overrides: Any) -> ViTConfig:
 def create_model(name: str, **overrides: Any) -> ViT:
     """Build a named model at random initialisation: create_model("vit_b16", num_classes=10,
     image_size=384). `vitkit.create_model` also takes `pretrained=` (weights by name, weights/hub.py)."""
+    if "pretrained" in overrides or "revision" in overrides:
+        raise ValueError("weights by name load through vitkit.create_model(name, pretrained=TAG) (the weights "
+                         "package); vitkit.model.create_model builds a model at random initialisation")
     return ViT(get_config(name, **overrides))
 
 

@@ -12,6 +12,7 @@ pre-norm before the blocks (CLIP), and attention pooling (`MAPHead`).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -462,6 +463,11 @@ class ViT(nn.Module):
         if isinstance(self.pos_embed, nn.Parameter) and key in state_dict:
             table = state_dict[key]
             moved = tuple(source) != self.config.grid if source else table.shape != self.pos_embed.shape
+            gh, gw = self.config.grid
+            if not source and not moved and gh != gw:
+                warnings.warn(f"a position table for {gh * gw} patches with no recorded grid: taken to be this "
+                              f"model's {gh}x{gw} grid (a state dict from model.state_dict() records its grid, "
+                              f"so a {gw}x{gh} one is resampled)", stacklevel=3)
             if moved and table.shape[-1] == self.pos_embed.shape[-1]:
                 state_dict[key] = position.resample(table, self.config.grid, self.config.pos_prefix_rows,
                                                     old_grid=tuple(source) if source else None)

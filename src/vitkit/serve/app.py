@@ -137,7 +137,7 @@ async def read_uploads(request: Request, settings: Settings, max_images: int) ->
     the images' and the request's pixel budgets (from the headers)."""
     try:
         uploads = await asyncio.wait_for(_uploads(request, max_images), settings.body_timeout_s)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11 on, another class before)
         raise HTTPException(408, f"the request body did not arrive within {settings.body_timeout_s:g} s") from None
     uploads = [(name, data) for name, data in uploads if data]
     if not uploads:

@@ -92,7 +92,7 @@ class Budget:
             if self.world.main:
                 log.warning("time budget: the steps ran slower than planned; ending after step %d of %d to stay "
                             "within %.0f s", global_step, self.steps, self.seconds)
-            self.steps = global_step  # the schedule keeps its length: the run ends before the rate has decayed
+            self.steps = global_step  # the run ends here, before its rate has decayed to min_lr
 
     def end_epoch(self, global_step: int, steps: int, train_seconds: float, eval_seconds: float) -> None:
         """Plan again from the epoch that just ended: its seconds per step, and everything else an

@@ -53,7 +53,7 @@ def default_out(data_name: str) -> Path:
 def write_weights(paths: RunPaths, weights: dict[str, torch.Tensor], plan: Plan) -> None:
     """The model as `vitkit.load` reads it, with what later commands need to know of the run."""
     meta = {"classes": plan.splits.classes, "normalize": plan.normalization.to_dict(), "data": plan.data,
-            "recipe": plan.recipe.to_dict()}
+            "recipe": plan.recipe.to_dict(), **({"init_commit": plan.init_commit} if plan.init_commit else {})}
     save_weights(weights, plan.config, paths.root, meta)
 
 

@@ -45,6 +45,7 @@ class Plan:
     config: ViTConfig | CNNConfig  # the model to build
     normalization: Normalization
     steps_per_epoch: int
+    init_commit: str | None = None  # the Hub commit the --init weights came from (the run records it)
 
     @property
     def steps(self) -> int | None:
@@ -67,8 +68,6 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
         config, normalization = config_from_dict(resume["model_config"]), Normalization.parse(resume["normalize"])
     elif init is not None:
         recipe = fine_tune_recipe(recipe, given, max(init.config.image_hw), len(splits.train), flip_ok)
-        if getattr(init, "revision", None):  # the commit the Hub's weights came from: the run records it
-            recipe = dataclasses.replace(recipe, revision=init.revision)
         config = init.config.replace(**regularisers(recipe)) if isinstance(init.config, ViTConfig) else init.config
         normalization = Normalization.parse(recipe.normalize or init.normalization or HALF)
     else:
@@ -90,7 +89,8 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
                              "(--nproc, --workers)")
     else:
         steps = len(splits.train) // recipe.batch_size
-    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization, steps)
+    commit = resume.get("init_commit") if resume else getattr(init, "revision", None)
+    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization, steps, commit)
 
 
 def stream_epoch(recipe: Recipe, train: ShardSplit, processes: int) -> tuple[Recipe, int]:
@@ -129,9 +129,9 @@ def at_size(splits: DataSplits, size: tuple[int, int]) -> DataSplits:
 
 
 def resumed_recipe(saved: dict[str, Any], recipe: Recipe, given: set[str]) -> Recipe:
-    """The run's own recipe, with only how it computes changed (--workers, --compile, --fsdp);
-    a flag that would change what the run computes is refused (the same value is fine: torchrun's
-    restarts and a re-run command repeat the original flags)."""
+    """The run's own recipe, with only how it computes changed (CHANGEABLE_ON_RESUME: --workers,
+    --compile, --fsdp, ...); a flag that would change what the run computes is refused (the same
+    value is fine: torchrun's restarts and a re-run command repeat the original flags)."""
     refused = sorted(k for k in given - CHANGEABLE_ON_RESUME if getattr(recipe, k) != saved["recipe"].get(k))
     if refused:
         flag = "--" + refused[0].replace("_", "-")

@@ -80,7 +80,7 @@ class Recipe:
     init: str | None = knob(None, "fine-tune from these weights (any format vitkit.load reads, or hf-hub:ORG/NAME); "
                                   "the model keeps their architecture and gets a new head")
     revision: str | None = knob(None, "for --init hf-hub:ORG/NAME weights: the Hub's branch, tag or commit (default: "
-                                      "main); the run records the commit the weights came from")
+                                      "main); the run records the commit the weights came from (init_commit)")
     normalize: str | None = knob(None, "input normalization: imagenet, half, none, MEAN,STD or M1,M2,M3,S1,S2,S3 "
                                        "(default: the weights' own with --init, else half)")
     layer_decay: float | None = knob(None, "layer-wise learning-rate decay for fine-tuning, e.g. 0.75")
@@ -163,7 +163,6 @@ LARGE_IMAGES = (  # photos: 224 px, 16x16 patches
 FINE_TUNE = dict(optimizer="sgd", lr=0.01, weight_decay=0.0, warmup_epochs=1.0, clip_grad=1.0,
                  label_smoothing=0.0, augment="none", mixup=0.0, cutmix=0.0, drop_path=0.0, patch_dropout=0.0)
 FINE_TUNE_STEPS = 500
-
 
 
 def regularisers(recipe: Recipe) -> dict[str, float]:

@@ -61,6 +61,7 @@ class EpochTotals:
     seen: int = 0
     seconds: float = 0.0
     load_wait: float = 0.0
+    lr: float = 0.0  # the rate of the epoch's last step, as the step applied it
 
 
 @dataclasses.dataclass
@@ -94,7 +95,7 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     run's state restored. The data spec goes from here to `data_spec.read` (the images), to
     `plan` (the splits, the recipe, the model) and to `build_feed` (the loaders)."""
     began = clock()  # the budget counts the reading and building too
-    runtime.keep_freed_memory()  # for library callers too; the `vitkit` command has already
+    runtime.keep_freed_memory()  # for library callers too (the `vitkit` command has already done it)
     world = World.setup(device)
     if not world.main:
         log.setLevel(logging.WARNING)  # one process speaks
@@ -155,8 +156,7 @@ class Run:
         # earlier pieces' gradients) nor DDP/FSDP (not tried).
         graphs = world.device.type == "cuda" and world.size == 1 and plan.recipe.accum_steps == 1
         self.compute = CompiledOrEager(self.losses, graphs) if plan.recipe.compile else self.losses
-        self.stop = StopFlag()
-        self.board = Board(paths.root, on=False, step=0)  # `start` opens the run's event file
+        self.stop, self.board = StopFlag(), Board(paths.root, on=False, step=0)  # `start` opens the event file
 
     def restore(self, saved: dict[str, Any]) -> None:
         """A resumed run's model, optimizer, EMA, progress, plan and random state."""
@@ -196,7 +196,7 @@ class Run:
         self.feed.sampler.set_epoch(p.epoch, p.step)
         self.parts.model.train()
         epoch_start = budget.now() - totals.seconds
-        bar = self.progress_bar()
+        bar = progress_bar(p, self.budget, self.plan.steps_per_epoch, self.show_progress)
         budget.begin_epoch()
         tick = budget.now()
         for images, labels, problems in self.feed.loader:
@@ -253,7 +253,7 @@ class Run:
         if parts.ema is not None:
             parts.ema.update_parameters(parts.model)
         self.board.step(p.global_step + 1, loss_sum.item() / len(batch.labels), lr)
-        p.totals.loss_sum += loss_sum.item()
+        p.totals.loss_sum, p.totals.lr = p.totals.loss_sum + loss_sum.item(), lr
         p.totals.correct += int(hits.item())
         p.totals.seen += len(labels)
 
@@ -327,7 +327,7 @@ class Run:
             "epoch": p.epoch + 1, "steps": p.step, "train_loss": totals.loss_sum / max(totals.seen, 1),
             "train_top1": totals.correct / totals.seen if totals.seen and self.feed.mixer is None else None,
             "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-            "lr": self.parts.schedule.lr(p.global_step - 1, self.budget.steps),
+            "lr": totals.lr,
             "img_per_s": totals.seen / max(totals.seconds, 1e-9), "loader_wait_s": totals.load_wait,
             "train_seconds": totals.seconds, "seconds": totals.seconds + val["seconds"],
             "elapsed": self.budget.elapsed(), "nonfinite_steps": p.nonfinite,
@@ -345,7 +345,7 @@ class Run:
         t = self.progress.totals
         loss_sum, correct, seen = self.world.sum(torch.tensor([t.loss_sum, t.correct, t.seen],
                                                               dtype=torch.float64)).tolist()
-        return EpochTotals(loss_sum, int(correct), int(seen), t.seconds, t.load_wait)
+        return EpochTotals(loss_sum, int(correct), int(seen), t.seconds, t.load_wait, t.lr)
 
     def evaluate(self, images: torch.utils.data.Dataset) -> dict:
         start = self.budget.now()
@@ -361,6 +361,7 @@ class Run:
             "progress": dataclasses.asdict(self.progress), "budget": self.budget.state_dict(), "data": plan.data,
             "recipe": plan.recipe.to_dict(), "normalize": plan.normalization.to_dict(),
             "model_config": plan.config.to_dict(), "classes": plan.splits.classes, "processes": self.world.size,
+            "init_commit": plan.init_commit,
         }, self.progress.global_step, parts.sharded, self.world)
 
     def publish(self, final: bool) -> None:
@@ -387,11 +388,13 @@ class Run:
         self.world.barrier()
         return result
 
-    def progress_bar(self) -> tqdm:
-        p, epochs, per_epoch = self.progress, self.budget.epochs, self.plan.steps_per_epoch
-        planned = per_epoch if self.budget.steps is None else self.budget.steps - p.epoch * per_epoch
-        return tqdm(total=min(per_epoch, planned), initial=p.step, disable=not self.show_progress, leave=False,
-                    desc=f"epoch {p.epoch + 1}" + (f"/{epochs}" if epochs else ""), file=sys.stderr)
+
+
+def progress_bar(p: Progress, budget: Budget, per_epoch: int, show: bool) -> tqdm:
+    """The epoch's bar: its steps (the plan's last epoch may be shorter), images/s and time left."""
+    planned = per_epoch if budget.steps is None else budget.steps - p.epoch * per_epoch
+    return tqdm(total=min(per_epoch, planned), initial=p.step, disable=not show, leave=False,
+                desc=f"epoch {p.epoch + 1}" + (f"/{budget.epochs}" if budget.epochs else ""), file=sys.stderr)
 
 
 class StopFlag:
