@@ -272,3 +272,19 @@ def test_a_folder_sharded_reads_back_as_the_folder(tmp_path):
     images = {tuple(x.flatten().tolist()) for split in (back.train, back.val)
               for x, _, _ in shards.ShardEval(split, None)}
     assert images == {tuple(read_image(str(p)).flatten().tolist()) for p in source.rglob("*.*")}
+
+
+@pytest.mark.parametrize("command", ["embed", "fewshot", "inspect"])
+def test_commands_that_read_by_index_say_so_for_shards(tmp_path, capsys, command):
+    sharding.write("digits", tmp_path / "wds", shard_bytes=10**9)
+    vitkit_model = tmp_path / "model"
+    from vitkit.model.presets import create_model
+
+    create_model("vit_ti4_28", depth=1, num_classes=10, in_channels=1, image_size=8).save_pretrained(vitkit_model)
+    data = f"wds:{tmp_path / 'wds'}"
+    args = {"embed": [str(vitkit_model), data, "--out", str(tmp_path / "e.npy")],
+            "fewshot": [str(vitkit_model), "--data", data, "--shots", "1"],
+            "inspect": [str(vitkit_model), "--data", data]}[command]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads images by index" in err[0]

@@ -36,11 +36,16 @@ class DataSplits:
     test: ArrayImages | FileImages | HFImages | ShardSplit | None = None
     skipped: tuple[tuple[str, str], ...] = ()  # unreadable files found while scanning
 
-    def split(self, name: str) -> ArrayImages | FileImages:
+    def split(self, name: str, indexed: str | None = None) -> ArrayImages | FileImages | HFImages | ShardSplit:
+        """A split by name; `indexed` names the command when it needs images by index, which a
+        stream of shards does not give."""
         found = getattr(self, name, None) if name in ("train", "val", "test") else None
         if found is None:
             have = [s for s in ("train", "val", "test") if getattr(self, s) is not None]
             raise ValueError(f"data set {self.name!r} has no {name!r} split; it has {have}")
+        if indexed and isinstance(found, ShardSplit):
+            raise ValueError(f"{indexed} reads images by index, and wds: shards are read in sequence; give it the "
+                             "data the shards were written from (a folder, an archive, hfds:...)")
         return found
 
 
@@ -174,4 +179,6 @@ def load_for_eval(spec: str, split: str, classes: list[str], channels: int, val_
     else:
         splits = load(spec, val_split=val_split, seed=seed, channels=channels)
         own, data, skipped = splits.classes, splits.split(split), splits.skipped
+    if own != classes and isinstance(data, ShardSplit):
+        raise ValueError(f"the shards' classes {own[:5]}... are not the model's {classes[:5]}... in the same order")
     return (data if own == classes else data.relabel(own, classes)), skipped

@@ -121,7 +121,7 @@ def images_of(spec: str, split: str | None, channels: int) -> tuple[ArrayImages 
         return FileImages(tree, channels), tree.classes, "all"
     split = split or "train"
     splits = data_spec.load(spec, channels=channels)
-    return splits.split(split), splits.classes, split
+    return splits.split(split, indexed="vitkit embed"), splits.classes, split
 
 
 def check_out(out: str | Path) -> Path:

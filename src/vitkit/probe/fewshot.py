@@ -114,7 +114,8 @@ def fewshot(source: str | Path, data: str | None = None, shots: list[int] | tupl
     data = data or _recorded_data(source)
     splits = data_spec.load(data, channels=model.config.in_channels)
     test_name = "test" if splits.test is not None else "val"
-    train_set, test_set, num_classes = splits.split("train"), splits.split(test_name), len(splits.classes)
+    train_set, test_set = splits.split("train", indexed="vitkit fewshot"), splits.split(test_name)
+    num_classes = len(splits.classes)
     orders = [class_orders(train_set.labels, num_classes, seed) for seed in range(seeds)]
     needed = sorted({int(i) for per_class in orders for order in per_class for i in order[:max(shots)]})
     sampled = extract(model, train_set.subset(torch.tensor(needed)), batch_size=batch_size, workers=workers)
