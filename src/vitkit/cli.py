@@ -339,6 +339,8 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, metavar="N",
                    help="also write block N's tokens (prefix tokens first; negative N counts from the end)")
     p.add_argument("--layer-norm", action="store_true", help="pass block N's tokens through the final LayerNorm")
+    p.add_argument("--maps", action="store_true", help="write block N's patch tokens as feature maps (images, dim, "
+                   "rows, cols), for a detection or segmentation head, instead of tokens")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
@@ -349,12 +351,15 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     from vitkit.probe import features
 
-    if args.layer_norm and args.layer is None:
-        raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
+    if (args.layer_norm or args.maps) and args.layer is None:
+        flag = "--layer-norm" if args.layer_norm else "--maps"
+        raise UserError(f"{flag} applies to the tokens of --layer N; add --layer N")
     features.check_out(args.out)  # before the work, not after it
     model = features.open_model(args.run, runtime.device(args.device), args.revision)
     images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
     found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)
+    if args.maps:
+        found.tokens = features.as_maps(found.tokens, model.config.num_prefix_tokens, model.config.grid)
     meta = {"model": str(args.run), "data": args.data, "split": split, "classes": json.dumps(classes),
             "normalization": json.dumps(model.normalization.to_dict() if model.normalization else None),
             "layer": "" if args.layer is None else str(args.layer),

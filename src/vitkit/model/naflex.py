@@ -1,0 +1,139 @@
+"""Images at their own aspect ratio and size: NaFlex batches (NaViT's native resolution, FlexiViT's
+flexible grids; timm's `naflexvit.py`).
+
+Each image is a sequence of its own patches (as many as its grid has) with each patch's (row,
+column) in that grid; a batch pads the sequences to the longest, and a mask says which tokens are
+padding. The model then
+- projects the flattened patches with its patch-embedding kernel (a convolution with stride =
+  kernel is a linear map of each patch),
+- adds to each image the learned position table resampled to that image's grid (as timm's NaFlex
+  does: the table is resampled per grid, bicubically, then read at each patch's (row, column)),
+- attends with the padding masked out as keys, and pools over the valid tokens only.
+The data side (resizing to fit a token budget, patchifying, padding) is `vitkit.data.naflex`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.model.noise import uniform as noise_uniform
+
+ViT = nn.Module  # vitkit.model.vit.ViT, which imports this module: named here for the reader
+
+
+class Patches(NamedTuple):
+    """A NaFlex batch: B images as patch sequences padded to the longest, N tokens."""
+
+    patches: torch.Tensor  # (B, N, ph * pw * C), each patch flattened as (ph, pw, C) (timm's NaFlex order)
+    coords: torch.Tensor  # (B, N, 2) long: the (row, column) of each patch in its image's grid
+    valid: torch.Tensor  # (B, N) bool: False for padding
+
+    def to(self, *args, **kwargs) -> Patches:
+        """Moved (and the patches cast) like `Tensor.to`; coordinates and mask keep their dtypes."""
+        device = kwargs.get("device", next((a for a in args if not isinstance(a, torch.dtype)), None))
+        return Patches(self.patches.to(*args, **kwargs), self.coords.to(device), self.valid.to(device))
+
+    def grids(self) -> list[tuple[int, int]]:
+        """Each image's patch grid (rows, columns), from its valid tokens' coordinates."""
+        coords = self.coords.masked_fill(~self.valid[..., None], -1)
+        return [(int(r) + 1, int(c) + 1) for r, c in coords.amax(dim=1).tolist()]
+
+
+def check(model: ViT, batch: Patches) -> None:
+    """What a NaFlex batch must be for this model: clear errors, not a shape mismatch deep inside."""
+    c = model.config
+    if c.patch_embed not in ("conv", "linear-ln"):
+        raise ValueError(f"patch_embed={c.patch_embed!r} runs a CNN across patch borders and cannot take patch "
+                         "sequences; NaFlex needs patch_embed 'conv' or 'linear-ln'")
+    if c.window_size or c.rel_pos or c.neck_dim:
+        raise ValueError("windowed attention, relative positions and SAM's neck need a whole image grid; give "
+                         "this model images, not NaFlex patch sequences")
+    (ph, pw), (b, n) = c.patch_hw, batch.valid.shape
+    if batch.patches.ndim != 3 or batch.patches.shape[:2] != (b, n) or batch.coords.shape != (b, n, 2):
+        raise ValueError(f"NaFlex patches must be (B, N, {ph}*{pw}*{c.in_channels}) with coords (B, N, 2) and valid "
+                         f"(B, N); got {tuple(batch.patches.shape)}, {tuple(batch.coords.shape)}, {(b, n)}")
+    if batch.patches.shape[2] != ph * pw * c.in_channels:
+        raise ValueError(f"patches of {batch.patches.shape[2]} values do not fit the model's {ph}x{pw} patches of "
+                         f"{c.in_channels} channels ({ph * pw * c.in_channels}); patchify at the model's patch size")
+    if not batch.valid.any(dim=1).all():
+        raise ValueError("every image of a NaFlex batch needs at least one valid patch")
+
+
+def project(model: ViT, patches: torch.Tensor) -> torch.Tensor:
+    """(B, N, ph * pw * C) patches -> (B, N, dim) tokens by the model's own patch embedding."""
+    embed = model.patch_embed
+    if embed.kind == "linear-ln":
+        return embed.norm_out(embed.proj(embed.norm_in(patches)))
+    weight = embed.proj.weight  # (dim, C, ph, pw) -> (dim, ph * pw * C), the patches' order
+    return F.linear(patches, weight.permute(0, 2, 3, 1).flatten(1).to(patches.dtype),
+                    None if embed.proj.bias is None else embed.proj.bias.to(patches.dtype))
+
+
+def positions(model: ViT, batch: Patches) -> torch.Tensor | None:
+    """(B, N, dim): each token's position embedding, the model's table resampled to its image's
+    grid (once per distinct grid) and read at the token's (row, column); zero for padding."""
+    if model.pos_embed is None:
+        return None
+    rows = model.config.pos_prefix_rows
+    out = batch.patches.new_zeros(*batch.valid.shape, model.config.dim)
+    grids = batch.grids()
+    for grid in set(grids):
+        images = torch.tensor([i for i, g in enumerate(grids) if g == grid], device=out.device)
+        table = model.position_embedding(grid)[0, rows:].to(out.dtype)  # (rows * cols, dim)
+        coords = batch.coords[images]
+        index = (coords[..., 0] * grid[1] + coords[..., 1]).clamp(0, grid[0] * grid[1] - 1)
+        out[images] = table[index] * batch.valid[images, :, None]
+    return out
+
+
+def embed(model: ViT, batch: Patches) -> tuple[torch.Tensor, torch.Tensor]:
+    """A NaFlex batch -> the first block's tokens (B, prefix + N, dim) and the (B, prefix + N)
+    mask of valid tokens (the prefix tokens are always valid)."""
+    check(model, batch)
+    x = project(model, batch.patches)
+    pos = positions(model, batch)
+    if pos is not None:
+        x = x + pos
+    prefix = [t.expand(x.shape[0], -1, -1).to(x.dtype)
+              for t in (model.cls_token, model.dist_token, model.reg_token) if t is not None]
+    if prefix and model.pos_embed is not None and model.config.pos_prefix_rows:  # classic ViTs: the prefix rows
+        rows = model.pos_embed[:, :model.config.pos_prefix_rows].to(x.dtype)
+        prefix = [torch.cat(prefix, 1) + rows]
+    x = torch.cat([*prefix, x], dim=1)
+    valid = torch.cat([batch.valid.new_ones(x.shape[0], model.config.num_prefix_tokens), batch.valid], 1)
+    return model.norm_pre(model.pos_drop(x)), valid
+
+
+def pool(model: ViT, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The model's pooling over the valid tokens of a NaFlex batch (before fc_norm, pre-logits)."""
+    c, n = model.config, model.config.num_prefix_tokens
+    if c.distilled:
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+    if c.pool == "cls":
+        return tokens[:, 0]
+    if c.pool == "map":
+        return model.attn_pool(tokens[:, n:], valid[:, n:])
+    if c.pool == "mean":
+        tokens, valid = tokens[:, n:], valid[:, n:]
+    weights = valid.to(tokens.dtype)[..., None]
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+def drop_patches(x: torch.Tensor, valid: torch.Tensor, prefix: int, rate: float,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch dropout on a NaFlex batch: each image keeps a random (1 - rate) of its own valid
+    patches (at least one); the sequences shrink to the longest kept. Returns tokens and mask."""
+    head, patches, mask = x[:, :prefix], x[:, prefix:], valid[:, prefix:]
+    draw = noise_uniform(noise, patches.shape[1], 0) if noise is not None else \
+        torch.rand(patches.shape[:2], device=x.device)
+    order = draw.masked_fill(~mask, 2.0).argsort(dim=1)  # the valid patches first, in random order
+    keep = (mask.sum(1) * (1 - rate)).long().clamp_min(1)
+    length = int(keep.max())
+    order = order[:, :length]
+    kept = patches.gather(1, order[..., None].expand(-1, -1, patches.shape[2]))
+    kept_mask = torch.arange(length, device=x.device)[None, :] < keep[:, None]
+    return torch.cat([head, kept], 1), torch.cat([valid[:, :prefix], kept_mask], 1)
