@@ -207,6 +207,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
+    p.add_argument("--patch-size", type=int, metavar="P", help="evaluate at P x P patches: the patch embedding "
+                   "resized by FlexiViT's pseudo-inverse, the position table resampled (default: the model's own)")
 
 
 @command("eval")
@@ -214,7 +216,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from vitkit.infer import evaluate_run
 
     result = evaluate_run(args.run, data=args.data, split=args.split, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device)
+                          workers=args.workers, device=args.device, patch_size=args.patch_size)
     if args.json:
         emit_json({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"]})
         return 0

@@ -14,6 +14,7 @@ from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.loader import default_workers, eval_loader
 from vitkit.evaluate import confusion_png, evaluate
+from vitkit.model import flexi
 from vitkit.model.native import is_native, read_meta
 from vitkit.model.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
@@ -56,9 +57,14 @@ def checked_classes(classes: object, outputs: int, root: Path) -> list[str]:
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str | None = None,
-                 batch_size: int = 256, workers: int | None = None, device: str | None = None) -> dict:
+                 batch_size: int = 256, workers: int | None = None, device: str | None = None,
+                 patch_size: int | None = None) -> dict:
+    """Accuracy of a run on a data set. `patch_size`: evaluate at another patch size, the
+    patch-embedding kernel resized by FlexiViT's pseudo-inverse (`vitkit.model.flexi`)."""
     dev = runtime.device(device)
     loaded = open_run(run, dev)
+    if patch_size is not None:
+        loaded.model = flexi.at_patch_size(loaded.model, patch_size)
     spec = data or loaded.data
     if spec is None:
         raise ValueError(f"{run} does not record its data set; pass --data SPEC")
@@ -78,7 +84,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str | None = N
     confusion_png(result["confusion"], loaded.classes, png,
                     f"{spec} [{split}]: top-1 {100 * result['top1']:.2f}% of {result['images']} images")
     return {"run": str(loaded.root), "data": spec, "split": split, "classes": loaded.classes,
-            **result, "confusion_png": str(png)}
+            "patch_size": config.patch_size, **result, "confusion_png": str(png)}
 
 
 def expand_images(paths: list[str]) -> list[Path]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.model import naflex, native, position, stems, window
+from vitkit.model import flexi, naflex, native, position, stems, window
 from vitkit.model.config import ViTConfig
 from vitkit.model.noise import uniform as noise_uniform
 from vitkit.model.normalization import HALF
@@ -40,6 +40,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.kind = config.patch_embed
         self.patch = config.patch_hw
+        self.flexi: tuple[int, int] | None = None  # another patch size to run at (`ViT.set_patch_size`)
         patch_dim = config.in_channels * self.patch[0] * self.patch[1]
         if self.kind != "linear-ln":  # CLIP's pre-norm models have no bias here
             self.backbone, channels = stems.backbone(config)
@@ -51,6 +52,9 @@ class PatchEmbed(nn.Module):
             self.norm_out = nn.LayerNorm(config.dim, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flexi is not None and self.flexi != self.patch:  # FlexiViT: the kernel resized on the fly
+            kernel = flexi.resize_kernel(self.proj.weight, self.flexi)
+            return F.conv2d(x, kernel, self.proj.bias, stride=self.flexi).flatten(2).transpose(1, 2)
         if self.kind != "linear-ln":
             return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
         b, c, h, w = x.shape
@@ -436,6 +440,15 @@ class ViT(nn.Module):
             return checkpoint(block, x, return_attention, queries, noise, layout, use_reentrant=False)
         return block(x, return_attention, queries, noise, layout)
 
+    def set_patch_size(self, patch: int | None) -> None:
+        """Run at `patch` x `patch` patches from now on (None: the model's own), the stored kernel
+        resized on the fly by FlexiViT's pseudo-inverse and the position table resampled to the new
+        grid, both differentiably: what `--flexi-patch` trains with. `flexi.at_patch_size` makes a
+        model with the resized weights stored instead."""
+        if patch is not None:
+            flexi.check_patch_size(self.config, patch)
+        self.patch_embed.flexi = None if patch is None else (patch, patch)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input in training and recompute the rest in backward: memory
         for about one more forward pass. No effect in eval mode or without gradients."""
@@ -539,7 +552,7 @@ class ViT(nn.Module):
         if c != cfg.in_channels:
             raise ValueError(f"the model takes {cfg.in_channels}-channel images, got {c} channels; "
                              f"convert the images or build the model with in_channels={c}")
-        (ph, pw), (eh, ew) = cfg.patch_hw, cfg.image_hw
+        (ph, pw), (eh, ew) = self.patch_embed.flexi or cfg.patch_hw, cfg.image_hw
         if cfg.dynamic_size:
             if h % ph or w % pw:
                 raise ValueError(f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}; "

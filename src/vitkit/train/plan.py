@@ -16,6 +16,7 @@ from torch import nn
 
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.spec import DataSplits, hold_out
+from vitkit.model import flexi
 from vitkit.model.build import config_from_dict
 from vitkit.model.cnn import CNNConfig
 from vitkit.model.config import ViTConfig
@@ -75,9 +76,25 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
     if recipe.teacher and not getattr(config, "distilled", False):
         raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
                          "model (deit_*_distilled), or no --init")
+    config = flexi_config(recipe, config)
     recipe = batch_for(recipe, len(splits.train), processes)
     return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization,
                 len(splits.train) // recipe.batch_size)
+
+
+def flexi_config(recipe: Recipe, config: ViTConfig | CNNConfig) -> ViTConfig | CNNConfig:
+    """--flexi-patch needs the one kernel FlexiViT resizes, a 'conv' patch embedding (it replaces the
+    small-image default's convolutional stem unless --model-option patch_embed names one), and patch
+    sizes that divide the image."""
+    if not recipe.flexi_sizes:
+        return config
+    if not isinstance(config, ViTConfig):
+        raise ValueError("--flexi-patch trains a ViT at several patch sizes; a CNN has none")
+    if config.patch_embed == "conv-stem" and "patch_embed" not in recipe.model_overrides:
+        config = config.replace(patch_embed="conv", stem_depth=1, stem_channels=None)
+    for size in recipe.flexi_sizes:
+        flexi.check_patch_size(config, size)
+    return config
 
 
 def batch_for(recipe: Recipe, images: int, processes: int) -> Recipe:

@@ -35,7 +35,7 @@ from vitkit.data.loader import mix_seed
 from vitkit.distributed import World, restarted
 from vitkit.evaluate import evaluate
 from vitkit.model import noise
-from vitkit.train import checkpoint, outputs
+from vitkit.train import checkpoint, flexi, outputs
 from vitkit.train.budget import Budget
 from vitkit.train.distill import distillation_losses
 from vitkit.train.feed import Feed, build_feed
@@ -205,7 +205,8 @@ class Run:
             if stop:
                 self.stop_here(epoch_start)
             if used:  # else every image of the global batch failed to decode
-                self.step(images, labels, used)
+                with flexi.at_step_patch_size(self):  # --flexi-patch
+                    self.step(images, labels, used)
             p.step, p.global_step = p.step + 1, p.global_step + 1
             budget.end_step(p.global_step)
             bar.update(1)
