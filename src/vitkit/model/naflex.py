@@ -37,6 +37,10 @@ class Patches(NamedTuple):
         device = kwargs.get("device", next((a for a in args if not isinstance(a, torch.dtype)), None))
         return Patches(self.patches.to(*args, **kwargs), self.coords.to(device), self.valid.to(device))
 
+    def chunk(self, pieces: int) -> list[Patches]:
+        """Split along the batch (gradient accumulation), like `Tensor.chunk`."""
+        return [Patches(*parts) for parts in zip(*(t.chunk(pieces) for t in self), strict=True)]
+
     def grids(self) -> list[tuple[int, int]]:
         """Each image's patch grid (rows, columns), from its valid tokens' coordinates."""
         coords = self.coords.masked_fill(~self.valid[..., None], -1)
@@ -137,3 +141,35 @@ def drop_patches(x: torch.Tensor, valid: torch.Tensor, prefix: int, rate: float,
     kept = patches.gather(1, order[..., None].expand(-1, -1, patches.shape[2]))
     kept_mask = torch.arange(length, device=x.device)[None, :] < keep[:, None]
     return torch.cat([head, kept], 1), torch.cat([valid[:, :prefix], kept_mask], 1)
+
+
+def patchify(images: list[torch.Tensor], patch: tuple[int, int], length: int | None = None) -> Patches:
+    """Images (C, H, W) of any sizes, each a whole number of patches, -> a NaFlex batch padded to
+    the longest sequence (or to `length`): each image's patches in row-major order, flattened as
+    (ph, pw, C), with their (row, column) and a mask of the valid tokens."""
+    ph, pw = patch
+    bad = [tuple(x.shape[-2:]) for x in images if x.shape[-2] % ph or x.shape[-1] % pw]
+    if bad:
+        raise ValueError(f"image sizes {bad[:3]} are not whole {ph}x{pw} patches; resize them with "
+                         "vitkit.data.naflex.ToGrid (or pad to a multiple of the patch)")
+    grids = [(x.shape[-2] // ph, x.shape[-1] // pw) for x in images]
+    n = max(r * c for r, c in grids) if length is None else length
+    if n < max(r * c for r, c in grids):
+        raise ValueError(f"length={n} is shorter than the longest image's {max(r * c for r, c in grids)} patches")
+    channels = images[0].shape[0]
+    patches = images[0].new_zeros(len(images), n, ph * pw * channels)
+    coords = torch.zeros(len(images), n, 2, dtype=torch.long, device=images[0].device)
+    valid = torch.zeros(len(images), n, dtype=torch.bool, device=images[0].device)
+    for i, (x, (rows, cols)) in enumerate(zip(images, grids, strict=True)):
+        count = rows * cols
+        patches[i, :count] = x.reshape(channels, rows, ph, cols, pw).permute(1, 3, 2, 4, 0).reshape(count, -1)
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        coords[i, :count] = torch.stack([r.flatten(), c.flatten()], 1).to(coords.device)
+        valid[i, :count] = True
+    return Patches(patches, coords, valid)
+
+
+def inputs(images: list[torch.Tensor], normalization: object, channels: int, patch: tuple[int, int]) -> Patches:
+    """uint8 images (C, H, W) at their own grids -> a normalised NaFlex batch for the model
+    (`normalization`: a `Normalization`; gray images repeated to `channels`)."""
+    return patchify([normalization(x[None], channels)[0] for x in images], patch)
