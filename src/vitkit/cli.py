@@ -46,6 +46,22 @@ def add_revision(p: argparse.ArgumentParser) -> None:
                                       "(default: main)")
 
 
+def add_max_tokens(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, metavar="N", help="each image whole at its own aspect ratio, resized so "
+                   "that its grid of patches fits N tokens, no crop (NaFlex; default: the run's own budget if it "
+                   "trained with one, else the model's fixed size)")
+
+
+def recorded_budget(run: str) -> int | None:
+    """The token budget a run directory records (--max-tokens of its training), or None."""
+    from pathlib import Path
+
+    from vitkit.infer import recorded_max_tokens
+    from vitkit.model.native import is_native, read_meta
+
+    return recorded_max_tokens(read_meta(run)) if Path(run).is_dir() and is_native(Path(run)) else None
+
+
 def emit_json(data: object) -> None:
     """Strict JSON: a NaN or infinite number (a diverged run's loss) is null, never printed as NaN."""
     print(json.dumps(finite(data), indent=2, default=str, allow_nan=False))
@@ -209,6 +225,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--patch-size", type=int, metavar="P", help="evaluate at P x P patches: the patch embedding "
                    "resized by FlexiViT's pseudo-inverse, the position table resampled (default: the model's own)")
+    add_max_tokens(p)
 
 
 @command("eval")
@@ -216,7 +233,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from vitkit.infer import evaluate_run
 
     result = evaluate_run(args.run, data=args.data, split=args.split, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, patch_size=args.patch_size)
+                          workers=args.workers, device=args.device, patch_size=args.patch_size,
+                          max_tokens=args.max_tokens)
     if args.json:
         emit_json({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"]})
         return 0
@@ -240,13 +258,14 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device")
+    add_max_tokens(p)
 
 
 @command("predict")
 def run_predict(args: argparse.Namespace) -> int:
     from vitkit.infer import predict
 
-    results = predict(args.run, args.images, topk=args.topk, device=args.device)
+    results = predict(args.run, args.images, topk=args.topk, device=args.device, max_tokens=args.max_tokens)
     if args.json:
         emit_json(results)
         return 0
@@ -303,6 +322,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                         "[0, 1], (batch, channels, height, width); without it, normalised images")
     p.add_argument("--normalize", help="the normalization to include instead of the weights' own: imagenet, half, "
                                        "none, MEAN,STD or M1,M2,M3,S1,S2,S3")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="a program for images of any height and width in "
+                   "whole patches, resized so that their grid fits N tokens (default: the run's own budget, if any)")
     add_revision(p)
 
 
@@ -315,7 +336,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError("--normalize sets the normalization that --include-normalization puts into the program; "
                         "add --include-normalization")
     model = load(args.run, normalize=args.normalize, revision=args.revision)
-    result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization)
+    tokens = recorded_budget(args.run) if args.max_tokens is None else args.max_tokens
+    result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization,
+                    max_tokens=tokens)
     taking = "; it takes images in [0, 1] (normalization " + model.normalization.describe() + " included)" \
         if args.include_normalization else ""
     return finish(args, result, f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
@@ -423,13 +446,14 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["rollout", "last-layer", "grad-rollout"], default="rollout",
                    help="attention rollout (default), the last block's heads, or gradient-weighted rollout")
     p.add_argument("--class", dest="target", help="class to explain with grad-rollout (default: the predicted one)")
+    add_max_tokens(p)
 
 
 @command("explain")
 def run_explain(args: argparse.Namespace) -> int:
     from vitkit.explain.report import explain
 
-    results = explain(args.run, args.images, args.out, args.method, args.target)
+    results = explain(args.run, args.images, args.out, args.method, args.target, args.max_tokens)
     if args.json:
         emit_json(results)
         return 0
@@ -518,6 +542,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="a name the server may be reached at besides its address (repeatable); with --host 0.0.0.0, "
                         "once one is given, requests under any other name get 400")
     p.add_argument("--docs", action="store_true", help="serve the API schema (/openapi.json and /docs)")
+    add_max_tokens(p)
     add_revision(p)
 
 
@@ -533,7 +558,7 @@ def run_serve(args: argparse.Namespace) -> int:
                             max_request_mpx=args.max_request_mpx, max_pending=args.max_pending,
                             body_timeout_s=args.body_timeout, allow_hosts=tuple(args.allow_host), docs=args.docs)
     settings.check()
-    engine = app.load_engine(args.run, args.device, args.dtype, args.compile, args.revision)
+    engine = app.load_engine(args.run, args.device, args.dtype, args.compile, args.revision, args.max_tokens)
     sock = app.listen(args.host, args.port)
     started = {"url": app.url(sock), "port": sock.getsockname()[1], "classes": len(engine.classes),
                "dtype": engine.dtype, "device": str(engine.device)}

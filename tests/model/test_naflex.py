@@ -70,3 +70,13 @@ def test_what_the_model_cannot_take_is_explained(overrides, batch, words):
 def test_patchify_needs_whole_patches():
     with pytest.raises(ValueError, match="not whole 8x8 patches"):
         patchify([torch.randn(3, 30, 32)], (8, 8))
+
+
+def test_tokens_in_any_order_get_their_positions_from_their_coordinates():
+    """Positions follow each token's (row, column), not its place: shuffled sequences, the same logits."""
+    model = randomize(vitkit.ViT(vitkit.ViTConfig(**BASE, pool="mean", class_token=False)))
+    batch = patchify([torch.randn(3, h, w) for h, w in SIZES], (8, 8))
+    order = torch.stack([torch.randperm(batch.valid.shape[1]) for _ in SIZES])
+    shuffled = Patches(*(t.gather(1, order.view(*order.shape, *[1] * (t.ndim - 2)).expand_as(t)) for t in batch))
+    with torch.no_grad():
+        assert max_rel_diff(model(shuffled), model(batch)) < 1e-5

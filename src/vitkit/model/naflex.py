@@ -35,6 +35,8 @@ class Patches(NamedTuple):
     def to(self, *args, **kwargs) -> Patches:
         """Moved (and the patches cast) like `Tensor.to`; coordinates and mask keep their dtypes."""
         device = kwargs.get("device", next((a for a in args if not isinstance(a, torch.dtype)), None))
+        if device is None:
+            return Patches(self.patches.to(*args, **kwargs), self.coords, self.valid)
         return Patches(self.patches.to(*args, **kwargs), self.coords.to(device), self.valid.to(device))
 
     def chunk(self, pieces: int) -> list[Patches]:
@@ -47,15 +49,20 @@ class Patches(NamedTuple):
         return [(int(r) + 1, int(c) + 1) for r, c in coords.amax(dim=1).tolist()]
 
 
+def check_config(c: object) -> None:
+    """A model that can take NaFlex batches (a `ViTConfig`), or the reason it cannot."""
+    if getattr(c, "patch_embed", None) not in ("conv", "linear-ln"):
+        raise ValueError(f"patch_embed={getattr(c, 'patch_embed', 'none')!r} runs a CNN across patch borders and "
+                         "cannot take patch sequences; NaFlex (a token budget) needs patch_embed 'conv' or 'linear-ln'")
+    if c.window_size or c.rel_pos or c.neck_dim:
+        raise ValueError("windowed attention, relative positions and SAM's neck need a whole image grid; give "
+                         "this model images, not NaFlex patch sequences (no token budget)")
+
+
 def check(model: ViT, batch: Patches) -> None:
     """What a NaFlex batch must be for this model: clear errors, not a shape mismatch deep inside."""
     c = model.config
-    if c.patch_embed not in ("conv", "linear-ln"):
-        raise ValueError(f"patch_embed={c.patch_embed!r} runs a CNN across patch borders and cannot take patch "
-                         "sequences; NaFlex needs patch_embed 'conv' or 'linear-ln'")
-    if c.window_size or c.rel_pos or c.neck_dim:
-        raise ValueError("windowed attention, relative positions and SAM's neck need a whole image grid; give "
-                         "this model images, not NaFlex patch sequences")
+    check_config(c)
     (ph, pw), (b, n) = c.patch_hw, batch.valid.shape
     if batch.patches.ndim != 3 or batch.patches.shape[:2] != (b, n) or batch.coords.shape != (b, n, 2):
         raise ValueError(f"NaFlex patches must be (B, N, {ph}*{pw}*{c.in_channels}) with coords (B, N, 2) and valid "
@@ -85,13 +92,25 @@ def positions(model: ViT, batch: Patches) -> torch.Tensor | None:
     rows = model.config.pos_prefix_rows
     out = batch.patches.new_zeros(*batch.valid.shape, model.config.dim)
     grids = batch.grids()
-    for grid in set(grids):
+    for grid in sorted(set(grids)):
         images = torch.tensor([i for i, g in enumerate(grids) if g == grid], device=out.device)
         table = model.position_embedding(grid)[0, rows:].to(out.dtype)  # (rows * cols, dim)
-        coords = batch.coords[images]
-        index = (coords[..., 0] * grid[1] + coords[..., 1]).clamp(0, grid[0] * grid[1] - 1)
+        count, coords = grid[0] * grid[1], batch.coords[images]
+        if _row_major(coords, batch.valid[images], grid):  # patchify's layout: the table as it is, no gather
+            out[images, :count] = table.expand(len(images), -1, -1)  # (whose gradient is a sum: deterministic)
+            continue
+        index = (coords[..., 0] * grid[1] + coords[..., 1]).clamp(0, count - 1)
         out[images] = table[index] * batch.valid[images, :, None]
     return out
+
+
+def _row_major(coords: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> bool:
+    """Whether these images' tokens are their grid in row-major order, then padding."""
+    count = grid[0] * grid[1]
+    if coords.shape[1] < count or not valid[:, :count].all() or valid[:, count:].any():
+        return False
+    r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return bool((coords[:, :count] == torch.stack([r.flatten(), c.flatten()], 1).to(coords.device)).all())
 
 
 def embed(model: ViT, batch: Patches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,30 +165,44 @@ def drop_patches(x: torch.Tensor, valid: torch.Tensor, prefix: int, rate: float,
 def patchify(images: list[torch.Tensor], patch: tuple[int, int], length: int | None = None) -> Patches:
     """Images (C, H, W) of any sizes, each a whole number of patches, -> a NaFlex batch padded to
     the longest sequence (or to `length`): each image's patches in row-major order, flattened as
-    (ph, pw, C), with their (row, column) and a mask of the valid tokens."""
+    (ph, pw, C), with their (row, column) and a mask of the valid tokens. Images of one size are
+    cut in one operation."""
     ph, pw = patch
     bad = [tuple(x.shape[-2:]) for x in images if x.shape[-2] % ph or x.shape[-1] % pw]
     if bad:
         raise ValueError(f"image sizes {bad[:3]} are not whole {ph}x{pw} patches; resize them with "
                          "vitkit.data.naflex.ToGrid (or pad to a multiple of the patch)")
-    grids = [(x.shape[-2] // ph, x.shape[-1] // pw) for x in images]
-    n = max(r * c for r, c in grids) if length is None else length
-    if n < max(r * c for r, c in grids):
-        raise ValueError(f"length={n} is shorter than the longest image's {max(r * c for r, c in grids)} patches")
-    channels = images[0].shape[0]
-    patches = images[0].new_zeros(len(images), n, ph * pw * channels)
-    coords = torch.zeros(len(images), n, 2, dtype=torch.long, device=images[0].device)
-    valid = torch.zeros(len(images), n, dtype=torch.bool, device=images[0].device)
-    for i, (x, (rows, cols)) in enumerate(zip(images, grids, strict=True)):
-        count = rows * cols
-        patches[i, :count] = x.reshape(channels, rows, ph, cols, pw).permute(1, 3, 2, 4, 0).reshape(count, -1)
+    longest = max((x.shape[-2] // ph) * (x.shape[-1] // pw) for x in images)
+    n = longest if length is None else length
+    if n < longest:
+        raise ValueError(f"length={n} is shorter than the longest image's {longest} patches")
+    first, channels = images[0], images[0].shape[0]
+    patches = first.new_zeros(len(images), n, ph * pw * channels)
+    coords = torch.zeros(len(images), n, 2, dtype=torch.long, device=first.device)
+    valid = torch.zeros(len(images), n, dtype=torch.bool, device=first.device)
+    for (h, w), where in _by_size(images).items():
+        rows, cols, count = h // ph, w // pw, (h // ph) * (w // pw)
+        x = torch.stack([images[i] for i in where])
+        patches[where, :count] = x.reshape(len(where), channels, rows, ph, cols, pw).permute(0, 2, 4, 3, 5, 1) \
+            .reshape(len(where), count, -1)
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        coords[i, :count] = torch.stack([r.flatten(), c.flatten()], 1).to(coords.device)
-        valid[i, :count] = True
+        coords[where, :count] = torch.stack([r.flatten(), c.flatten()], 1).to(coords.device)
+        valid[where, :count] = True
     return Patches(patches, coords, valid)
 
 
+def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(images):
+        groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+    return groups
+
+
 def inputs(images: list[torch.Tensor], normalization: object, channels: int, patch: tuple[int, int]) -> Patches:
-    """uint8 images (C, H, W) at their own grids -> a normalised NaFlex batch for the model
-    (`normalization`: a `Normalization`; gray images repeated to `channels`)."""
-    return patchify([normalization(x[None], channels)[0] for x in images], patch)
+    """uint8 (or [0, 1] float) images (C, H, W) at their own grids -> a normalised NaFlex batch for the
+    model (`normalization`: a `Normalization`; gray images repeated to `channels`)."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for _, where in _by_size(images).items():  # one normalisation per size
+        for i, x in zip(where, normalization(torch.stack([images[i] for i in where]), channels), strict=True):
+            out[i] = x
+    return patchify(out, patch)

@@ -77,6 +77,7 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
         raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
                          "model (deit_*_distilled), or no --init")
     config = flexi_config(recipe, config)
+    recipe, config = naflex_plan(recipe, given, config)
     recipe = batch_for(recipe, len(splits.train), processes)
     return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization,
                 len(splits.train) // recipe.batch_size)
@@ -95,6 +96,30 @@ def flexi_config(recipe: Recipe, config: ViTConfig | CNNConfig) -> ViTConfig | C
     for size in recipe.flexi_sizes:
         flexi.check_patch_size(config, size)
     return config
+
+
+def naflex_plan(recipe: Recipe, given: set[str], config: ViTConfig | CNNConfig) -> tuple[Recipe, ViTConfig | CNNConfig]:
+    """--max-tokens: images of their own shapes, so no MixUp/CutMix (they mix images of one size), no
+    teacher, no torch.compile unless asked (every shape would compile anew), and a patch embedding
+    that takes patch sequences ('conv' replaces the small-image default's convolutional stem)."""
+    if not recipe.max_tokens:
+        return recipe, config
+    if not isinstance(config, ViTConfig):
+        raise ValueError("--max-tokens feeds a ViT sequences of patches; a CNN takes images: drop --max-tokens")
+    refused = [f for f in ("mixup", "cutmix", "teacher", "flexi_patch") if getattr(recipe, f) and f in given]
+    if refused or recipe.teacher:
+        flag = "--" + (refused or ["teacher"])[0].replace("_", "-")
+        raise ValueError(f"{flag} does not work with --max-tokens (each image has its own shape); drop one of them")
+    if recipe.min_tokens and recipe.min_tokens > recipe.max_tokens:
+        raise ValueError(f"--min-tokens {recipe.min_tokens} is above --max-tokens {recipe.max_tokens}")
+    recipe = dataclasses.replace(recipe, mixup=0.0, cutmix=0.0, flexi_patch=None,
+                                 compile=recipe.compile and "compile" in given)
+    if config.patch_embed == "conv-stem" and "patch_embed" not in recipe.model_overrides:
+        config = config.replace(patch_embed="conv", stem_depth=1, stem_channels=None)
+    if config.patch_embed not in ("conv", "linear-ln") or config.window_size or config.rel_pos or config.neck_dim:
+        raise ValueError("--max-tokens needs a model that takes patch sequences: patch_embed 'conv' or 'linear-ln', "
+                         "no windows, relative positions or neck")
+    return recipe, config.replace(dynamic_size=True)
 
 
 def batch_for(recipe: Recipe, images: int, processes: int) -> Recipe:

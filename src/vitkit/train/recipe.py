@@ -96,6 +96,11 @@ class Recipe:
                              "instead of replicating them (DDP): for models that do not fit one device")
     flexi_patch: str | None = knob(None, "FlexiViT: each step trains at a patch size drawn from these, e.g. 2,4,8 "
                                          "(sizes that divide the image); the model keeps one kernel, resized per step")
+    max_tokens: int | None = knob(None, "NaFlex: each image at its own aspect ratio, resized so that its grid of "
+                                        "patches fits this many tokens (no crop); each batch trains at a budget drawn "
+                                        "between --min-tokens and this")
+    min_tokens: int | None = knob(None, "the smallest budget a training batch draws with --max-tokens "
+                                        "(default: a quarter of it)")
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "ViTConfig fields for a new model, or for --init what the weights do not record"})  # --model-option
 
@@ -103,7 +108,8 @@ class Recipe:
         """Refuse values that cannot train, naming the flag and the accepted range."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
                     "time_budget": self.time_budget, "lr": self.lr, "image_size": self.image_size,
-                    "ema": self.ema, "layer_decay": self.layer_decay}
+                    "ema": self.ema, "layer_decay": self.layer_decay, "max_tokens": self.max_tokens,
+                    "min_tokens": self.min_tokens}
         for name, value in positive.items():
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
