@@ -8,7 +8,7 @@ import torch
 
 import vitkit
 from helpers import max_rel_diff, randomize
-from vitkit.model.naflex import Patches, drop_patches, patchify
+from vitkit.model.naflex import Patches, drop_patches, pack, patchify
 
 BASE = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64, num_classes=5, dynamic_size=True)
 SIZES = ((32, 48), (48, 32), (40, 40), (16, 64), (8, 8))
@@ -80,3 +80,23 @@ def test_tokens_in_any_order_get_their_positions_from_their_coordinates():
     shuffled = Patches(*(t.gather(1, order.view(*order.shape, *[1] * (t.ndim - 2)).expand_as(t)) for t in batch))
     with torch.no_grad():
         assert max_rel_diff(model(shuffled), model(batch)) < 1e-5
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(pool="mean", class_token=False, fc_norm=True),
+                                       dict(pool="map", reg_tokens=2, no_embed_class=True), dict(pool="mean-all")])
+def test_packed_images_give_what_each_gets_alone(overrides):
+    """NaViT's packing: two or more images a sequence, each attending to its own tokens only."""
+    model = randomize(vitkit.ViT(vitkit.ViTConfig(**BASE).replace(**overrides)))
+    images = [torch.randn(3, h, w) for h, w in (*SIZES, (16, 16))]
+    packed = pack(images, (8, 8), 64, model.config.num_prefix_tokens)
+    assert packed.segments.shape[0] < len(images)  # several images share a sequence
+    with torch.no_grad():
+        alone = torch.cat([model(x[None]) for x in images])
+        assert max_rel_diff(model.forward_packed(packed), alone) < 1e-5
+
+
+def test_packing_refuses_what_does_not_fit():
+    with pytest.raises(ValueError, match="does not fit a packed sequence of 16 tokens"):
+        pack([torch.randn(3, 32, 48)], (8, 8), 16)
+    with pytest.raises(ValueError, match="not packed"):
+        vitkit.ViT(vitkit.ViTConfig(**BASE, distilled=True)).forward_packed(pack([torch.randn(3, 8, 8)], (8, 8), 8, 2))

@@ -206,3 +206,103 @@ def inputs(images: list[torch.Tensor], normalization: object, channels: int, pat
         for i, x in zip(where, normalization(torch.stack([images[i] for i in where]), channels), strict=True):
             out[i] = x
     return patchify(out, patch)
+
+
+class Packed(NamedTuple):
+    """NaViT's packing: several images in one sequence, each attending to its own tokens only. An
+    image's segment is its prefix tokens (filled in by the model) then its patches."""
+
+    patches: torch.Tensor  # (B, N, ph * pw * C); zeros in the prefix slots and the padding
+    coords: torch.Tensor  # (B, N, 2) long: each patch's (row, column) in its image's grid
+    segments: torch.Tensor  # (B, N) long: which image (0 .. images - 1) each token is of; -1 for padding
+    prefix: torch.Tensor  # (B, N) long: k for an image's k-th prefix token, -1 for patches and padding
+
+    @property
+    def images(self) -> int:
+        return int(self.segments.max()) + 1
+
+
+def pack(images: list[torch.Tensor], patch: tuple[int, int], length: int, prefix: int = 0) -> Packed:
+    """Images (C, H, W) in whole patches, packed first-fit (longest first) into sequences of `length`
+    tokens, each image with `prefix` slots for its prefix tokens; image i is segment i."""
+    single = patchify(images, patch)
+    counts = single.valid.sum(1).tolist()
+    if max(counts) + prefix > length:
+        raise ValueError(f"an image of {max(counts)} patches (+{prefix} prefix tokens) does not fit a packed "
+                         f"sequence of {length} tokens; raise the length or lower the token budget")
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(images)), key=lambda i: -counts[i]):
+        b = next((b for b, room in enumerate(free) if room >= counts[i] + prefix), None)
+        if b is None:
+            bins.append([])
+            free.append(length)
+            b = len(bins) - 1
+        bins[b].append(i)
+        free[b] -= counts[i] + prefix
+    out = Packed(single.patches.new_zeros(len(bins), length, single.patches.shape[2]),
+                 single.coords.new_zeros(len(bins), length, 2), single.coords.new_full((len(bins), length), -1),
+                 single.coords.new_full((len(bins), length), -1))
+    for b, members in enumerate(bins):
+        at = 0
+        for i in members:
+            out.segments[b, at:at + prefix + counts[i]] = i
+            out.prefix[b, at:at + prefix] = torch.arange(prefix)
+            at += prefix
+            out.patches[b, at:at + counts[i]] = single.patches[i, :counts[i]]
+            out.coords[b, at:at + counts[i]] = single.coords[i, :counts[i]]
+            at += counts[i]
+    return out
+
+
+def embed_packed(model: ViT, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed batch -> the first block's tokens and the (B, N, N) mask: a token attends to the
+    tokens of its own image (padding to padding, so that no row is empty)."""
+    c = model.config
+    check_config(c)
+    if c.distilled:
+        raise ValueError("a distilled (DeiT) model's two heads are not packed; give it padded NaFlex batches")
+    is_patch = (packed.segments >= 0) & (packed.prefix < 0)
+    x = project(model, packed.patches)
+    grids = Patches(packed.patches, packed.coords, is_patch)
+    per_image = _image_grids(packed, is_patch)
+    if model.pos_embed is not None:
+        for grid in sorted(set(per_image)):
+            table = model.position_embedding(grid)[0, c.pos_prefix_rows:].to(x.dtype)
+            tokens = is_patch & torch.isin(packed.segments, torch.tensor(
+                [i for i, g in enumerate(per_image) if g == grid], device=x.device))
+            index = (grids.coords[..., 0] * grid[1] + grids.coords[..., 1]).clamp(0, grid[0] * grid[1] - 1)
+            x = x + table[index] * tokens[..., None]
+    heads = [t.reshape(-1, c.dim) for t in (model.cls_token, model.dist_token, model.reg_token) if t is not None]
+    if heads:
+        table = torch.cat(heads).to(x.dtype)
+        if model.pos_embed is not None and c.pos_prefix_rows:
+            table = table + model.pos_embed[0, :c.pos_prefix_rows].to(x.dtype)
+        x = torch.where((packed.prefix >= 0)[..., None], table[packed.prefix.clamp_min(0)], x)
+    mask = packed.segments[:, :, None] == packed.segments[:, None, :]
+    return model.norm_pre(model.pos_drop(x)), mask
+
+
+def _image_grids(packed: Packed, is_patch: torch.Tensor) -> list[tuple[int, int]]:
+    """Each image's grid, from its patches' coordinates."""
+    seg = packed.segments[is_patch]
+    rows = torch.zeros(packed.images, dtype=torch.long, device=seg.device).scatter_reduce(
+        0, seg, packed.coords[..., 0][is_patch], "amax")
+    cols = torch.zeros(packed.images, dtype=torch.long, device=seg.device).scatter_reduce(
+        0, seg, packed.coords[..., 1][is_patch], "amax")
+    return [(int(r) + 1, int(k) + 1) for r, k in zip(rows.tolist(), cols.tolist(), strict=True)]
+
+
+def pool_packed(model: ViT, tokens: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """The model's pooling of each packed image over its own tokens: (images, dim)."""
+    c, n, d = model.config, packed.images, tokens.shape[-1]
+    flat, seg, pre = tokens.reshape(-1, d), packed.segments.reshape(-1), packed.prefix.reshape(-1)
+    if c.pool == "cls":
+        return torch.stack([flat[(seg == i) & (pre == 0)][0] for i in range(n)])
+    chosen = (seg >= 0) & ((pre < 0) | (c.pool == "mean-all"))
+    if c.pool == "map":
+        rows = torch.tensor([int((packed.segments == i).any(1).nonzero()[0]) for i in range(n)], device=seg.device)
+        mine = (packed.segments[rows] == torch.arange(n, device=seg.device)[:, None]) & (packed.prefix[rows] < 0)
+        return model.attn_pool(tokens[rows], mine)
+    sums = flat.new_zeros(n, d).index_add(0, seg[chosen], flat[chosen])
+    return sums / torch.bincount(seg[chosen], minlength=n).clamp_min(1)[:, None].to(flat.dtype)

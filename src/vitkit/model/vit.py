@@ -71,7 +71,7 @@ class Layout(NamedTuple):
 
     grid: tuple[int, int] | None
     prefix: int
-    valid: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # or (B, tokens, tokens): who attends to whom (packed images)
 
 
 class Attention(nn.Module):
@@ -113,8 +113,8 @@ class Attention(nn.Module):
             return window.windowed_attention(self, x, layout.grid, layout.prefix), None
         q, k, v = self.project(x, queries)
         bias = None
-        if layout is not None and layout.valid is not None:  # padding is never attended to
-            bias = layout.valid[:, None, None, :]
+        if layout is not None and layout.valid is not None:  # padding (or another packed image) is not attended to
+            bias = layout.valid[:, None, None, :] if layout.valid.ndim == 2 else layout.valid[:, None]
         elif self.rel_pos_h is not None:
             bias = window.relative_bias(q, self.rel_pos_h, self.rel_pos_w, self._grid(layout))
         out, probs = self.attend(q, k, v, bias, return_attention)
@@ -422,6 +422,15 @@ class ViT(nn.Module):
             if return_attention:
                 attentions.append(probs)
         return self.final(x, layout.grid), attentions, layout
+
+    def forward_packed(self, packed: naflex.Packed) -> torch.Tensor:
+        """Logits (images, classes) of NaViT-packed images (`naflex.pack`): several images a sequence,
+        each attending to its own tokens only, pooled over its own tokens."""
+        x, mask = naflex.embed_packed(self, packed)
+        layout = Layout(None, 0, mask)
+        for block in self.blocks:
+            x, _ = self._block(block, x, False, None, None, layout)
+        return self.head(self.pre_logits(self.fc_norm(naflex.pool_packed(self, self.final(x, None), packed))))
 
     def final(self, x: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
         """The final norm of every token; with SAM's neck, its map's channels as the tokens."""
