@@ -100,3 +100,9 @@ def test_packing_refuses_what_does_not_fit():
         pack([torch.randn(3, 32, 48)], (8, 8), 16)
     with pytest.raises(ValueError, match="not packed"):
         vitkit.ViT(vitkit.ViTConfig(**BASE, distilled=True)).forward_packed(pack([torch.randn(3, 8, 8)], (8, 8), 8, 2))
+
+
+def test_forward_intermediates_takes_images_only():
+    model = vitkit.ViT(vitkit.ViTConfig(**BASE))
+    with pytest.raises(ValueError, match="not NaFlex patches"):
+        model.forward_intermediates(patchify([torch.randn(3, 32, 48)], (8, 8)))

@@ -504,6 +504,9 @@ class ViT(nn.Module):
         """
         if output not in ("tokens", "nchw"):
             raise ValueError(f"output={output!r}: use 'tokens' or 'nchw'")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("forward_intermediates takes a batch of images of one size, not NaFlex patches; run "
+                             "each image alone at its own size (a model with dynamic_size=True)")
         chosen = self._layer_indices(layers)
         x, (rows, cols) = self.embed(x)
         prefix = self.config.num_prefix_tokens
