@@ -50,8 +50,13 @@ def open_run(run: str | Path, device: torch.device | None = None) -> LoadedRun:
 
 def recorded_max_tokens(meta: dict) -> int | None:
     """The token budget a run records (config.json's "max_tokens", or its recipe's), or None."""
-    value = meta.get("max_tokens", (meta.get("recipe") or {}).get("max_tokens"))
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    value = meta.get("max_tokens", recipe.get("max_tokens"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.json: max_tokens must be a positive number of tokens, got {str(value)[:40]!r}")
+    return value
 
 
 def token_budget(loaded: LoadedRun, max_tokens: int | None) -> int | None:
@@ -102,7 +107,8 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str | None = N
     confusion_png(result["confusion"], loaded.classes, png,
                     f"{spec} [{split}]: top-1 {100 * result['top1']:.2f}% of {result['images']} images")
     return {"run": str(loaded.root), "data": spec, "split": split, "classes": loaded.classes,
-            "patch_size": config.patch_size, "max_tokens": tokens, **result, "confusion_png": str(png)}
+            "patch_size": getattr(config, "patch_size", None), "max_tokens": tokens, **result,
+            "confusion_png": str(png)}
 
 
 def default_split(spec: str) -> str:
