@@ -33,6 +33,7 @@ GROUPS = [
     ("Training speed", ("train-speed", "allocator", "cpu-kernels", "head-tokens", "kernel-rates",
                         "grad-checkpointing", "ablation")),
     ("Serving, data loading and bf16", ("serve", "loader", "agreement")),
+    ("Images of any shape", ("resolution", "flexi-patch", "naflex-packing", "large-images")),
     ("GPUs", ("gpu",)),
     ("The trials that chose the defaults", ("choice-", "trials-")),
 ]

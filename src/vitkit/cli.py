@@ -68,6 +68,22 @@ def add_revision(p: argparse.ArgumentParser) -> None:
                                       "(default: main)")
 
 
+def add_max_tokens(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, metavar="N", help="each image whole at its own aspect ratio, resized so "
+                   "that its grid of patches fits N tokens, no crop (NaFlex; default: the run's own budget if it "
+                   "trained with one, else the model's fixed size)")
+
+
+def recorded_budget(run: str) -> int | None:
+    """The token budget a run directory records (--max-tokens of its training), or None."""
+    from pathlib import Path
+
+    from vitkit.infer import recorded_max_tokens
+    from vitkit.model.native import is_native, read_meta
+
+    return recorded_max_tokens(read_meta(run)) if Path(run).is_dir() and is_native(Path(run)) else None
+
+
 def emit_json(data: object) -> None:
     """Strict JSON: a NaN or infinite number (a diverged run's loss) is null, never printed as NaN."""
     print(json.dumps(finite(data), indent=2, default=str, allow_nan=False))
@@ -264,6 +280,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device")
+    p.add_argument("--patch-size", type=int, metavar="P", help="evaluate at P x P patches: the patch embedding "
+                   "resized by FlexiViT's pseudo-inverse, the position table resampled (default: the model's own)")
+    add_max_tokens(p)
 
 
 @command("eval")
@@ -271,7 +290,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from vitkit.infer import evaluate_run
 
     result = evaluate_run(args.run, data=args.data, split=args.split, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device)
+                          workers=args.workers, device=args.device, patch_size=args.patch_size,
+                          max_tokens=args.max_tokens)
     if args.json:
         emit_json({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"]})
         return 0
@@ -295,13 +315,14 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device")
+    add_max_tokens(p)
 
 
 @command("predict")
 def run_predict(args: argparse.Namespace) -> int:
     from vitkit.infer import predict
 
-    results = predict(args.run, args.images, topk=args.topk, device=args.device)
+    results = predict(args.run, args.images, topk=args.topk, device=args.device, max_tokens=args.max_tokens)
     if args.json:
         emit_json(results)
         return 0
@@ -358,6 +379,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                         "[0, 1], (batch, channels, height, width); without it, normalised images")
     p.add_argument("--normalize", help="the normalization to include instead of the weights' own: imagenet, half, "
                                        "none, MEAN,STD or M1,M2,M3,S1,S2,S3")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="a program for images of any height and width in "
+                   "whole patches, resized so that their grid fits N tokens (default: the run's own budget, if any)")
     add_revision(p)
 
 
@@ -370,7 +393,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError("--normalize sets the normalization that --include-normalization puts into the program; "
                         "add --include-normalization")
     model = load(args.run, normalize=args.normalize, revision=args.revision)
-    result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization)
+    tokens = recorded_budget(args.run) if args.max_tokens is None else args.max_tokens
+    result = export(model, args.out, args.format, args.dynamic_batch, include_normalization=args.include_normalization,
+                    max_tokens=tokens)
     taking = "; it takes images in [0, 1] (normalization " + model.normalization.describe() + " included)" \
         if args.include_normalization else ""
     return finish(args, result, f"wrote {result['file']} ({args.format}); matches PyTorch on batches "
@@ -396,6 +421,8 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, metavar="N",
                    help="also write block N's tokens (prefix tokens first; negative N counts from the end)")
     p.add_argument("--layer-norm", action="store_true", help="pass block N's tokens through the final LayerNorm")
+    p.add_argument("--maps", action="store_true", help="write block N's patch tokens as feature maps (images, dim, "
+                   "rows, cols), for a detection or segmentation head, instead of tokens")
     add_columns(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None)
@@ -407,12 +434,15 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     from vitkit.probe import features
 
-    if args.layer_norm and args.layer is None:
-        raise UserError("--layer-norm applies to the tokens of --layer N; add --layer N")
+    if (args.layer_norm or args.maps) and args.layer is None:
+        flag = "--layer-norm" if args.layer_norm else "--maps"
+        raise UserError(f"{flag} applies to the tokens of --layer N; add --layer N")
     features.check_out(args.out)  # before the work, not after it
     model = features.open_model(args.run, runtime.device(args.device), args.revision)
     images, classes, split = features.images_of(args.data, args.split, model.config.in_channels)
     found = features.extract(model, images, args.layer, args.layer_norm, args.batch_size, args.workers)
+    if args.maps:
+        found.tokens = features.as_maps(found.tokens, model.config.num_prefix_tokens, model.config.grid)
     meta = {"model": str(args.run), "data": args.data, "split": split, "classes": json.dumps(classes),
             "normalization": json.dumps(model.normalization.to_dict() if model.normalization else None),
             "layer": "" if args.layer is None else str(args.layer),
@@ -475,13 +505,14 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["rollout", "last-layer", "grad-rollout"], default="rollout",
                    help="attention rollout (default), the last block's heads, or gradient-weighted rollout")
     p.add_argument("--class", dest="target", help="class to explain with grad-rollout (default: the predicted one)")
+    add_max_tokens(p)
 
 
 @command("explain")
 def run_explain(args: argparse.Namespace) -> int:
     from vitkit.explain.report import explain
 
-    results = explain(args.run, args.images, args.out, args.method, args.target)
+    results = explain(args.run, args.images, args.out, args.method, args.target, args.max_tokens)
     if args.json:
         emit_json(results)
         return 0
@@ -571,6 +602,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="a name the server may be reached at besides its address (repeatable); with --host 0.0.0.0, "
                         "once one is given, requests under any other name get 400")
     p.add_argument("--docs", action="store_true", help="serve the API schema (/openapi.json and /docs)")
+    add_max_tokens(p)
     add_revision(p)
 
 
@@ -586,7 +618,7 @@ def run_serve(args: argparse.Namespace) -> int:
                             max_request_mpx=args.max_request_mpx, max_pending=args.max_pending,
                             body_timeout_s=args.body_timeout, allow_hosts=tuple(args.allow_host), docs=args.docs)
     settings.check()
-    engine = app.load_engine(args.run, args.device, args.dtype, args.compile, args.revision)
+    engine = app.load_engine(args.run, args.device, args.dtype, args.compile, args.revision, args.max_tokens)
     sock = app.listen(args.host, args.port)
     started = {"url": app.url(sock), "port": sock.getsockname()[1], "classes": len(engine.classes),
                "dtype": engine.dtype, "device": str(engine.device)}

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from vitkit import atomic
 from vitkit.distributed import World, is_sharded
+from vitkit.model import naflex
 from vitkit.model.normalization import Normalization, to_model_input
 from vitkit.runtime import autocast
 
@@ -32,7 +33,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
         if not len(labels):
             continue
         with autocast(device, bf16):
-            logits = model(to_model_input(images.to(device), normalization, model.config.in_channels)).float().cpu()
+            logits = model(model_input(model, images, normalization, device)).float().cpu()
         forwards += 1
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         k = min(5, num_classes)
@@ -46,6 +47,17 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
     confusion = world.sum(confusion)
     loss_sum, top5_hits = world.sum(torch.tensor([loss_sum, top5_hits], dtype=torch.float64)).tolist()
     return summarize(confusion, loss_sum, int(top5_hits), problems)
+
+
+def model_input(model: nn.Module, images: torch.Tensor | list[torch.Tensor], normalization: Normalization | str,
+                device: torch.device) -> torch.Tensor | naflex.Patches:
+    """A batch of uint8 images as the model takes it: normalised, or for a list of images of their own
+    sizes (a token budget), a NaFlex batch of their patches."""
+    channels = model.config.in_channels
+    if isinstance(images, list):
+        return naflex.inputs([x.to(device) for x in images], Normalization.parse(normalization), channels,
+                             model.config.patch_hw)
+    return to_model_input(images.to(device), normalization, channels)
 
 
 def summarize(confusion: torch.Tensor, loss_sum: float, top5_hits: int, problems: list) -> dict:

@@ -132,7 +132,11 @@ class Transformed(Dataset):
         image, label, problem = self.base[i]
         if image is None or self.transform is None:
             return image, label, problem
-        return self.transform(image), label, problem
+        try:
+            return self.transform(image), label, problem
+        except BadImage as e:  # an image the transform refuses (too elongated for a token budget): skipped, said why
+            names = getattr(self.base, "names", None)
+            return None, label, (names[i] if names else f"image {i}", str(e))
 
     def __getitems__(self, indices: list[int]) -> list[Sample]:
         if self.transform is None and hasattr(self.base, "__getitems__"):

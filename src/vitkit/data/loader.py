@@ -75,11 +75,13 @@ def default_workers() -> int:
 
 
 def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, seed: int, workers: int,
-                 rank: int = 0, world: int = 1, pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
-    """`pin_memory` for a GPU: batches in page-locked memory copy to it without blocking the step."""
+                 rank: int = 0, world: int = 1, pin_memory: bool = False,
+                 collate_fn: Callable = collate) -> tuple[DataLoader, EpochSampler]:
+    """`pin_memory` for a GPU: batches in page-locked memory copy to it without blocking the step.
+    `collate_fn`: `naflex.collate` keeps images of different sizes as a list."""
     sampler = EpochSampler(len(dataset), batch_size, seed, rank, world)
     loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size // world,
-                        sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                        sampler=sampler, num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     return loader, sampler
 
@@ -108,11 +110,12 @@ class ArrayBatches:
 
 
 def eval_loader(dataset: Dataset | ShardSplit, transform: Callable | None, batch_size: int, workers: int,
-                indices: list[int] | None = None, rank: int = 0, ranks: int = 1) -> DataLoader:
+                indices: list[int] | None = None, rank: int = 0, ranks: int = 1,
+                collate_fn: Callable = collate) -> DataLoader:
     """Every image once, in order (or only `indices`, for one rank's share; of shards, the rank's
     shards)."""
     if isinstance(dataset, ShardSplit):
         return DataLoader(ShardEval(dataset, transform, rank, ranks), batch_size=batch_size, num_workers=workers,
-                          collate_fn=collate)
+                          collate_fn=collate_fn)
     return DataLoader(Transformed(dataset, transform), batch_size=batch_size, sampler=indices,
-                      num_workers=workers, collate_fn=collate)
+                      num_workers=workers, collate_fn=collate_fn)

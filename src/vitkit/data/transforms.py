@@ -43,13 +43,19 @@ def train_transform(size: tuple[int, int], *, crop: str, min_scale: float, augme
     """uint8 (C, H, W) of any size -> uint8 (C, *size), with the per-image random operations."""
     steps: list = [v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)
                    if crop == "random-resized" else Fit(size)]
+    return v2.Compose(steps + augmentations(augment, magnitude, erasing))
+
+
+def augmentations(augment: str, magnitude: int, erasing: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The per-image random operations after the size step: RandAugment or TrivialAugment, erasing."""
+    steps: list = []
     if augment == "randaugment":
         steps.append(v2.RandAugment(num_ops=2, magnitude=magnitude))
     elif augment == "trivialaugment":
         steps.append(v2.TrivialAugmentWide())
     if erasing:
         steps.append(v2.RandomErasing(p=erasing, value=0))
-    return v2.Compose(steps)
+    return steps
 
 
 def eval_transform(size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -48,7 +48,13 @@ def rollout_matrices(attentions: list[torch.Tensor], residual: bool = True) -> t
     return result
 
 
-def token_map(joint: torch.Tensor, model: ViT) -> torch.Tensor:
+def _grid(model: ViT, images: torch.Tensor) -> tuple[int, int]:
+    """The patch grid of these images (the model's own, or another for images of another size)."""
+    (ph, pw) = model.config.patch_hw
+    return images.shape[-2] // ph, images.shape[-1] // pw
+
+
+def token_map(joint: torch.Tensor, model: ViT, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """The row that the head reads, over the patch grid: (B, grid_h, grid_w), sums to 1.
 
     With a class token that is the class token's row; with mean pooling, the mean of the patch
@@ -61,13 +67,13 @@ def token_map(joint: torch.Tensor, model: ViT) -> torch.Tensor:
     else:
         row = joint.mean(dim=1)[:, prefix:]
     row = row / row.sum(dim=-1, keepdim=True)
-    return row.reshape(-1, *model.config.grid)
+    return row.reshape(-1, *(grid or model.config.grid))
 
 
 def rollout(model: ViT, images: torch.Tensor, residual: bool = True) -> torch.Tensor:
     """Rollout heat map over the patch grid for each image: (B, grid_h, grid_w)."""
     _, attentions = _attentions(model, images)
-    return token_map(rollout_matrices(attentions, residual), model)
+    return token_map(rollout_matrices(attentions, residual), model, _grid(model, images))
 
 
 def grad_rollout(model: ViT, images: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -89,14 +95,14 @@ def grad_rollout(model: ViT, images: torch.Tensor, target: int | torch.Tensor | 
         w = w + torch.eye(w.shape[-1], device=w.device)  # the residual; also keeps empty rows valid
         w = w / w.sum(dim=-1, keepdim=True)
         joint = w if joint is None else w @ joint
-    return token_map(joint, model)
+    return token_map(joint, model, _grid(model, images))
 
 
 def last_layer(model: ViT, images: torch.Tensor) -> torch.Tensor:
     """The last block's attention of the pooled token, per head: (B, heads, grid_h, grid_w)."""
     _, attentions = _attentions(model, images)
     a = attentions[-1].float()
-    prefix, (gh, gw) = model.config.num_prefix_tokens, model.config.grid
+    prefix, (gh, gw) = model.config.num_prefix_tokens, _grid(model, images)
     row = a[:, :, 0, prefix:] if model.config.pool == "cls" else a[:, :, prefix:, prefix:].mean(dim=2)
     row = row / row.sum(dim=-1, keepdim=True)
     return row.reshape(a.shape[0], a.shape[1], gh, gw)

@@ -9,10 +9,11 @@ import torch
 from vitkit.data import spec as data_spec
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
+from vitkit.data.naflex import ToGrid
 from vitkit.data.shards import ShardSplit
 from vitkit.data.transforms import eval_transform
 from vitkit.explain import figures, maps
-from vitkit.infer import LoadedRun, expand_images, open_run
+from vitkit.infer import LoadedRun, expand_images, open_run, token_budget
 from vitkit.model.normalization import to_model_input
 from vitkit.model.vit import ViT
 
@@ -27,21 +28,24 @@ def open_attention_model(run: str | Path) -> LoadedRun:
 
 
 def explain(run: str | Path, images: list[str], out: str | Path | None = None, method: str = "rollout",
-            target: str | None = None) -> list[dict]:
-    """One PNG per image: the image, the chosen attention map over it, and the top-3 classes."""
+            target: str | None = None, max_tokens: int | None = None) -> list[dict]:
+    """One PNG per image: the image, the chosen attention map over it, and the top-3 classes.
+    `max_tokens`: each image whole at its own grid under this budget (default: the run's own)."""
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: use one of {METHODS}")
     loaded = open_attention_model(run)
+    tokens = token_budget(loaded, max_tokens)
     model, config = loaded.model, loaded.model.config
     if target is not None and target not in loaded.classes:
         raise ValueError(f"--class {target!r} is not one of the model's classes: {loaded.classes}")
     out = Path(out) if out else loaded.root / "explain"
     note = "" if config.pool == "cls" else " (no class token: the mean token is explained)"
-    fit = eval_transform(config.image_hw)
+    fit = ToGrid(config.patch_hw, tokens) if tokens else eval_transform(config.image_hw)
+    max_side = 2 * tokens * max(config.patch_hw) if tokens else 2 * max(config.image_hw)
     results = []
     for path in expand_images(images):
         try:
-            image = fit(read_image(str(path), config.in_channels, max_side=2 * max(config.image_hw)))
+            image = fit(read_image(str(path), config.in_channels, max_side=max_side))
         except BadImage as e:
             results.append({"image": str(path), "error": str(e)})
             continue

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from vitkit.model import native, position
+from vitkit.model import native, position, window
 from vitkit.model.cnn import CNN, CNNConfig
 from vitkit.model.config import ViTConfig
 from vitkit.model.normalization import AssumedNormalization, Normalization
@@ -99,6 +99,7 @@ def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overri
                                                          old_grid=config.grid)}
     with torch.device("meta"):  # names and shapes first, without allocating: a config that lies is refused here
         expected = ViT(target).state_dict()
+    state = resized_relative_tables(state, expected)
     missing = [k for k in expected if k not in state and not (fresh_head and k.startswith(("head.", "head_dist.")))]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -114,3 +115,15 @@ def build_with_state(config: ViTConfig, state: dict[str, torch.Tensor], **overri
     state._metadata = {"": {"pos_grid": list(target.grid)}}  # resampled to the target's grid above
     model.load_state_dict(state, strict=False)  # the fresh head's weights stay as initialised
     return model
+
+
+def resized_relative_tables(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+                            ) -> dict[str, torch.Tensor]:
+    """SAM's global blocks' relative position tables, made for the source's grid, resampled
+    linearly for the target's (as timm does at run time for another grid)."""
+    out = dict(state)
+    for key, value in state.items():
+        if key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")) and key in expected \
+                and expected[key].shape[0] != value.shape[0] and expected[key].shape[1:] == value.shape[1:]:
+            out[key] = window.resize_table(value, expected[key].shape[0])
+    return out

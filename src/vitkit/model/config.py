@@ -12,7 +12,7 @@ Size = int | tuple[int, int]
 
 PATCH_EMBEDS = ("conv", "linear-ln", "conv-stem", "resnet")
 POOLS = ("cls", "mean", "mean-all", "map")
-POS_EMBEDS = ("learned", "sincos2d")
+POS_EMBEDS = ("learned", "sincos2d", "none")
 ACTIVATIONS = ("gelu", "gelu-tanh")
 
 # Far beyond any ViT ever trained; they stop a hostile or mistyped config.json from asking for
@@ -69,6 +69,14 @@ class ViTConfig:
     next one; default dim / 2**(convolutions - 1), so that the last one is dim wide. `stem_depth`:
     convolutions at each resolution, the first of them strided (1: Xiao et al.'s stem; 2 adds a 3x3
     stride-1 convolution after each, more of a CNN's prior for small data sets).
+    Block-wise encoding of large images (ViTDet; the Segment Anything image encoder; model/window.py):
+    `window_size`: blocks attend within non-overlapping windows of this many tokens a side (0: every
+    block global); `global_blocks`: the indices of the blocks that still attend globally, between
+    the windowed ones (SAM ViT-B: (2, 5, 8, 11)). `rel_pos`: SAM's decomposed relative position
+    terms in every block (a row and a column table; no prefix tokens). `neck_dim`: SAM's
+    convolutional neck after the blocks, to this many channels (256); it replaces the final norm.
+    `pos_embed="none"`: no absolute positions (SAM at 224 px relies on `rel_pos` alone).
+
     `patch_embed="resnet"`: the paper's hybrid, a ResNet (timm's `vit_*_r50_*`) whose feature map is
     projected by a (patch_size / its stride)-sized convolution. `backbone_layers`: bottlenecks per
     stage, (3, 4, 9) for the paper's R50 at stride 16, (2, 2, 2, 2) for R26 at stride 32, () for
@@ -96,7 +104,7 @@ class ViTConfig:
     init_values: float | None = None
     qk_norm: bool = False
     pre_norm: bool = False
-    pos_embed: Literal["learned", "sincos2d"] = "learned"
+    pos_embed: Literal["learned", "sincos2d", "none"] = "learned"
     fc_norm: bool = False
     representation_size: int | None = None
     qkv_bias: bool = True
@@ -108,9 +116,13 @@ class ViTConfig:
     patch_dropout: float = 0.0
     drop_path: float = 0.0
     dynamic_size: bool = False
+    window_size: int = 0
+    global_blocks: tuple[int, ...] = ()
+    rel_pos: bool = False
+    neck_dim: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "backbone_layers"):
+        for name in ("image_size", "patch_size", "backbone_layers", "global_blocks"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -169,8 +181,8 @@ class ViTConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Width of what the head sees (the pre-logits width if there is one)."""
-        return self.representation_size or self.dim
+        """Width of what the head sees (the pre-logits width if there is one, or the neck's)."""
+        return self.representation_size or self.neck_dim or self.dim
 
     @property
     def approx_parameters(self) -> int:
@@ -230,6 +242,7 @@ class ViTConfig:
                 bounded(name, getattr(self, name), 1, LIMITS["dim"])
         self._validate_grid()
         self._validate_stem()
+        self._validate_windows()
         if self.approx_parameters > MAX_PARAMETERS:
             raise ValueError(f"this config describes a model of about {self.approx_parameters / 1e9:,.1f} billion "
                              f"parameters; vitkit builds at most {MAX_PARAMETERS / 1e9:g} billion (the largest "
@@ -311,6 +324,30 @@ class ViTConfig:
         if self.pool == "map" and self.dim % self.heads:
             raise ValueError(f"pool='map' splits dim={self.dim} over heads={self.heads}; "
                              "choose heads that divide dim")
+
+
+    def _validate_windows(self) -> None:
+        """Windowed attention, relative positions and the neck (SAM, ViTDet)."""
+        bounded("window_size", self.window_size, 0, LIMITS["image"])
+        blocks = self.global_blocks
+        if not isinstance(blocks, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in blocks):
+            raise ValueError(f"global_blocks must be block indices such as (2, 5, 8, 11), got {blocks!r}")
+        if blocks and not self.window_size:
+            raise ValueError("global_blocks are the blocks that attend globally between windowed ones; "
+                             "set window_size too, or drop them")
+        bad = [i for i in blocks if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"global_blocks {bad} are not blocks of a depth-{self.depth} model (0..{self.depth - 1})")
+        if not isinstance(self.rel_pos, bool):
+            raise ValueError(f"rel_pos must be true or false, got {self.rel_pos!r}")
+        if self.neck_dim is not None:
+            bounded("neck_dim", self.neck_dim, 1, LIMITS["dim"])
+        if (self.rel_pos or self.neck_dim) and (self.num_prefix_tokens or self.pool != "mean" or self.fc_norm):
+            raise ValueError("rel_pos and neck_dim are SAM's, whose encoder has patch tokens only: set "
+                             "class_token=False, reg_tokens=0, pool='mean' and fc_norm=False")
+        if (self.window_size or self.rel_pos) and self.patch_dropout:
+            raise ValueError("windowed attention and relative positions need the whole patch grid: "
+                             "set patch_dropout=0")
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:

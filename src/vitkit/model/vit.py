@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.model import native, position, stems
+from vitkit.model import flexi, naflex, native, position, stems, window
 from vitkit.model.config import ViTConfig
 from vitkit.model.noise import uniform as noise_uniform
 from vitkit.model.normalization import HALF
@@ -41,6 +41,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.kind = config.patch_embed
         self.patch = config.patch_hw
+        self.flexi: tuple[int, int] | None = None  # another patch size to run at (`ViT.set_patch_size`)
         patch_dim = config.in_channels * self.patch[0] * self.patch[1]
         if self.kind != "linear-ln":  # CLIP's pre-norm models have no bias here
             self.backbone, channels = stems.backbone(config)
@@ -52,6 +53,9 @@ class PatchEmbed(nn.Module):
             self.norm_out = nn.LayerNorm(config.dim, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flexi is not None and self.flexi != self.patch:  # FlexiViT: the kernel resized on the fly
+            kernel = flexi.resize_kernel(self.proj.weight, self.flexi)
+            return F.conv2d(x, kernel, self.proj.bias, stride=self.flexi).flatten(2).transpose(1, 2)
         if self.kind != "linear-ln":
             return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
         b, c, h, w = x.shape
@@ -61,15 +65,26 @@ class PatchEmbed(nn.Module):
         return self.norm_out(self.proj(self.norm_in(x)))
 
 
+class Layout(NamedTuple):
+    """Where the tokens of a batch sit, for the blocks that need it: the patch grid of a batch of
+    images (windowed attention, relative positions), the prefix count, and for NaFlex sequences a
+    (B, tokens) mask that is False for padding (attention ignores those keys)."""
+
+    grid: tuple[int, int] | None
+    prefix: int
+    valid: torch.Tensor | None = None  # or (B, tokens, tokens): who attends to whom (packed images)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
     The fast path is `F.scaled_dot_product_attention` (fused kernels on CPU and GPU). The explicit
     softmax(q k^T / sqrt(d)) v runs when the caller asks for the attention probabilities, or when
-    `fused` is off (`vitkit.model.fast.use_training_kernels`: faster to train on CPUs).
+    `fused` is off (`vitkit.model.fast.use_training_kernels`: faster to train on CPUs). `window`:
+    attention inside windows of that many tokens a side (model/window.py); 0 is global.
     """
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, window: int = 0):
         super().__init__()
         self.heads = config.heads
         self.head_dim = config.inner_dim // config.heads
@@ -81,24 +96,59 @@ class Attention(nn.Module):
         self.attn_dropout = config.attn_dropout
         self.proj_drop = nn.Dropout(config.dropout)
         self.fused = True
+        self.window = window
+        self.rel_pos_h = self.rel_pos_w = None
+        if config.rel_pos:  # SAM's decomposed relative positions, one table per axis of the window (or grid)
+            rows, cols = (window, window) if window else config.grid
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rows - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * cols - 1, self.head_dim))
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`queries`: only the first this many tokens attend (and come out); all are attended to."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None,
+                layout: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`queries`: only the first this many tokens attend (and come out); all are attended to.
+        `layout`: the grid (for windows and relative positions) and the padding of NaFlex batches."""
+        if self.window and queries is None and layout is not None and layout.grid is not None:
+            if return_attention:
+                raise ValueError("a windowed block has no (tokens x tokens) attention map; explain a model "
+                                 "without window_size, or ask forward_intermediates for its global blocks only")
+            return window.windowed_attention(self, x, layout.grid, layout.prefix), None
+        q, k, v = self.project(x, queries)
+        bias = None
+        if layout is not None and layout.valid is not None:  # padding (or another packed image) is not attended to
+            bias = layout.valid[:, None, None, :] if layout.valid.ndim == 2 else layout.valid[:, None]
+        elif self.rel_pos_h is not None:
+            bias = window.relative_bias(q, self.rel_pos_h, self.rel_pos_w, self._grid(layout))
+        out, probs = self.attend(q, k, v, bias, return_attention)
+        return self.output(window.heads_to_tokens(out)), probs
+
+    def project(self, x: torch.Tensor, queries: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Tokens (B, N, dim) -> q (of the first `queries` tokens), k, v, each (B, heads, N, head_dim)."""
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        q, k = self.q_norm(q[:, :, :queries]), self.k_norm(k)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q[:, :, :queries]), self.k_norm(k), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+               return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(q k^T / sqrt(d) + bias) v, (B, heads, queries, head_dim); a boolean `bias` is a
+        mask (False: not attended to). The probabilities too when asked for."""
         dropout = self.attn_dropout if self.training else 0.0
-        probs = None
         if return_attention or not self.fused:
-            probs = (q * self.head_dim**-0.5 @ k.transpose(-2, -1)).softmax(dim=-1)
+            scores = q * self.head_dim**-0.5 @ k.transpose(-2, -1)
+            if bias is not None:
+                scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
+            probs = scores.softmax(dim=-1)
             out = F.dropout(probs, dropout, self.training) @ v
-            probs = probs if return_attention else None
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(b, q.shape[2], self.heads * self.head_dim)
-        return self.proj_drop(self.proj(out)), probs
+            return out, probs if return_attention else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout), None
+
+    def output(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj_drop(self.proj(tokens))
+
+    def _grid(self, layout: Layout | None) -> tuple[int, int]:
+        if layout is None or layout.grid is None:
+            raise ValueError("relative position terms need the patch grid: images in, not patch sequences")
+        return layout.grid
 
 
 class MLP(nn.Module):
@@ -134,7 +184,8 @@ class Block(nn.Module):
         super().__init__()
         scale = config.init_values
         self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        self.attn = Attention(config)
+        windowed = config.window_size and index not in config.global_blocks
+        self.attn = Attention(config, config.window_size if windowed else 0)
         self.ls1 = LayerScale(config.dim, scale) if scale else nn.Identity()
         self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.mlp = MLP(config)
@@ -143,10 +194,12 @@ class Block(nn.Module):
         self.index = index  # the block's place: its stochastic depth draws differ from the others'
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, queries: int | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                noise: torch.Tensor | None = None, layout: Layout | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`queries`: compute only the first this many output tokens (`ViTConfig.head_tokens`).
-        `noise`: a key per image for stochastic depth (model/noise.py), else torch's stream."""
-        y, probs = self.attn(self.norm1(x), return_attention, queries)
+        `noise`: a key per image for stochastic depth (model/noise.py), else torch's stream.
+        `layout`: the grid and padding of the batch (`Layout`)."""
+        y, probs = self.attn(self.norm1(x), return_attention, queries, layout)
         x = x[:, :queries] + self.drop_path(self.ls1(y), noise, 2 * self.index + 1)
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))), noise, 2 * self.index + 2)
         return x, probs
@@ -186,11 +239,13 @@ class MAPHead(nn.Module):
         self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid`: (B, N), False for the padding of a NaFlex batch, which the probe ignores."""
         b, n, d = x.shape
         q = self.q(self.latent).reshape(1, 1, self.heads, d // self.heads).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)
+        mask = None if valid is None else valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v, attn_mask=mask)
         out = self.proj(out.transpose(1, 2).reshape(b, 1, d))
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
@@ -231,6 +286,8 @@ class ViT(nn.Module):
         tokens = config.pos_prefix_rows + config.num_patches
         if config.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, tokens, config.dim))
+        elif config.pos_embed == "none":  # positions from relative terms alone (SAM at 224 px)
+            self.pos_embed = None
         else:  # fixed, so not saved with the weights
             self.register_buffer("pos_embed", self._sincos(config.grid), persistent=False)
         self.pos_drop = nn.Dropout(config.emb_dropout)
@@ -241,7 +298,9 @@ class ViT(nn.Module):
         self.normalization = HALF
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(Block(config, rate, i) for i, rate in enumerate(rates))  # deeper drops more
-        self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(config.dim, eps=config.norm_eps)
+        final_norm = not (config.fc_norm or config.neck_dim)  # SAM's neck ends in its own norms
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if final_norm else nn.Identity()
+        self.neck = window.neck(config.dim, config.neck_dim) if config.neck_dim else None
         self.fc_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.fc_norm else nn.Identity()
         self.attn_pool = MAPHead(config) if config.pool == "map" else None
         if config.representation_size:
@@ -292,11 +351,12 @@ class ViT(nn.Module):
         (model/noise.py) for patch dropout and stochastic depth in training: each image's draws
         then depend on its key alone, not on the batch it is in nor on torch's random stream."""
         if return_attention:
-            tokens, attentions = self.forward_tokens(x, return_attention=True, noise=noise)
-            return self.forward_head(tokens), attentions
+            tokens, attentions, layout = self._tokens(x, return_attention=True, noise=noise)
+            return self.forward_head(tokens, layout.valid), attentions
         # Only the tokens that the head reads (config.head_tokens) leave the last block: the same
         # logits up to float rounding for about 9/12 of one block's work less (6% of ViT-B/16).
-        return self.forward_head(self.forward_tokens(x, last_queries=self.config.head_tokens, noise=noise)[0])
+        tokens, _, layout = self._tokens(x, last_queries=self.config.head_tokens, noise=noise)
+        return self.forward_head(tokens, layout.valid)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images -> the tokens the first block sees (B, prefix + patches, dim; before patch
@@ -306,10 +366,21 @@ class ViT(nn.Module):
         prefix = [t.expand(x.shape[0], -1, -1).to(x.dtype)
                   for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         x = torch.cat([*prefix, x], dim=1)
-        pos = self.position_embedding(grid).to(x.dtype)
-        if self.config.no_embed_class:  # the prefix tokens get no position
-            pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
-        return self.norm_pre(self.pos_drop(x + pos)), grid
+        if self.pos_embed is not None:
+            pos = self.position_embedding(grid).to(x.dtype)
+            if self.config.no_embed_class:  # the prefix tokens get no position
+                pos = F.pad(pos, (0, 0, self.config.num_prefix_tokens, 0))
+            x = x + pos
+        return self.norm_pre(self.pos_drop(x)), grid
+
+    def _embed(self, x: torch.Tensor | naflex.Patches) -> tuple[torch.Tensor, Layout]:
+        """Images or NaFlex patch sequences -> the first block's tokens and where they sit."""
+        prefix = self.config.num_prefix_tokens
+        if isinstance(x, naflex.Patches):
+            tokens, valid = naflex.embed(self, x)
+            return tokens, Layout(None, prefix, valid)
+        tokens, grid = self.embed(x)
+        return tokens, Layout(grid, prefix)
 
     def drop_patches(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`patch_dropout`: a random subset of each image's patch tokens, the same count for every
@@ -332,38 +403,82 @@ class ViT(nn.Module):
         """All output tokens after the final norm (B, prefix + patches, dim; fewer patches under
         patch dropout in training), and attentions. `last_queries`: only the first this many
         tokens out of the last block (whose attention then has this many rows)."""
-        x = self.drop_patches(self.embed(x)[0], noise)
+        tokens, attentions, _ = self._tokens(x, return_attention, last_queries, noise)
+        return tokens, attentions
+
+    def _tokens(self, x: torch.Tensor | naflex.Patches, return_attention: bool = False,
+                last_queries: int | None = None, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor], Layout]:
+        """`forward_tokens`, and the batch's layout (a NaFlex batch's padding, after patch dropout)."""
+        x, layout = self._embed(x)
+        if layout.valid is None:
+            x = self.drop_patches(x, noise)
+        elif self.training and self.config.patch_dropout:
+            x, valid = naflex.drop_patches(x, layout.valid, layout.prefix, self.config.patch_dropout, noise)
+            layout = layout._replace(valid=valid)
         attentions = []
         for i, block in enumerate(self.blocks):
             queries = last_queries if i == len(self.blocks) - 1 else None
-            x, probs = self._block(block, x, return_attention, queries, noise)
+            x, probs = self._block(block, x, return_attention, queries, noise, layout)
             if return_attention:
                 attentions.append(probs)
-        return self.norm(x), attentions
+        return self.final(x, layout.grid), attentions, layout
+
+    def forward_packed(self, packed: naflex.Packed) -> torch.Tensor:
+        """Logits (images, classes) of NaViT-packed images (`naflex.pack`): several images a sequence,
+        each attending to its own tokens only, pooled over its own tokens."""
+        x, mask = naflex.embed_packed(self, packed)
+        layout = Layout(None, 0, mask)
+        for block in self.blocks:
+            x, _ = self._block(block, x, False, None, None, layout)
+        return self.head(self.pre_logits(self.fc_norm(naflex.pool_packed(self, self.final(x, None), packed))))
+
+    def final(self, x: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+        """The final norm of every token; with SAM's neck, its map's channels as the tokens."""
+        x = self.norm(x)
+        if self.neck is None:
+            return x
+        b, _, d = x.shape
+        x = self.neck(x.transpose(1, 2).reshape(b, d, *grid))
+        return x.flatten(2).transpose(1, 2)
 
     def _block(self, block: Block, x: torch.Tensor, return_attention: bool, queries: int | None = None,
-               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               noise: torch.Tensor | None = None, layout: Layout | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One block; under gradient checkpointing its activations are recomputed in backward."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, return_attention, queries, noise, use_reentrant=False)
-        return block(x, return_attention, queries, noise)
+            return checkpoint(block, x, return_attention, queries, noise, layout, use_reentrant=False)
+        return block(x, return_attention, queries, noise, layout)
+
+    def set_patch_size(self, patch: int | None) -> None:
+        """Run at `patch` x `patch` patches from now on (None: the model's own), the stored kernel
+        resized on the fly by FlexiViT's pseudo-inverse and the position table resampled to the new
+        grid, both differentiably: what `--flexi-patch` trains with. `flexi.at_patch_size` makes a
+        model with the resized weights stored instead."""
+        if patch is not None:
+            flexi.check_patch_size(self.config, patch)
+        self.patch_embed.flexi = None if patch is None else (patch, patch)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input in training and recompute the rest in backward: memory
         for about one more forward pass. No effect in eval mode or without gradients."""
         self.grad_checkpointing = enable
 
-    def forward_head(self, tokens: torch.Tensor):
-        """Final tokens -> logits. DeiT's two heads: see the class docstring."""
+    def forward_head(self, tokens: torch.Tensor, valid: torch.Tensor | None = None):
+        """Final tokens -> logits. DeiT's two heads: see the class docstring. `valid`: a NaFlex
+        batch's (B, tokens) mask, False for padding (pooled over the valid tokens only)."""
         if self.head_dist is None or not self.config.num_classes:
-            return self.head(self.pool(tokens))
+            return self.head(self.pool(tokens, valid))
         logits, dist = self.head(tokens[:, 0]), self.head_dist(tokens[:, 1])
         return (logits, dist) if self.training else (logits + dist) / 2
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens -> one feature vector per image (what the head classifies)."""
+    def pool(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens -> one feature vector per image (what the head classifies); with `valid` (NaFlex
+        padding), over the valid tokens only."""
         patches = tokens[:, self.config.num_prefix_tokens:]
-        if self.config.distilled:  # class and distillation tokens, as DeiT's pre-logits
+        if valid is not None:
+            pooled = naflex.pool(self, tokens, valid)
+        elif self.config.distilled:  # class and distillation tokens, as DeiT's pre-logits
             pooled = (tokens[:, 0] + tokens[:, 1]) / 2
         elif self.config.pool == "cls":
             pooled = tokens[:, 0]
@@ -382,22 +497,27 @@ class ViT(nn.Module):
 
         `layers`: None for every block, an int n for the last n, or block indices (negative ones
         count from the end). `output`: "tokens" gives the patch tokens (B, patches, dim), "nchw"
-        a 2-D map (B, dim, rows, cols). `norm`: pass each through the final norm. The prefix
+        a 2-D map (B, dim, rows, cols): what a detection or segmentation head reads (ViTDet, SAM).
+        `norm`: pass each through the final norm (with SAM's neck: the neck, as timm does). The prefix
         tokens come separately. `attention`: also the attention probabilities of the chosen blocks
         only; the others keep the fused kernel, which stores no tokens x tokens matrix. Blocks
         after the last chosen one are not run. Patch dropout does not apply: the grid stays whole.
         """
         if output not in ("tokens", "nchw"):
             raise ValueError(f"output={output!r}: use 'tokens' or 'nchw'")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("forward_intermediates takes a batch of images of one size, not NaFlex patches; run "
+                             "each image alone at its own size (a model with dynamic_size=True)")
         chosen = self._layer_indices(layers)
         x, (rows, cols) = self.embed(x)
         prefix = self.config.num_prefix_tokens
+        layout = Layout((rows, cols), prefix)
         found = Intermediates([], [], [])
         for i, block in enumerate(self.blocks[: chosen[-1] + 1]):
-            x, probs = self._block(block, x, attention and i in chosen)
+            x, probs = self._block(block, x, attention and i in chosen, layout=layout)
             if i not in chosen:
                 continue
-            y = self.norm(x) if norm else x
+            y = self.final(x, (rows, cols)) if norm else x
             patches = y[:, prefix:]
             if output == "nchw":
                 patches = patches.transpose(1, 2).reshape(y.shape[0], y.shape[2], rows, cols)
@@ -421,8 +541,9 @@ class ViT(nn.Module):
         return sorted({i % depth for i in layers})
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The (1, prefix + patches, dim) table for a patch grid, resampled if it is not native."""
-        if grid == self.config.grid:
+        """The (1, prefix + patches, dim) table for a patch grid, resampled if it is not native
+        (None for a model without one)."""
+        if grid == self.config.grid or self.pos_embed is None:
             return self.pos_embed
         if isinstance(self.pos_embed, nn.Parameter):
             return position.resample(self.pos_embed, grid, self.config.pos_prefix_rows,
@@ -444,7 +565,7 @@ class ViT(nn.Module):
         if c != cfg.in_channels:
             raise ValueError(f"the model takes {cfg.in_channels}-channel images, got {c} channels; "
                              f"convert the images or build the model with in_channels={c}")
-        (ph, pw), (eh, ew) = cfg.patch_hw, cfg.image_hw
+        (ph, pw), (eh, ew) = self.patch_embed.flexi or cfg.patch_hw, cfg.image_hw
         if cfg.dynamic_size:
             if h % ph or w % pw:
                 raise ValueError(f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}; "

@@ -77,9 +77,17 @@ def forward_features(model: ViT, x: torch.Tensor, layer: int | None = None,
                          f"-{depth} from the end)")
     out = model.forward_intermediates(x, layers=sorted({layer % depth, depth - 1}))
     tokens = [torch.cat([prefix, patches], dim=1) for prefix, patches in zip(out.prefix, out.features, strict=True)]
-    pooled = model.pool(model.norm(tokens[-1]))
-    block = model.norm(tokens[0]) if norm else tokens[0]
+    grid = (x.shape[-2] // model.config.patch_hw[0], x.shape[-1] // model.config.patch_hw[1])
+    pooled = model.pool(model.final(tokens[-1], grid))  # the final norm (or SAM's neck)
+    block = model.final(tokens[0], grid) if norm else tokens[0]
     return pooled, block
+
+
+def as_maps(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(images, prefix + patches, dim) tokens -> the patches' (images, dim, rows, cols) feature
+    maps, what a detection or segmentation head reads (ViTDet, SAM)."""
+    patches = tokens[:, prefix:]
+    return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid).contiguous()
 
 
 @torch.inference_mode()

@@ -227,7 +227,7 @@ async def info(request: Request) -> dict:
 
 
 def load_engine(source: str | Path, device: str | None = None, dtype: str = "auto", compile: bool = False,
-                revision: str | None = None) -> Engine:
+                revision: str | None = None, max_tokens: int | None = None) -> Engine:
     """Open the model (a load failure is a ValueError/FileNotFoundError: the CLI's one-line
     error at start, never a server that fails on its first request)."""
 
@@ -235,7 +235,7 @@ def load_engine(source: str | Path, device: str | None = None, dtype: str = "aut
     loaded = open_model(source, dev, revision)
     if dtype == "auto":  # bf16 pays on CPUs with AMX/AVX512-BF16, and only for wider models
         dtype = "bf16" if runtime.bf16_pays(dev, loaded.model.config) else "fp32"
-    return Engine(loaded, dev, dtype, compile)
+    return Engine(loaded, dev, dtype, compile, max_tokens)
 
 
 def listen(host: str, port: int) -> socket.socket:

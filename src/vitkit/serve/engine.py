@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitkit.data.decode import read_image
+from vitkit.data.naflex import ToGrid
 from vitkit.data.transforms import eval_transform
+from vitkit.evaluate import model_input
 from vitkit.explain import maps
-from vitkit.infer import LoadedRun, open_run
+from vitkit.infer import LoadedRun, open_run, token_budget
 from vitkit.model.fast import for_inference
 from vitkit.model.native import is_native
 from vitkit.model.normalization import HALF, to_model_input
@@ -47,11 +49,14 @@ def open_model(source: str | Path, device: torch.device, revision: str | None = 
 class Engine:
     """One loaded model, ready to decode images, classify batches and explain single images."""
 
-    def __init__(self, loaded: LoadedRun, device: torch.device, dtype: str = "fp32", compile: bool = False):
+    def __init__(self, loaded: LoadedRun, device: torch.device, dtype: str = "fp32", compile: bool = False,
+                 max_tokens: int | None = None):
+        """`max_tokens`: each image whole at its own aspect ratio under this budget (default: the run's)."""
         self.loaded, self.device, self.dtype, self.compiled = loaded, device, dtype, compile
+        self.tokens = token_budget(loaded, max_tokens)
         self.config = loaded.model.config
         self.classes = loaded.classes
-        self.fit = eval_transform(self.config.image_hw)
+        self.fit = ToGrid(self.config.patch_hw, self.tokens) if self.tokens else eval_transform(self.config.image_hw)
         for p in loaded.model.parameters():  # nothing here trains: no autograd graph through the weights
             p.requires_grad_(False)
         self.fast = for_inference(loaded.model, dtype, compile)  # a copy: /explain keeps the fp32 model
@@ -60,14 +65,17 @@ class Engine:
     def decode(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
         """Uploaded bytes -> uint8 (C, H, W) at the model's size. Raises BadImage with the reason
         (more than `max_pixels` is refused from the header); huge JPEGs are shrunk while decoding."""
-        return self.fit(read_image(data, self.config.in_channels, max_side=2 * max(self.config.image_hw),
-                                   max_pixels=max_pixels))
+        max_side = 2 * self.tokens * max(self.config.patch_hw) if self.tokens else 2 * max(self.config.image_hw)
+        return self.fit(read_image(data, self.config.in_channels, max_side=max_side, max_pixels=max_pixels))
 
     @torch.inference_mode()
     def probabilities(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class probabilities (fp32, CPU) for a batch of decoded images, one row per image."""
-        x = to_model_input(torch.stack(images).to(self.device), self.loaded.normalize, self.config.in_channels)
-        x = x.to(self.input_dtype)
+        if self.tokens:  # images of their own sizes: a NaFlex batch
+            x = model_input(self.loaded.model, images, self.loaded.normalize, self.device).to(self.input_dtype)
+        else:
+            x = to_model_input(torch.stack(images).to(self.device), self.loaded.normalize, self.config.in_channels)
+            x = x.to(self.input_dtype)
         return list(self.fast(x).float().softmax(-1).cpu())
 
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:

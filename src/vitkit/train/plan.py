@@ -19,6 +19,7 @@ from vitkit.data.datasets import ArrayImages
 from vitkit.data.loader import default_workers
 from vitkit.data.shards import ShardSplit
 from vitkit.data.spec import DataSplits, hold_out
+from vitkit.model import flexi
 from vitkit.model.build import config_from_dict
 from vitkit.model.cnn import CNNConfig
 from vitkit.model.config import ViTConfig
@@ -79,6 +80,8 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
     if recipe.teacher and not getattr(config, "distilled", False):
         raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
                          "model (deit_*_distilled), or no --init")
+    config = flexi_config(recipe, config)
+    recipe, config = naflex_plan(recipe, given, config)
     recipe = batch_for(recipe, len(splits.train), processes)
     if isinstance(splits.train, ShardSplit):
         recipe, steps = stream_epoch(recipe, splits.train, processes)
@@ -106,6 +109,45 @@ def stream_epoch(recipe: Recipe, train: ShardSplit, processes: int) -> tuple[Rec
     log.info("%d training samples an epoch in shards: %d steps of %d; %d left over at each epoch's end (the "
              "remainder of equal ranges per process and worker)", len(train), steps, recipe.batch_size, left)
     return dataclasses.replace(recipe, workers=workers), steps
+
+
+def flexi_config(recipe: Recipe, config: ViTConfig | CNNConfig) -> ViTConfig | CNNConfig:
+    """--flexi-patch needs the one kernel FlexiViT resizes, a 'conv' patch embedding (it replaces the
+    small-image default's convolutional stem unless --model-option patch_embed names one), and patch
+    sizes that divide the image."""
+    if not recipe.flexi_sizes:
+        return config
+    if not isinstance(config, ViTConfig):
+        raise ValueError("--flexi-patch trains a ViT at several patch sizes; a CNN has none")
+    if config.patch_embed == "conv-stem" and "patch_embed" not in recipe.model_overrides:
+        config = config.replace(patch_embed="conv", stem_depth=1, stem_channels=None)
+    for size in recipe.flexi_sizes:
+        flexi.check_patch_size(config, size)
+    return config
+
+
+def naflex_plan(recipe: Recipe, given: set[str], config: ViTConfig | CNNConfig) -> tuple[Recipe, ViTConfig | CNNConfig]:
+    """--max-tokens: images of their own shapes, so no MixUp/CutMix (they mix images of one size), no
+    teacher, no torch.compile unless asked (every shape would compile anew), and a patch embedding
+    that takes patch sequences ('conv' replaces the small-image default's convolutional stem)."""
+    if not recipe.max_tokens:
+        return recipe, config
+    if not isinstance(config, ViTConfig):
+        raise ValueError("--max-tokens feeds a ViT sequences of patches; a CNN takes images: drop --max-tokens")
+    refused = [f for f in ("mixup", "cutmix", "teacher", "flexi_patch") if getattr(recipe, f) and f in given]
+    if refused or recipe.teacher:
+        flag = "--" + (refused or ["teacher"])[0].replace("_", "-")
+        raise ValueError(f"{flag} does not work with --max-tokens (each image has its own shape); drop one of them")
+    if recipe.min_tokens and recipe.min_tokens > recipe.max_tokens:
+        raise ValueError(f"--min-tokens {recipe.min_tokens} is above --max-tokens {recipe.max_tokens}")
+    recipe = dataclasses.replace(recipe, mixup=0.0, cutmix=0.0, flexi_patch=None,
+                                 compile=recipe.compile and "compile" in given)
+    if config.patch_embed == "conv-stem" and "patch_embed" not in recipe.model_overrides:
+        config = config.replace(patch_embed="conv", stem_depth=1, stem_channels=None)
+    if config.patch_embed not in ("conv", "linear-ln") or config.window_size or config.rel_pos or config.neck_dim:
+        raise ValueError("--max-tokens needs a model that takes patch sequences: patch_embed 'conv' or 'linear-ln', "
+                         "no windows, relative positions or neck")
+    return recipe, config.replace(dynamic_size=True)
 
 
 def batch_for(recipe: Recipe, images: int, processes: int) -> Recipe:

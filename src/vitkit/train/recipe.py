@@ -96,6 +96,13 @@ class Recipe:
                                    "installed): the loss and learning rate per step, the epoch's metrics")
     fsdp: bool = knob(False, "with several processes, shard parameters, gradients and optimizer state (FSDP2) "
                              "instead of replicating them (DDP): for models that do not fit one device")
+    flexi_patch: str | None = knob(None, "FlexiViT: each step trains at a patch size drawn from these, e.g. 2,4,8 "
+                                         "(sizes that divide the image); the model keeps one kernel, resized per step")
+    max_tokens: int | None = knob(None, "NaFlex: each image at its own aspect ratio, resized so that its grid of "
+                                        "patches fits this many tokens (no crop); each batch trains at a budget drawn "
+                                        "between --min-tokens and this")
+    min_tokens: int | None = knob(None, "the smallest budget a training batch draws with --max-tokens "
+                                        "(default: a quarter of it)")
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "ViTConfig fields for a new model, or for --init what the weights do not record"})  # --model-option
 
@@ -103,7 +110,8 @@ class Recipe:
         """Refuse values that cannot train, naming the flag and the accepted range."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
                     "time_budget": self.time_budget, "lr": self.lr, "image_size": self.image_size,
-                    "ema": self.ema, "layer_decay": self.layer_decay}
+                    "ema": self.ema, "layer_decay": self.layer_decay, "max_tokens": self.max_tokens,
+                    "min_tokens": self.min_tokens}
         for name, value in positive.items():
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -125,12 +133,26 @@ class Recipe:
             raise ValueError(f"--clip-grad must not be negative (0 turns it off), got {self.clip_grad}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must not be negative, got {self.workers}")
+        self.flexi_sizes  # noqa: B018 (parsed here to refuse a bad list before anything runs)
         unknown = sorted(set(self.model_overrides) - MODEL_OPTIONS)
         if unknown:
             raise ValueError(f"--model-option {unknown[0]} is not a model field; choose among {sorted(MODEL_OPTIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def flexi_sizes(self) -> tuple[int, ...]:
+        """--flexi-patch as patch sizes (empty: off)."""
+        if not self.flexi_patch:
+            return ()
+        try:
+            sizes = tuple(int(s) for s in str(self.flexi_patch).split(",") if s.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"--flexi-patch {self.flexi_patch!r}: give patch sizes separated by commas, e.g. 2,4,8")
+        return sizes
 
 
 # Per data-set regime: (model fields, recipe fields), measured with benchmarks/accuracy.py.

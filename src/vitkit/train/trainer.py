@@ -35,11 +35,12 @@ from vitkit.data.loader import mix_seed
 from vitkit.distributed import World, restarted
 from vitkit.evaluate import evaluate
 from vitkit.model import noise
-from vitkit.train import checkpoint, outputs
+from vitkit.train import checkpoint, flexi, outputs
 from vitkit.train.board import Board
 from vitkit.train.budget import Budget
 from vitkit.train.distill import distillation_losses
 from vitkit.train.feed import Feed, build_feed
+from vitkit.train.naflex_feed import build_naflex_feed
 from vitkit.train.outputs import RunPaths
 from vitkit.train.parts import CompiledOrEager, Parts, build_parts
 from vitkit.train.plan import Plan, TrainingError, plan
@@ -117,7 +118,8 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     budget = Budget(planned.recipe.time_budget if planned.recipe.epochs is None else None, planned.steps_per_epoch,
                     planned.steps, len(s.val) / planned.recipe.batch_size,
                     len(s.test) / max(len(s.val), 1) if s.test is not None else 0.0, world, clock, began)
-    run = Run(planned, build_parts(planned, world, init), build_feed(planned, world), world, paths, budget,
+    feed = (build_naflex_feed if planned.recipe.max_tokens else build_feed)(planned, world)  # --max-tokens: NaFlex
+    run = Run(planned, build_parts(planned, world, init), feed, world, paths, budget,
               sys.stderr.isatty() if progress is None else progress, strict)
     if saved:
         run.restore(saved)
@@ -208,7 +210,8 @@ class Run:
             if stop:
                 self.stop_here(epoch_start)
             if used:  # else every image of the global batch failed to decode
-                self.step(images, labels, used)
+                with flexi.at_step_patch_size(self):  # --flexi-patch
+                    self.step(images, labels, used)
             p.step, p.global_step = p.step + 1, p.global_step + 1
             budget.end_step(p.global_step)
             bar.update(1)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vitkit import atomic
+from vitkit.data.naflex import check_budget, fit_grid
 from vitkit.extras import require
 from vitkit.model.normalization import HALF, Normalization
 from vitkit.model.vit import ViT
@@ -44,15 +45,21 @@ class Normalized(nn.Module):
 
 
 def export(model: ViT, out: str | Path, format: str = "onnx", dynamic_batch: bool = False,
-           include_normalization: bool = False) -> dict:
+           include_normalization: bool = False, max_tokens: int | None = None) -> dict:
     """Export `model` to `out`; returns the batch sizes checked and the largest relative error.
     An fp32 eval-mode copy is exported: the caller's model keeps its dtype and training flag.
 
     `include_normalization`: the program normalises its input itself with the model's own
     normalization (`model.normalization`, half if it has none), so it takes float images scaled
-    to [0, 1], (batch, channels, height, width); else it takes normalised images."""
+    to [0, 1], (batch, channels, height, width); else it takes normalised images.
+    `max_tokens`: the program takes images of any height and width in whole patches (the position
+    table resampled in the graph), for images resized under this token budget by
+    `vitkit.data.naflex.fit_grid`; the images of one call share one size."""
     if format not in ("onnx", "pt2"):
         raise ValueError(f"export format {format!r}: use onnx or pt2")
+    if max_tokens is not None:
+        check_budget(max_tokens)
+        return export_any_shape(model, out, format, dynamic_batch, include_normalization, max_tokens)
     normalization = model.normalization or HALF
     model = copy.deepcopy(model).eval().float()
     c = model.config
@@ -94,3 +101,31 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, dynamic: dict | None, 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return [_check("ONNX", expected[b], torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
             for b, x in inputs.items()]
+
+
+def export_any_shape(model: ViT, out: str | Path, format: str, dynamic_batch: bool, include_normalization: bool,
+                     max_tokens: int) -> dict:
+    """`export` for images of their own shapes under a token budget: dynamic height and width in
+    whole patches, checked on grids of 1:2, 1:1 and 2:1 images under the budget."""
+    normalization = model.normalization or HALF
+    model = copy.deepcopy(model).eval().float()
+    model.config = model.config.replace(dynamic_size=True)
+    c, (ph, pw) = model.config, model.config.patch_hw
+    module = Normalized(model, normalization).eval() if include_normalization else model
+    draw = torch.rand if include_normalization else torch.randn
+    grids = [fit_grid((h, w), (ph, pw), max_tokens) for h, w in ((300, 400), (200, 400), (400, 400), (400, 200))]
+    example = draw(2, c.in_channels, grids[0][0] * ph, grids[0][1] * pw)
+    rows, cols = torch.export.Dim("rows", min=1, max=max_tokens), torch.export.Dim("cols", min=1, max=max_tokens)
+    dims = {2: ph * rows, 3: pw * cols} | ({0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else {})
+    checks = [(1 if dynamic_batch else 2, r, k) for r, k in grids[1:]]
+    inputs = {i: draw(b, c.in_channels, r * ph, k * pw) for i, (b, r, k) in enumerate(checks)}
+    with torch.no_grad():
+        expected = {i: module(x) for i, x in inputs.items()}
+    with atomic.atomic_path(out) as tmp:
+        write = _write_pt2 if format == "pt2" else _write_onnx
+        errors = write(module, example, {"x": dims}, tmp, inputs, expected)
+    return {"file": str(out), "format": format, "checked_batches": [list(x.shape) for x in inputs.values()],
+            "max_rel_error": max(errors), "max_tokens": max_tokens,
+            "input": f"images resized so that their grid of {ph}x{pw} patches fits {max_tokens} tokens (one size a "
+                     "call)" + (", in [0, 1]" if include_normalization else ", normalised"),
+            "normalization": normalization.to_dict(), "normalization_in_graph": include_normalization}

@@ -26,7 +26,7 @@ from vitkit.model import build, native
 from vitkit.model.normalization import HALF, AssumedNormalization, Normalization
 from vitkit.model.presets import get_config
 from vitkit.model.vit import ViT
-from vitkit.weights import hf, hub, jax, timm, timm_hybrid, torchvision, vit_pytorch
+from vitkit.weights import hf, hub, jax, timm, timm_hybrid, timm_naflex, timm_sam, torchvision, vit_pytorch
 from vitkit.weights.common import Source, check_consumed
 
 log = logging.getLogger("vitkit")
@@ -73,7 +73,7 @@ def detect(state: dict[str, torch.Tensor]) -> str:
         return "jax"
     if any(k.removeprefix("module.").startswith("to_patch_embedding.") for k in state):
         return "vit-pytorch"
-    if any(k.removeprefix("module.") == "blocks.0.attn.qkv.weight" for k in state):
+    if any(k.removeprefix("module.") in ("blocks.0.attn.qkv.weight", "embeds.proj.weight") for k in state):
         return "timm"
     raise ValueError(f"unrecognised weights (first keys: {list(state)[:5]}); pass format= one of {FORMATS[1:]}")
 
@@ -185,6 +185,12 @@ def _convert(kind: str, state: Source, config_json: dict[str, Any] | None,
         rest = {k: v for k, v in overrides.items() if not (k == "image_size" and v == source)}
         return vit_pytorch.from_vit_pytorch(state, image_size=source, heads=hints.get("heads"),
                                             pool=hints.get("pool"), **rest)
+    elif timm_naflex.is_naflex(state):  # timm's NaFlex ViTs: weights/timm_naflex.py
+        config, converted = timm_naflex.to_vitkit(state, config_json, {**timm.hints_from_config(config_json), **hints})
+    elif timm_sam.is_sam(state):  # timm's Segment Anything / ViTDet encoders: weights/timm_sam.py
+        windows = {k: overrides[k] for k in ("window_size", "global_blocks") if k in overrides}
+        hints = {**timm.hints_from_config(config_json), **timm_sam.window_hints(config_json), **windows, **hints}
+        config, converted = timm_sam.to_vitkit(state, hints)
     elif timm_hybrid.is_hybrid(state):  # timm's ResNet hybrids (vit_*_r50_*): weights/timm_hybrid.py
         config, converted = timm_hybrid.to_vitkit(state, {**timm.hints_from_config(config_json), **hints})
     else:
