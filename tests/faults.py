@@ -3,8 +3,10 @@
     python tests/faults.py RANK:EPOCH:STEP[:SIGNAL] train ...     (or under torchrun)
 
 sends the process of that rank SIGNAL (default KILL: a crashed machine; TERM: a scheduler's stop)
-just before that training step (epoch counted from 1, step from 0), in torchrun's first attempt
-only. The fault comes from a hook installed here, not from code in the training loop.
+just before that training step (epoch counted from 1, step from 0), once a run: a marker next to
+the run's folder says it has fired (torchrun's count of restarts is per node, and a restart may
+give that rank to another node's process). The fault comes from a hook installed here, not from
+code in the training loop.
 
     python tests/faults.py draws:FOLDER train ...
 
@@ -17,7 +19,7 @@ writes "EPOCH STEP" to FILE before every step (how far a run has got, seen from 
 
     python tests/faults.py poison:RANK:EPOCH:STEP:MARKER train ...
 
-in torchrun's first attempt, just before that step, overwrites the run's sharded checkpoint index
+once a run (as above), just before that step, overwrites the run's sharded checkpoint index
 (`checkpoint-shards/*/.metadata`) with a pickle that would create the file MARKER if unpickled,
 then kills that rank's process (SIGKILL): torchrun's restart then resumes from that checkpoint.
 
@@ -41,14 +43,22 @@ from vitkit.cli import main
 from vitkit.train import trainer
 
 
+def first_time(run: trainer.Run) -> bool:
+    """True for the one process, of all nodes and attempts, that first claims this run's fault."""
+    try:
+        os.close(os.open(run.paths.root.parent / f".{run.paths.root.name}.fault", os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
 def install(spec: str) -> None:
     parts = spec.split(":")
     name = parts.pop() if len(parts) == 4 else "KILL"
     at = tuple(int(v) for v in parts)
 
     def fault(run: trainer.Run) -> None:
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        if first_attempt and (run.world.rank, run.progress.epoch + 1, run.progress.step) == at:
+        if (run.world.rank, run.progress.epoch + 1, run.progress.step) == at and first_time(run):
             os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
     trainer.STEP_HOOKS.append(fault)
@@ -89,9 +99,8 @@ def poison(spec: str) -> None:
     rank, epoch, step, marker = spec.split(":", 3)
 
     def fault(run: trainer.Run) -> None:
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        if first_attempt and (run.world.rank, run.progress.epoch + 1, run.progress.step) == (int(rank), int(epoch),
-                                                                                             int(step)):
+        if (run.world.rank, run.progress.epoch + 1, run.progress.step) == (int(rank), int(epoch), int(step)) \
+                and first_time(run):
             for index in (run.paths.root / "checkpoint-shards").glob("*/.metadata"):
                 index.write_bytes(pickle.dumps(RunsCode(marker)))
             os.kill(os.getpid(), signal.SIGKILL)

@@ -95,18 +95,27 @@ class World:
 
 
 def _attempt_store(rank: int, world: int) -> dist.Store:
-    """torchrun's key-value store outlives a restart (--max-restarts), and with it the addresses
-    of the previous attempt's dead workers, which the new ones would try to connect to: each
-    attempt gets its own key prefix."""
+    """The key-value store the process group meets in, empty of earlier attempts' keys.
+
+    Without torchrun's shared store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) rank 0 hosts a new
+    store at a new port for each attempt. The shared store (torchrun's default) outlives a restart
+    (--max-restarts), and with it the addresses of the dead workers, which new ones would connect
+    to: each attempt gets its own key prefix. The attempt is not TORCHELASTIC_RESTART_COUNT, which
+    each node counts for itself (a node whose workers did not fail restarts them at count 0): it
+    is counted in the store, every process of an attempt joining once."""
     agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=rank == 0 and not agent_hosts_it, multi_tenant=True)
-    return dist.PrefixStore(f"vitkit/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    if not agent_hosts_it:
+        return store
+    attempt = (store.add("vitkit/joined", 1) - 1) // world
+    return dist.PrefixStore(f"vitkit/attempt-{attempt}", store)
 
 
-def restarted() -> bool:
-    """torchrun restarted the workers after one failed (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+def restarted(world: World) -> bool:
+    """torchrun restarted the workers after one failed (--max-restarts). Asked of all processes:
+    only the failed node's torchrun counts the restart."""
+    return world.any(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0)
 
 
 def fully_shard_model(model: nn.Module, device: torch.device) -> nn.Module:

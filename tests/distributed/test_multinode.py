@@ -4,6 +4,7 @@ on one node; and with one node's process killed mid-epoch, both nodes restart th
 resume from the last checkpoint (the epoch's end) and end the same again."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,11 +37,17 @@ def two_nodes(data: str, out: Path, *, fault: str | None = None) -> list[subproc
                     "--local-addr", "127.0.0.1", "--max-restarts", "1" if fault else "0"]
         program = [FAULTS, fault] if fault else ["-m", "vitkit"]
         launched.append(subprocess.Popen([*torchrun, *program, "train", data, *ARGS, "--out", str(out)],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                                         start_new_session=True))
     done = []
-    for process in launched:
-        stdout, stderr = process.communicate(timeout=600)
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    try:
+        for process in launched:
+            stdout, stderr = process.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    finally:  # a launcher that hangs takes its workers with it
+        for process in launched:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
     return done
 
 

@@ -3,8 +3,9 @@
 Each check runs in a fresh interpreter: malloc's settings are process-wide and lasting. The oracle
 is the kernel's count of minor page faults (getrusage) for tensors made, filled and freed over and
 over, each 1 MiB larger than the one before (20 MiB, 21 MiB, ...): glibc's default malloc maps each
-afresh (its threshold for mapping rises only to the size of the last block freed), kept memory
-only grows the heap by the extra MiB.
+afresh (its threshold for mapping rises only to the size of the last block freed); kept memory
+grows the heap by the extra MiB, or, where some other allocation has landed above a block, two
+regions take turns (faults of 0 and 2 MiB). The checks average over the last eight blocks.
 """
 
 import json
@@ -14,6 +15,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from statistics import mean
 
 import pytest
 
@@ -33,7 +35,7 @@ PATTERN = """
 import json, resource, sys, torch
 {setup}
 faults = []
-for extra in range(8):
+for extra in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = torch.ones((20 + extra) << 18)
     del block
@@ -55,13 +57,13 @@ def test_freed_blocks_are_reused_where_glibc_would_fault_them_in_again():
     default = run("applied = None")
     kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()")
     assert kept["applied"] is True
-    assert min(default["faults"][-4:]) > PAGES / 2, default  # the oracle: glibc's default faults every time
-    assert sum(kept["faults"][-4:]) < PAGES, kept  # a fraction of one block, over four
+    assert min(default["faults"][1:]) > PAGES / 2, default  # the oracle: glibc's default faults every time
+    assert mean(kept["faults"][-8:]) < PAGES / 2, kept  # on average under half (the heap's layout varies)
 
 
 def test_the_vitkit_command_keeps_freed_memory():
     kept = run("from vitkit.cli import main; main(['models']); applied = True")
-    assert sum(kept["faults"][-4:]) < PAGES, kept
+    assert mean(kept["faults"][-8:]) < PAGES / 2, kept
 
 
 def test_the_trainer_and_bench_keep_freed_memory_for_library_callers(monkeypatch, tmp_path):
@@ -85,11 +87,11 @@ THEIRS = [{name: "131072"} for name in GLIBC_ENV] + [
 def test_the_users_own_glibc_settings_stay_in_charge(env):
     theirs = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()", env)
     assert theirs["applied"] is False
-    assert min(theirs["faults"][-4:]) > PAGES / 2, theirs  # glibc's own rules, as they set them
+    assert min(theirs["faults"][-8:]) > PAGES / 2, theirs  # glibc's own rules, as they set them
 
 
 def test_other_malloc_knobs_and_libraries_are_not_mistaken_for_these():
     kept = run("from vitkit.runtime import keep_freed_memory; applied = keep_freed_memory()",
                {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7", "MALLOC_ARENA_MAX": "2"})
     assert kept["applied"] is True
-    assert sum(kept["faults"][-4:]) < PAGES, kept
+    assert mean(kept["faults"][-8:]) < PAGES / 2, kept

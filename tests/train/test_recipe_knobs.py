@@ -2,6 +2,8 @@
 during one step, against the same run without the knob."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +34,8 @@ def data(tmp_path_factory):
 
 def run_with(data: str, **knobs) -> Run:
     fields = {**BASE, **knobs}
-    run = start(data, Recipe(**fields), set(fields), out=None)
+    out = tempfile.mkdtemp(prefix="run-", dir=Path(data).parent)  # not the working folder's runs/
+    run = start(data, Recipe(**fields), set(fields), out=out)
     run.feed.sampler.set_epoch(0)
     return run
 

@@ -100,7 +100,8 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     world = World.setup(device)
     if not world.main:
         log.setLevel(logging.WARNING)  # one process speaks
-    if resume is None and restarted() and out and RunPaths(Path(out)).checkpoint.exists():
+    restart = restarted(world)
+    if resume is None and restart and out and RunPaths(Path(out)).checkpoint.exists():
         resume = out  # torchrun restarted the workers after a failure: continue from the checkpoint
         log.info("restart: resuming %s", out)
     saved = {**checkpoint.load(RunPaths(Path(resume)).checkpoint), "run": str(resume)} if resume else None
@@ -110,7 +111,7 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     init = open_init(recipe, splits) if recipe.init and not saved else None
     planned = plan(spec, splits, recipe, given, init, saved, world.size, strict)
     paths = RunPaths(Path(out or resume or world.broadcast(outputs.default_out(splits.name))))
-    if restarted() and not out:
+    if restart and not out:
         log.warning("torchrun restarted the workers but this run has no --out: starting a new run in %s; "
                     "pass --out DIR so that a restart resumes from DIR's checkpoint", paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
