@@ -210,7 +210,7 @@ def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: 
         return None, label, (name, str(e))
     if transform is not None:
         if seed is not None:  # the sample's place in the epoch: its augmentation whatever process reads it
-            torch.manual_seed(mix_seed(*seed))
+            torch.default_generator.manual_seed(mix_seed(*seed))  # the CPU's alone, as in loader.py
         pixels = transform(pixels)
     return pixels, label, None
 
