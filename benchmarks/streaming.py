@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,17 @@ PHOTO = train_transform((224, 224), crop="random-resized", min_scale=0.35, augme
                         erasing=0.0)  # the photo recipe's per-image work
 
 
-def photos(root: Path, count: int, classes: int, seed: int = 0) -> None:
-    """`count` JPEGs of 256-400 px per side in `classes` class folders."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
+def photos(root: Path, count: int, classes: int, seed: int = 0, processes: int = 2) -> None:
+    """`count` JPEGs of 256-400 px per side in `classes` class folders, each drawn from (seed, its
+    index), made by `processes` processes."""
+    chunks = [range(start, min(start + 1000, count)) for start in range(0, count, 1000)]
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_photos, [root] * len(chunks), chunks, [classes] * len(chunks), [seed] * len(chunks)))
+
+
+def _photos(root: Path, indices: range, classes: int, seed: int) -> None:
+    for i in indices:
+        rng = np.random.default_rng((seed, i))
         h, w = (int(v) for v in rng.integers(256, 401, 2))
         ys, xs = np.mgrid[0:h, 0:w]
         base = np.stack([xs * rng.uniform(0.2, 0.6), ys * rng.uniform(0.2, 0.6), (xs + ys) * 0.2], -1)
@@ -55,6 +63,15 @@ def photos(root: Path, count: int, classes: int, seed: int = 0) -> None:
         folder = root / f"class{i % classes:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(folder / f"{i:07d}.jpg", quality=88)
+
+
+def linked(source: Path, target: Path, count: int) -> None:
+    """The first `count` photos of `source` (by index) as hard links in `target`: a smaller set of
+    the same images, made without writing them again."""
+    for path in source.glob("class*/*.jpg"):
+        if int(path.stem) < count:
+            (target / path.parent.name).mkdir(parents=True, exist_ok=True)
+            os.link(path, target / path.parent.name / path.name)
 
 
 def rss(pids: list[int]) -> int:
@@ -147,9 +164,10 @@ def noted(figures: dict, lines: list[str], name: str, result: dict) -> None:
 def scale(args: argparse.Namespace) -> None:
     figures, lines = {}, []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        photos(Path(tmp) / f"photos{args.images}", args.images, 1000)
+        linked(Path(tmp) / f"photos{args.images}", Path(tmp) / f"photos{args.images // 10}", args.images // 10)
         for count in (args.images // 10, args.images):
             folder, shards = Path(tmp) / f"photos{count}", Path(tmp) / f"shards{count}"
-            photos(folder, count, 1000)
             sharding.write(str(folder), shards, 512 << 20, val_split=0.01)
             for epoch in range(2):
                 noted(figures, lines, f"shards, {count:,} images, epoch {epoch + 1}",
