@@ -86,3 +86,11 @@ def test_training_skips_and_lists_an_undecodable_row(tmp_path):
                  "--out", str(out)]) == 0
     log = (out / "train.log").read_text()
     assert "row 3: not an image file" in log
+
+
+def test_a_dataset_trains_under_a_token_budget(saved, tmp_path):
+    folder, _ = saved
+    out = tmp_path / "run"
+    assert main(["train", f"hfds:{folder}", "--max-tokens", "16", "--epochs", "1", "--batch-size", "4",
+                 "--workers", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["recipe"]["max_tokens"] == 16

@@ -288,3 +288,13 @@ def test_commands_that_read_by_index_say_so_for_shards(tmp_path, capsys, command
     assert main([command, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reads images by index" in err[0]
+
+
+def test_shards_are_not_sharded_again_and_take_no_token_budget(tmp_path, capsys):
+    sharding.write("digits", tmp_path / "wds", shard_bytes=10**9)
+    data = f"wds:{tmp_path / 'wds'}"
+    assert main(["shard", data, "--out", str(tmp_path / "again")]) == 2
+    assert main(["train", data, "--max-tokens", "16", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "already shards" in err[0] and "--max-tokens reads images by index" in err[1]
+    assert not (tmp_path / "again").exists()

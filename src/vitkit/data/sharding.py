@@ -43,6 +43,8 @@ def write(spec: str, out: Path, shard_bytes: int, val_split: float = 0.1, seed: 
     if shard_bytes < 1:
         raise ValueError("--shard-size must be positive")
     splits = hold_out(read(spec, decode_archives=False), val_split, seed)
+    if isinstance(splits.train, shards.ShardSplit):
+        raise ValueError(f"{spec} is already shards: copy its folder, or shard the data it was written from")
     if splits.train is None:
         raise ValueError(f"data set {spec!r} has no training images")
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from vitkit.data import naflex as naflex_data
 from vitkit.data import transforms
-from vitkit.data.datasets import FileImages
+from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage
 from vitkit.data.loader import ArrayBatches, EpochSampler, default_workers, eval_loader, mix_seed, train_loader
 from vitkit.distributed import World
@@ -93,7 +93,7 @@ def build_naflex_feed(plan: Plan, world: World) -> NaFlexFeed:
     geometry = transforms.GeometricAugment(recipe.padding if recipe.crop == "pad" else 0, recipe.flip,
                                            recipe.rotate, recipe.translate, recipe.scale_jitter)
     steps = transforms.augmentations(recipe.augment, recipe.magnitude, recipe.erasing)
-    per_image = isinstance(splits.train, FileImages) or bool(steps)
+    per_image = not isinstance(splits.train, ArrayImages) or bool(steps)  # files, Hugging Face rows
     workers = recipe.workers if recipe.workers is not None else default_workers()
     if per_image:
         tf = v2.Compose([naflex_data.ToGrid(patch, recipe.max_tokens), *steps])

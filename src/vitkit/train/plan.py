@@ -84,6 +84,9 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
     recipe, config = naflex_plan(recipe, given, config)
     recipe = batch_for(recipe, len(splits.train), processes)
     if isinstance(splits.train, ShardSplit):
+        if recipe.max_tokens:
+            raise ValueError("--max-tokens reads images by index, and wds: shards are read in sequence: train on "
+                             "the data the shards were written from, or drop --max-tokens")
         recipe, steps = stream_epoch(recipe, splits.train, processes)
         if resume and (resume.get("processes", processes), resume["recipe"].get("workers")) != (processes,
                                                                                              recipe.workers):
