@@ -113,9 +113,10 @@ def _attempt_store(rank: int, world: int) -> dist.Store:
 
 
 def restarted(world: World) -> bool:
-    """torchrun restarted the workers after one failed (--max-restarts). Asked of all processes:
-    only the failed node's torchrun counts the restart."""
-    return world.any(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0)
+    """torchrun restarted the workers after one failed (--max-restarts), or Slurm requeued the job
+    (SLURM_RESTART_COUNT). Asked of all processes: only the failed node's torchrun counts the restart."""
+    counts = (os.environ.get(name, "0") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
+    return world.any(any(count.isdigit() and int(count) > 0 for count in counts))
 
 
 def fully_shard_model(model: nn.Module, device: torch.device) -> nn.Module:

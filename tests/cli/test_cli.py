@@ -1,6 +1,7 @@
 """The command line end to end: train, eval, predict, resume, fine-tune, and clean errors."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from vitkit.cli import main
 from vitkit.data.decode import read_image
 from vitkit.data.transforms import eval_transform
 from vitkit.model.normalization import to_model_input
+from vitkit.train import trainer
 from vitkit.train.outputs import TIMING_KEYS
 
 
@@ -187,3 +189,21 @@ def test_sigint_saves_a_checkpoint_that_resumes(tmp_path):
     assert (saved["progress"]["epoch"], saved["progress"]["step"]) < (8, 0)
     assert main(["train", "--resume", str(run)]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_job_slurm_requeued_resumes_from_its_out_folder(tmp_path, monkeypatch, caplog):
+    """The requeued job runs the same command; SLURM_RESTART_COUNT says it is a restart."""
+    run, args = tmp_path / "run", ["train", "digits", "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "run")]
+
+    def stop(r: trainer.Run) -> None:  # SIGTERM, as Slurm sends before the time limit
+        if (r.progress.epoch, r.progress.step) == (1, 3):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer, "STEP_HOOKS", [stop])
+    assert main(args) == 130
+    monkeypatch.setattr(trainer, "STEP_HOOKS", [])
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        assert main(args) == 0
+    assert f"resuming {run} at epoch 2, step 3" in caplog.text  # where the signal stopped it
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

@@ -112,7 +112,7 @@ def start(data: str = "digits", recipe: Recipe | None = None, given: set[str] | 
     planned = plan(spec, splits, recipe, given, init, saved, world.size, strict)
     paths = RunPaths(Path(out or resume or world.broadcast(outputs.default_out(splits.name))))
     if restart and not out:
-        log.warning("torchrun restarted the workers but this run has no --out: starting a new run in %s; "
+        log.warning("torchrun or Slurm restarted this run but it has no --out: starting a new run in %s; "
                     "pass --out DIR so that a restart resumes from DIR's checkpoint", paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     s = planned.splits
