@@ -117,7 +117,7 @@ def segments(order: list[Shard], start: int, stop: int) -> Iterator[tuple[Shard,
 
 class ShardStream(IterableDataset):
     """The training stream of one process: each worker its range of the epoch's sequence, through
-    a shuffle buffer, as whole batches of (uint8 images, labels, problems, (worker, read))."""
+    a shuffle buffer, as whole batches of (uint8 images, labels, problems)."""
 
     def __init__(self, split: ShardSplit, transform: Callable | None, batch: int, seed: int, rank: int,
                  ranks: int, workers: int, shuffle: int = SHUFFLE):
@@ -270,7 +270,8 @@ def _from_index(index: Path) -> dict[str, ShardSplit]:
 
 
 def _counted(names: list[Path]) -> dict[str, ShardSplit]:
-    """Shards without an index: their samples counted once, header by header (no image decoded)."""
+    """Shards without an index: their samples counted once, reading every shard through (no image
+    decoded); `vitkit shard` writes the index that spares this."""
     missing = [n for n in names if not n.is_file()]
     if missing:
         raise FileNotFoundError(f"shard {missing[0]} is missing")
