@@ -11,16 +11,19 @@ processes, for --seconds after a warm-up; images/s, and per worker (per core: ea
 process on one core). timm's loader gets the same crop, flip and RandAugment (`rand-m9-mstd0.5`).
 
 `scale`: 100,000 such JPEGs in 1,000 classes (generated, not downloaded), sharded, then two epochs
-streamed at 10,000 and 100,000 images: images/s per epoch (steady?), the loader process's resident
-memory (flat?), the start of an epoch (first batch), and the folder path's memory at the same two
-sizes (it holds every file's path and label). Memory is VmRSS of the process and its workers.
+streamed at 10,000 and 100,000 images: images/s per epoch (steady?), the loader's memory (flat?), the
+start of an epoch (first batch), and the folder path's memory at the same two sizes (it holds every
+file's path and label). Each is measured in a new process; memory is the PSS of that process and its
+workers (VmRSS would count the pages they share once in each).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,12 +77,14 @@ def linked(source: Path, target: Path, count: int) -> None:
             os.link(path, target / path.parent.name / path.name)
 
 
-def rss(pids: list[int]) -> int:
+def memory(pids: list[int]) -> int:
+    """Proportional set size (PSS) of the processes: a page shared by a process and its forked
+    workers counts once in all, not once in each as VmRSS would."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             continue
@@ -104,7 +109,7 @@ def timed(loader, seconds: float) -> dict:
         count += len(images)
         if time.perf_counter() - begin > seconds:
             break
-    return {"img_per_s": count / (time.perf_counter() - begin), "first_batch_s": first, "rss": rss(family())}
+    return {"img_per_s": count / (time.perf_counter() - begin), "first_batch_s": first, "memory": memory(family())}
 
 
 def vitkit_folder(folder: Path, workers: int):
@@ -154,9 +159,9 @@ def loaders(args: argparse.Namespace) -> None:
 def noted(figures: dict, lines: list[str], name: str, result: dict) -> None:
     """A measurement's img/s, memory and first batch, for the record and for people."""
     figures[f"{name}: img/s"] = figure(result["img_per_s"], "img/s", 1)
-    figures[f"{name}: memory"] = figure(result["rss"] / 2**20, "MiB", 0)
+    figures[f"{name}: memory"] = figure(result["memory"] / 2**20, "MiB", 0)
     figures[f"{name}: first batch"] = figure(result["first_batch_s"], "s", 2)
-    lines.append(f"{name}: {result['img_per_s']:.1f} img/s, {result['rss'] / 2**20:.0f} MiB, "
+    lines.append(f"{name}: {result['img_per_s']:.1f} img/s, {result['memory'] / 2**20:.0f} MiB, "
                  f"first batch {result['first_batch_s']:.2f} s")
     print(lines[-1], flush=True)
 
@@ -171,18 +176,35 @@ def scale(args: argparse.Namespace) -> None:
             sharding.write(str(folder), shards, 512 << 20, val_split=0.01)
             for epoch in range(2):
                 noted(figures, lines, f"shards, {count:,} images, epoch {epoch + 1}",
-                      timed(vitkit_shards(shards, 2, epoch), args.seconds))
-            noted(figures, lines, f"folder, {count:,} images", timed(vitkit_folder(folder, 2), args.seconds))
+                      fresh("shards", shards, epoch, args.seconds))
+            noted(figures, lines, f"folder, {count:,} images", fresh("folder", folder, 0, args.seconds))
     notes = (f"Synthetic JPEGs of 256-400 px in 1,000 classes, {args.images // 10:,} and {args.images:,}; 2 workers, "
              f"the photo recipe's augmentation, {args.seconds:g} s of each epoch after its first batch; memory: "
-             "VmRSS of the loading process and its workers.")
+             "PSS of the loading process and its workers, each measurement in a new process.")
     record("streaming-scale", "Streaming at scale: shards against folders", figures, notes, "\n".join(lines),
            save=not args.no_record)
 
 
+def fresh(kind: str, path: Path, epoch: int, seconds: float) -> dict:
+    """One loader measured in a new process, so that its memory is the loader's own, not what this
+    process kept from making and sharding the photos."""
+    done = subprocess.run([sys.executable, __file__, "measure", kind, str(path), "--epoch", str(epoch),
+                           "--seconds", str(seconds)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def measure(args: argparse.Namespace) -> None:
+    loader = (vitkit_shards(Path(args.path), 2, args.epoch) if args.kind == "shards"
+              else vitkit_folder(Path(args.path), 2))
+    print(json.dumps(timed(loader, args.seconds)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["loaders", "scale"])
+    parser.add_argument("mode", choices=["loaders", "scale", "measure"])
+    parser.add_argument("kind", nargs="?", choices=["shards", "folder"], help="measure: which loader")
+    parser.add_argument("path", nargs="?", help="measure: its folder")
+    parser.add_argument("--epoch", type=int, default=0, help="measure: which epoch")
     parser.add_argument("--images", type=int, help="photos (loaders: 2000; scale: 100000)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -191,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     args.images = args.images or (2000 if args.mode == "loaders" else 100_000)
     torch.set_num_threads(1)
-    (loaders if args.mode == "loaders" else scale)(args)
+    {"loaders": loaders, "scale": scale, "measure": measure}[args.mode](args)
 
 
 if __name__ == "__main__":
