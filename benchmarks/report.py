@@ -23,6 +23,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+PAPER = ROOT / "docs" / "distributed.md"
+PAPER_START, PAPER_END = "<!-- on-paper:start -->", "<!-- on-paper:end -->"
+IMAGENET, IMAGE_KB = 1_281_167, 110  # ImageNet-1k's training images and their mean size (140 GB in all)
 
 KINDS = {"amx-cpu": "AMX CPU", "cpu": "CPU without AMX", "h100": "H100", "h200": "H200"}
 # Sections of the page: a benchmark goes to the first whose prefix its name starts with.
@@ -32,7 +35,7 @@ GROUPS = [
     ("Speed against the peers", ("speed", "bench-")),
     ("Training speed", ("train-speed", "allocator", "cpu-kernels", "head-tokens", "kernel-rates",
                         "grad-checkpointing", "ablation")),
-    ("Serving, data loading and bf16", ("serve", "loader", "agreement")),
+    ("Serving, data loading and bf16", ("serve", "loader", "streaming", "agreement")),
     ("Images of any shape", ("resolution", "flexi-patch", "naflex-packing", "large-images")),
     ("GPUs", ("gpu",)),
     ("The trials that chose the defaults", ("choice-", "trials-")),
@@ -81,6 +84,11 @@ SCRIPTS = [  # (command, what it measures): the page's list of the benchmarks
     ("python benchmarks/grad_checkpointing.py", "ViT-L/16 training memory with and without gradient checkpointing"),
     ("python benchmarks/serve.py, loader.py, agreement.py RUN",
      "`vitkit serve` under concurrent clients; the loader while training; bf16 against fp32"),
+    ("python benchmarks/serve.py --attack", "`vitkit serve`'s clients beside clients that attack it"),
+    ("python benchmarks/streaming.py loaders|scale",
+     "photo loaders: folders, WebDataset shards and timm's; shards streamed at 10,000 and 100,000 images"),
+    ("python benchmarks/resolution.py, flexi_patch.py, naflex_packing.py, large_images.py",
+     "images of any shape: token budgets, patch sizes, padding against packing, windowed attention"),
     ("benchmarks/gpu.sh", "the GPU check: device tests, ViT-B/16 against timm, CIFAR-10, torchrun"),
 ]
 HOW = [
@@ -214,11 +222,37 @@ def table(records: list[dict]) -> str:
     return "\n".join([*lines, END])
 
 
-def with_table(readme: str, new: str) -> str:
-    start, end = readme.find(START), readme.find(END)
+def with_table(text: str, new: str, start_mark: str = START, end_mark: str = END) -> str:
+    start, end = text.find(start_mark), text.find(end_mark)
     if start < 0 or end < start:
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    return readme[:start] + new + readme[end + len(END):]
+        raise SystemExit(f"no {start_mark} ... {end_mark} block")
+    return text[:start] + new + text[end + len(end_mark):]
+
+
+def on_paper(records: list[dict]) -> str:
+    """docs/distributed.md's table: ViT-B/16 on ImageNet-1k for 300 epochs on 1, 8 and 64 H100s, from
+    the H100's measured training rate and the shards' measured decoding rate per core."""
+    newest = latest(records)
+    rate = newest["gpu"]["h100"]["figures"][B16.format("train", 256, "vitkit")]["median"]
+    loaders = next(iter(newest["loader-photos"].values()))["figures"]
+    per_core = sorted(loaders[f"shards, {n} worker(s): img/s per worker"]["median"] for n in (1, 2))
+    cores = [round(rate / per_core[1]), round(rate / per_core[0])]
+
+    def hours(seconds: float) -> str:
+        return f"{seconds / 3600:.2g} h" if seconds >= 3600 else f"{seconds / 60:.2g} min"
+
+    rows = {"images/s": lambda g: number(rate * g),
+            "300 epochs": lambda g: hours(300 * IMAGENET / (rate * g)),
+            "one epoch": lambda g: hours(IMAGENET / (rate * g)) if IMAGENET / (rate * g) >= 60
+            else f"{IMAGENET / (rate * g):.2g} s",
+            "read from storage": lambda g: f"{rate * g * IMAGE_KB / 1e6:.2g} GB/s",
+            "512 MB shards read per second": lambda g: f"{rate * g * IMAGE_KB / 512e3:.2g}",
+            f"decoding cores ({cores[0]}-{cores[1]} per GPU)": lambda g: f"{cores[0] * g:,}-{cores[1] * g:,}"}
+    lines = [PAPER_START, "| | 1 H100 | 8 H100s (1 node) | 64 H100s (8 nodes) |", "|---|---|---|---|",
+             *(f"| {name} | {' | '.join(row(g) for g in (1, 8, 64))} |" for name, row in rows.items()),
+             "", f"From {number(rate)} images/s per H100 and {number(per_core[0])}-{number(per_core[1])} "
+             "photos/s per core.", PAPER_END]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -226,7 +260,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed files differ")
     args = parser.parse_args()
     records = load()
-    wanted = {PAGE: page(records), README: with_table(README.read_text(), table(records))}
+    wanted = {PAGE: page(records), README: with_table(README.read_text(), table(records)),
+              PAPER: with_table(PAPER.read_text(), on_paper(records), PAPER_START, PAPER_END)}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
@@ -236,7 +271,7 @@ def main() -> None:
         if stale:
             raise SystemExit(f"{', '.join(str(p.relative_to(ROOT)) for p in stale)}: not what the records give; "
                              "run python benchmarks/report.py")
-        print("docs/benchmarks.md and the README's figures table match the records")
+        print("docs/benchmarks.md, the README's figures table and docs/distributed.md's table match the records")
         return
     for path in stale:
         path.write_text(wanted[path])

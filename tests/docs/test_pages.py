@@ -46,6 +46,9 @@ def test_the_figures_are_what_report_py_makes_of_the_committed_records():
     assert r.START in readme and r.END in readme
     assert r.with_table(readme, r.table(records)) == readme, "run python benchmarks/report.py"
     assert (ROOT / "docs" / "benchmarks.md").read_text() == r.page(records), "run python benchmarks/report.py"
+    paper = r.PAPER.read_text()
+    assert r.with_table(paper, r.on_paper(records), r.PAPER_START, r.PAPER_END) == paper, \
+        "run python benchmarks/report.py"
 
 
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("*.jsonl")), ids=lambda p: p.name)
