@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.model.config import LIMITS, Size, bounded, check_type, pair
+from vitkit.model.config import LIMITS, Size, bounded, check_fields, pair
 from vitkit.model.normalization import HALF
 
 PREFIX = "torchvision:"
@@ -51,14 +51,7 @@ class CNNConfig:
     def from_dict(cls, data: dict[str, Any]) -> CNNConfig:
         """Build from untrusted JSON-like data (a run's config.json): unknown keys, wrong types and
         sizes out of range are errors, before anything is built."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a CNN config must be a JSON object, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown CNN config keys {unknown}; known keys: {sorted(fields)}")
-        for key, value in data.items():
-            check_type(key, value, fields[key].type)
+        check_fields(cls, data, "CNN")
         if not isinstance(data.get("arch"), str):
             raise ValueError("a CNN config needs 'arch': a torchvision classification model, e.g. resnet18")
         config = cls(**data)

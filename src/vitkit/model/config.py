@@ -203,14 +203,7 @@ class ViTConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
         """Build from untrusted JSON-like data: unknown keys and wrong types are errors."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a ViT config must be a JSON object, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown ViT config keys {unknown}; known keys: {sorted(fields)}")
-        for key, value in data.items():
-            check_type(key, value, fields[key].type)
+        check_fields(cls, data, "ViT")
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -360,6 +353,19 @@ def bounded(name: str, value: Any, low: int, high: int | None) -> None:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name}={value} is out of range [{low}, {high}]")
+
+
+def check_fields(cls: type, data: Any, kind: str) -> None:
+    """Untrusted JSON-like data for a config dataclass: an object, with known keys only, each value
+    of its field's type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {kind} config must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {kind} config keys {unknown}; known keys: {sorted(fields)}")
+    for key, value in data.items():
+        check_type(key, value, fields[key].type)
 
 
 def check_type(key: str, value: Any, annotation: str) -> None:

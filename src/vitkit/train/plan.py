@@ -84,9 +84,6 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
     recipe, config = naflex_plan(recipe, given, config)
     recipe = batch_for(recipe, len(splits.train), processes)
     if isinstance(splits.train, ShardSplit):
-        if recipe.max_tokens:
-            raise ValueError("--max-tokens reads images by index, and wds: shards are read in sequence: train on "
-                             "the data the shards were written from, or drop --max-tokens")
         recipe, steps = stream_epoch(recipe, splits.train, processes)
         if resume and (resume.get("processes", processes), resume["recipe"].get("workers")) != (processes,
                                                                                              recipe.workers):
@@ -102,6 +99,9 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
 def stream_epoch(recipe: Recipe, train: ShardSplit, processes: int) -> tuple[Recipe, int]:
     """A stream's steps per epoch: equal ranges of its samples for every (process, worker), in
     whole batches, so the loader's workers are part of the plan (and of the recipe it records)."""
+    if recipe.max_tokens:
+        raise ValueError("--max-tokens reads images by index, and wds: shards are read in sequence: train on the "
+                         "data the shards were written from, or drop --max-tokens")
     workers = recipe.workers if recipe.workers is not None else default_workers()
     steps = train.steps_per_epoch(recipe.batch_size // processes, processes, workers)
     if not steps:
