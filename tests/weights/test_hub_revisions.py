@@ -3,6 +3,7 @@ model says which commit its weights came from, and a run started from them recor
 on a Hub cache folder written here (two commits of one repository), read offline."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -62,3 +63,18 @@ def test_a_run_records_the_commit_its_init_weights_came_from(hub, capsys):
 def test_convert_says_which_commit_it_converted(hub, capsys):
     assert main(["convert", f"hf-hub:{REPO}", "--out", str(hub / "converted"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["revision"] == OLD
+
+
+def test_a_run_records_its_teachers_commit_and_resumes_with_it(hub, caplog):
+    out = hub / "distilled"
+    args = ["train", "--teacher", f"hf-hub:{REPO}", "--teacher-revision", "v2", "--epochs", "1", "--batch-size", "64",
+            "--out", str(out)]
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        assert main(args) == 0
+    assert f"teacher: hf-hub:{REPO} at commit {NEW}" in caplog.text
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["teacher_commit"] == NEW
+    (hub / "cache" / ("models--" + REPO.replace("/", "--")) / "refs" / "v2").write_text(OLD)  # the tag moves
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        assert main(["train", "--resume", str(out)]) == 0
+    assert f"at commit {NEW}" in caplog.text  # the commit the run started with, not where v2 points now

@@ -25,6 +25,7 @@ class Teacher:
     def __init__(self, model: nn.Module, normalization: Normalization, image_hw: tuple[int, int] | None):
         self.model = model.eval().requires_grad_(False)
         self.normalization, self.image_hw = normalization, image_hw
+        self.commit: str | None = getattr(model, "revision", None)  # the Hub commit of hf-hub: weights
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ class Teacher:
         return self.model(self.normalization(pixels, channels)).float()
 
 
-def load_teacher(spec: str, num_classes: int, device: torch.device) -> Teacher:
+def load_teacher(spec: str, num_classes: int, device: torch.device, revision: str | None = None) -> Teacher:
     """`RUN|WEIGHTS` (anything vitkit.load reads), or `torchvision:ARCH:STATE_DICT` for one of
     torchvision's classifiers (resnet18, convnext_tiny, ...) trained on these classes with
     ImageNet's normalization."""
@@ -46,14 +47,15 @@ def load_teacher(spec: str, num_classes: int, device: torch.device) -> Teacher:
     else:
         from vitkit.weights import load
 
-        model = load(spec)
+        model = load(spec, revision=revision)
         teacher = Teacher(model, model.normalization or Normalization.parse("half"), model.config.image_hw)
     out = _classes_of(teacher.model)
     if out != num_classes:
         raise ValueError(f"the teacher {spec} predicts {out} classes and the data has {num_classes}; "
                          "a teacher must be trained on the same classes")
     teacher.model.to(device)
-    log.info("teacher: %s (%s parameters)", spec, f"{sum(p.numel() for p in teacher.model.parameters()):,}")
+    log.info("teacher: %s%s (%s parameters)", spec, f" at commit {teacher.commit}" if teacher.commit else "",
+             f"{sum(p.numel() for p in teacher.model.parameters()):,}")
     return teacher
 
 

@@ -59,7 +59,8 @@ def build_parts(plan: Plan, world: World, init: nn.Module | None = None) -> Part
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and runtime.bf16_pays(world.device, plan.config))
     model.set_grad_checkpointing(recipe.grad_checkpointing)
     use_training_kernels(model, world.device)
-    teacher = load_teacher(recipe.teacher, plan.config.num_classes, world.device) if recipe.teacher else None
+    teacher = load_teacher(recipe.teacher, plan.config.num_classes, world.device,
+                           plan.teacher_commit or recipe.teacher_revision) if recipe.teacher else None
     forward = DistributedDataParallel(model) if world.size > 1 and not sharded else model
     return Parts(model, forward, ema, optimizer, schedule, teacher, bf16, sharded)
 

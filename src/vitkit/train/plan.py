@@ -47,6 +47,7 @@ class Plan:
     normalization: Normalization
     steps_per_epoch: int
     init_commit: str | None = None  # the Hub commit the --init weights came from (the run records it)
+    teacher_commit: str | None = None  # a resumed run's: the Hub commit its --teacher came from
 
     @property
     def steps(self) -> int | None:
@@ -77,9 +78,7 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
         normalization = Normalization.parse(recipe.normalize or HALF)
         if recipe.teacher and isinstance(config, ViTConfig):  # DeiT: a distillation token and head
             config = config.replace(distilled=True, class_token=True, pool="cls")
-    if recipe.teacher and not getattr(config, "distilled", False):
-        raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
-                         "model (deit_*_distilled), or no --init")
+    check_teacher(recipe, config)
     config = flexi_config(recipe, config)
     recipe, config = naflex_plan(recipe, given, config)
     recipe = batch_for(recipe, len(splits.train), processes)
@@ -93,7 +92,14 @@ def plan(data: str, splits: DataSplits, recipe: Recipe, given: set[str], init: n
     else:
         steps = len(splits.train) // recipe.batch_size
     commit = resume.get("init_commit") if resume else getattr(init, "revision", None)
-    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization, steps, commit)
+    return Plan(data, at_size(splits, config.image_hw), recipe, config, normalization, steps, commit,
+                resume.get("teacher_commit") if resume else None)
+
+
+def check_teacher(recipe: Recipe, config: ViTConfig | CNNConfig) -> None:
+    if recipe.teacher and not getattr(config, "distilled", False):
+        raise ValueError("--teacher needs a student with a distillation token: --init weights of a distilled "
+                         "model (deit_*_distilled), or no --init")
 
 
 def stream_epoch(recipe: Recipe, train: ShardSplit, processes: int) -> tuple[Recipe, int]:

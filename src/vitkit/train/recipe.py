@@ -87,6 +87,9 @@ class Recipe:
     freeze_backbone: bool = knob(False, "train only the head (linear probe)")
     teacher: str | None = knob(None, "distil from this teacher (DeiT): a run or weights vitkit.load reads, or "
                                      "torchvision:ARCH:STATE_DICT; the student gets a distillation token and head")
+    teacher_revision: str | None = knob(None, "for --teacher hf-hub:ORG/NAME: the Hub's branch, tag or commit "
+                                              "(default: main); the run records the commit (teacher_commit) and a "
+                                              "resumed run loads that commit")
     distill: Literal["hard", "soft"] = knob("hard", "hard (the teacher's top class, DeiT's best) or soft (its "
                                                     "distribution, tau 3, weight 0.1)")
     grad_checkpointing: bool = knob(False, "recompute each block's activations in backward instead of keeping them "

@@ -365,7 +365,7 @@ class Run:
             "progress": dataclasses.asdict(self.progress), "budget": self.budget.state_dict(), "data": plan.data,
             "recipe": plan.recipe.to_dict(), "normalize": plan.normalization.to_dict(),
             "model_config": plan.config.to_dict(), "classes": plan.splits.classes, "processes": self.world.size,
-            "init_commit": plan.init_commit,
+            "init_commit": plan.init_commit, "teacher_commit": parts.teacher.commit if parts.teacher else None,
         }, self.progress.global_step, parts.sharded, self.world)
 
     def publish(self, final: bool) -> None:
