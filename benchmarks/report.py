@@ -238,13 +238,13 @@ def on_paper(records: list[dict]) -> str:
     per_core = sorted(loaders[f"shards, {n} worker(s): img/s per worker"]["median"] for n in (1, 2))
     cores = [round(rate / per_core[1]), round(rate / per_core[0])]
 
-    def hours(seconds: float) -> str:
-        return f"{seconds / 3600:.2g} h" if seconds >= 3600 else f"{seconds / 60:.2g} min"
+    def duration(seconds: float) -> str:
+        return (f"{seconds / 3600:.2g} h" if seconds >= 3600 else f"{seconds / 60:.2g} min" if seconds >= 60
+                else f"{seconds:.2g} s")
 
     rows = {"images/s": lambda g: number(rate * g),
-            "300 epochs": lambda g: hours(300 * IMAGENET / (rate * g)),
-            "one epoch": lambda g: hours(IMAGENET / (rate * g)) if IMAGENET / (rate * g) >= 60
-            else f"{IMAGENET / (rate * g):.2g} s",
+            "300 epochs": lambda g: duration(300 * IMAGENET / (rate * g)),
+            "one epoch": lambda g: duration(IMAGENET / (rate * g)),
             "read from storage": lambda g: f"{rate * g * IMAGE_KB / 1e6:.2g} GB/s",
             "512 MB shards read per second": lambda g: f"{rate * g * IMAGE_KB / 512e3:.2g}",
             f"decoding cores ({cores[0]}-{cores[1]} per GPU)": lambda g: f"{cores[0] * g:,}-{cores[1] * g:,}"}

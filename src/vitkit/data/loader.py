@@ -66,7 +66,7 @@ class SeededTransform(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         index, seed = key if isinstance(key, tuple) else (key, key)
         if self.inner.transform is not None:
-            torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed costs ~1 ms more
+            torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed also queues CUDA's (~0.1 ms)
         return self.inner[index]
 
 
