@@ -41,17 +41,23 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
+def predict_with(root, good: dict, changes: dict, capsys) -> tuple[int, str, str]:
+    """`vitkit predict --json` on the run with its config.json changed: {"FIELD" or "PART.FIELD": value}."""
+    config = json.loads(json.dumps(good))
+    for field, value in changes.items():
+        where, _, name = field.rpartition(".")
+        (config[where] if where else config)[name] = value
+    (root / "run" / "config.json").write_text(json.dumps(config))
+    code = main(["predict", str(root / "run"), str(root / "image.png"), "--json"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(TOP + [f"vit.{name}" for name in VIT]), value=JSON)
 def test_a_malformed_run_config_is_one_line_and_exit_2(run, capsys, field, value):
-    root, good = run
-    config = json.loads(json.dumps(good))
-    where, _, name = field.rpartition(".")
-    (config[where] if where else config)[name] = value
-    (root / "run" / "config.json").write_text(json.dumps(config))
-    code = main(["predict", str(root / "run"), str(root / "image.png"), "--json"])
-    out, err = capsys.readouterr()
+    code, out, err = predict_with(*run, {field: value}, capsys)
     assert code in (0, 2), (field, value, err)
     assert "Traceback" not in err, (field, value, err)
     if code == 2:
@@ -67,15 +73,10 @@ def test_a_malformed_run_config_is_one_line_and_exit_2(run, capsys, field, value
 def test_the_findings_each_give_one_line(run, capsys, normalize, classes):
     """What a hostile user tried: NaN or infinite normalization, a classes list shorter than the
     head, classes that are not a list of strings."""
-    root, good = run
-    config = json.loads(json.dumps(good))
-    if normalize is not None:
-        config["normalize"] = normalize
-    if classes is not None:
-        config["classes"] = classes
-    (root / "run" / "config.json").write_text(json.dumps(config))
-    assert main(["predict", str(root / "run"), str(root / "image.png"), "--json"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    changes = {"normalize": normalize, "classes": classes}
+    code, _, err = predict_with(*run, {k: v for k, v in changes.items() if v is not None}, capsys)
+    assert code == 2
+    err = err.strip().splitlines()
     assert len(err) == 1 and ("normalization" in err[0] or "classes" in err[0]), err
 
 
@@ -96,13 +97,7 @@ def cnn_run(tmp_path_factory):
 @given(field=st.sampled_from(["cnn", "cnn.arch", "cnn.num_classes", "cnn.in_channels", "cnn.image_size",
                               "cnn.small_images", "cnn.unknown"]), value=JSON)
 def test_a_malformed_cnn_run_config_is_one_line_and_exit_2(cnn_run, capsys, field, value):
-    root, good = cnn_run
-    config = json.loads(json.dumps(good))
-    where, _, name = field.rpartition(".")
-    (config[where] if where else config)[name] = value
-    (root / "run" / "config.json").write_text(json.dumps(config))
-    code = main(["predict", str(root / "run"), str(root / "image.png"), "--json"])
-    err = capsys.readouterr().err
+    code, _, err = predict_with(*cnn_run, {field: value}, capsys)
     assert code in (0, 2) and "Traceback" not in err, (field, value, err)
     assert code == 0 or len(err.strip().splitlines()) == 1, (field, value, err)
 
