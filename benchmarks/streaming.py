@@ -1,18 +1,21 @@
 """Photos at scale: the 224-px photo recipe's loader from an image folder, from WebDataset shards
 and timm's loader on the same images; and a scale run of synthetic ImageNet-like data.
 
-    python benchmarks/streaming.py loaders [--images 2000] [--seconds 20] [--no-record]
+    python benchmarks/streaming.py loaders [--images 10000] [--seconds 20] [--no-record]
     python benchmarks/streaming.py scale [--images 100000] [--no-record]
 
 `loaders`: JPEG photos of 256-400 px (noise over gradients, so they compress like photographs),
 in 100 classes, as a folder and as shards (`vitkit shard`). Each loader decodes and augments as the
 photo recipe does: RandomResizedCrop to 224, flip, RandAugment (m9), in 1 and then 2 worker
-processes, for --seconds after a warm-up; images/s, and per worker (per core: each worker is one
+processes, for --seconds after a warm-up or three quarters of an epoch (an epoch's end, where
+the workers stop, is not what is measured); images/s, and per worker (per core: each worker is one
 process on one core). timm's loader gets the same crop, flip and RandAugment (`rand-m9-mstd0.5`).
 
 `scale`: 100,000 such JPEGs in 1,000 classes (generated, not downloaded), sharded, then two epochs
-streamed at 10,000 and 100,000 images: images/s per epoch (steady?), the loader's memory (flat?), the
-start of an epoch (first batch), and the folder path's memory at the same two sizes (it holds every
+streamed at 10,000 and 100,000 images, the same number of images from each (a twentieth of the
+larger set), and six times as many from the larger: images/s per epoch (steady?), the loader's
+peak memory (flat with the file count? with the time streamed?), the start of an epoch (first
+batch), and the folder path's memory at the same two sizes (it holds every
 file's path and label). Each is measured in a new process; memory is the PSS of that process and its
 workers (VmRSS would count the pages they share once in each).
 """
@@ -98,18 +101,22 @@ def family() -> list[int]:
     return [me, *(int(p) for p in children.read_text().split())] if children.exists() else [me]
 
 
-def timed(loader, seconds: float) -> dict:
-    """img/s over `seconds` after the first batch, the first batch's wait, and memory at the end."""
+def timed(loader, seconds: float, images: int) -> dict:
+    """img/s after the first batch, for `seconds` or `images` images, whichever comes first (within
+    one epoch: an epoch's end, where the workers stop, is not what is measured); the first batch's
+    wait; and the peak memory, sampled every 10 batches."""
     start = time.perf_counter()
     batches = iter(loader)
     next(batches)
     first = time.perf_counter() - start
-    count, begin = 0, time.perf_counter()
-    for images, *_ in batches:
-        count += len(images)
-        if time.perf_counter() - begin > seconds:
+    count, peak, begin = 0, memory(family()), time.perf_counter()
+    for n, (batch, *_) in enumerate(batches, 1):
+        count += len(batch)
+        if n % 10 == 0:
+            peak = max(peak, memory(family()))
+        if time.perf_counter() - begin > seconds or count >= images:
             break
-    return {"img_per_s": count / (time.perf_counter() - begin), "first_batch_s": first, "memory": memory(family())}
+    return {"img_per_s": count / (time.perf_counter() - begin), "first_batch_s": first, "memory": peak}
 
 
 def vitkit_folder(folder: Path, workers: int):
@@ -141,8 +148,8 @@ def loaders(args: argparse.Namespace) -> None:
         sharding.write(str(folder), shards, 64 << 20, val_split=0.05)
         for workers in (1, 2):
             for name, make in (("folder", vitkit_folder), ("shards", vitkit_shards), ("timm", timm_folder)):
-                rates = [timed(make(folder if name != "shards" else shards, workers), args.seconds)["img_per_s"]
-                         for _ in range(args.repeats)]
+                rates = [timed(make(folder if name != "shards" else shards, workers), args.seconds,
+                               args.images * 3 // 4)["img_per_s"] for _ in range(args.repeats)]
                 figures[f"{name}, {workers} worker(s): img/s"] = figure(rates, "img/s", 1)
                 figures[f"{name}, {workers} worker(s): img/s per worker"] = figure([r / workers for r in rates],
                                                                                    "img/s", 1)
@@ -150,7 +157,8 @@ def loaders(args: argparse.Namespace) -> None:
                              f"({min(rates):.1f} - {max(rates):.1f})")
                 print(lines[-1], flush=True)
     notes = (f"{args.images} JPEGs of 256-400 px, 100 classes; RandomResizedCrop 224 (scale 0.35-1), flip, "
-             f"RandAugment m9 in every loader; batch {BATCH}; {args.repeats} runs of {args.seconds:g} s each after "
+             f"RandAugment m9 in every loader; batch {BATCH}; {args.repeats} runs of {args.seconds:g} s (or three "
+             "quarters of an epoch) each after "
              "the first batch; each worker one process.")
     record("loader-photos", "Photo loaders: image folder, WebDataset shards and timm", figures, notes,
            "\n".join(lines), save=not args.no_record)
@@ -176,27 +184,33 @@ def scale(args: argparse.Namespace) -> None:
             sharding.write(str(folder), shards, 512 << 20, val_split=0.01)
             for epoch in range(2):
                 noted(figures, lines, f"shards, {count:,} images, epoch {epoch + 1}",
-                      fresh("shards", shards, epoch, args.seconds))
-            noted(figures, lines, f"folder, {count:,} images", fresh("folder", folder, 0, args.seconds))
+                      fresh("shards", shards, epoch, args.seconds, args.images // 20))
+            if count == args.images:
+                noted(figures, lines, f"shards, {count:,} images, epoch 1, {6 * args.images // 20:,} streamed",
+                      fresh("shards", shards, 0, 6 * args.seconds, 6 * args.images // 20))
+            noted(figures, lines, f"folder, {count:,} images", fresh("folder", folder, 0, args.seconds,
+                                                                     args.images // 20))
     notes = (f"Synthetic JPEGs of 256-400 px in 1,000 classes, {args.images // 10:,} and {args.images:,}; 2 workers, "
-             f"the photo recipe's augmentation, {args.seconds:g} s of each epoch after its first batch; memory: "
+             f"the photo recipe's augmentation, {args.images // 20:,} images (or {args.seconds:g} s) of each epoch "
+             "after its first batch, and once six times as many; memory: the peak, "
              "PSS of the loading process and its workers, each measurement in a new process.")
     record("streaming-scale", "Streaming at scale: shards against folders", figures, notes, "\n".join(lines),
            save=not args.no_record)
 
 
-def fresh(kind: str, path: Path, epoch: int, seconds: float) -> dict:
+def fresh(kind: str, path: Path, epoch: int, seconds: float, images: int) -> dict:
     """One loader measured in a new process, so that its memory is the loader's own, not what this
     process kept from making and sharding the photos."""
     done = subprocess.run([sys.executable, __file__, "measure", kind, str(path), "--epoch", str(epoch),
-                           "--seconds", str(seconds)], capture_output=True, text=True, check=True)
+                           "--seconds", str(seconds), "--count", str(images)], capture_output=True, text=True,
+                          check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def measure(args: argparse.Namespace) -> None:
     loader = (vitkit_shards(Path(args.path), 2, args.epoch) if args.kind == "shards"
               else vitkit_folder(Path(args.path), 2))
-    print(json.dumps(timed(loader, args.seconds)))
+    print(json.dumps(timed(loader, args.seconds, args.count)))
 
 
 def main() -> None:
@@ -205,13 +219,14 @@ def main() -> None:
     parser.add_argument("kind", nargs="?", choices=["shards", "folder"], help="measure: which loader")
     parser.add_argument("path", nargs="?", help="measure: its folder")
     parser.add_argument("--epoch", type=int, default=0, help="measure: which epoch")
-    parser.add_argument("--images", type=int, help="photos (loaders: 2000; scale: 100000)")
+    parser.add_argument("--count", type=int, help="measure: images to stream at most")
+    parser.add_argument("--images", type=int, help="photos (loaders: 10000; scale: 100000)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tmp", help="where the scale run's images go (several GB)")
     parser.add_argument("--no-record", action="store_true", help="print only; append no record")
     args = parser.parse_args()
-    args.images = args.images or (2000 if args.mode == "loaders" else 100_000)
+    args.images = args.images or (10_000 if args.mode == "loaders" else 100_000)
     torch.set_num_threads(1)
     {"loaders": loaders, "scale": scale, "measure": measure}[args.mode](args)
 
