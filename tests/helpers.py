@@ -1,6 +1,7 @@
 """Small shared test helpers."""
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -89,3 +90,18 @@ def assert_same_run(a, b, tol=1e-5, skip_key_bias_of_inner_dim=None):
     assert [m["val_top1"] for m in ma] == [m["val_top1"] for m in mb]
     for key in ("train_loss", "val_loss"):  # the same loss: evaluation sharded with no image lost or repeated
         assert [round(m[key], 5) for m in ma] == [round(m[key], 5) for m in mb]
+
+
+def png(colour, size=(10, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fruit(count: int, image="img", label="fine", bad_row=None):
+    """Rows of a Hugging Face dataset (images as PNG bytes, labels alternating) and its features."""
+    import datasets
+
+    rows = {image: [{"bytes": b"not an image" if i == bad_row else png((200, 9 * i, 30)), "path": None}
+                    for i in range(count)], label: [i % 2 for i in range(count)]}
+    return rows, datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=["apple", "pear"])})

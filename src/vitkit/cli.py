@@ -43,21 +43,21 @@ def command(name: str):
 
 
 def add_columns(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-column", metavar="COLUMN", help="hfds: data: the column holding the images "
+    p.add_argument("--image-column", metavar="COLUMN", help="hfds:/hfids: data: the column holding the images "
                                                              "(default: the Image feature, or one named image/img)")
-    p.add_argument("--label-column", metavar="COLUMN", help="hfds: data: the column holding the labels "
+    p.add_argument("--label-column", metavar="COLUMN", help="hfds:/hfids: data: the column holding the labels "
                                                              "(default: the ClassLabel feature, or one named label)")
 
 
 def with_columns(args: argparse.Namespace) -> None:
-    """--image-column/--label-column become part of the hfds: spec, which a run records."""
+    """--image-column/--label-column become part of the hfds:/hfids: spec, which a run records."""
     columns = {k: getattr(args, f"{k}_column", None) for k in ("image", "label")}
     columns = {k: v for k, v in columns.items() if v}
     if not columns:
         return
     for attr in ("data", "data_pos", "src"):
         spec = getattr(args, attr, None)
-        if spec and spec.startswith("hfds:"):
+        if spec and spec.startswith(("hfds:", "hfids:")):
             setattr(args, attr, spec + ("&" if "?" in spec else "?") + "&".join(f"{k}={v}" for k, v in columns.items()))
             return
     raise UserError("--image-column and --label-column name the columns of hfds: data; give --data hfds:PATH")
@@ -140,7 +140,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_pos", nargs="?", metavar="DATA", help="same as --data")
     p.add_argument("--data", default=None, help="digits (default), mnist:DIR, fashion-mnist:DIR, "
                    "cifar10:DIR, cifar100:DIR, an image folder / .tar.gz of one, wds:DIR (WebDataset shards), "
-                   "or hfds:PATH (a Hugging Face dataset)")
+                   "hfds:PATH (a Hugging Face dataset) or hfids:PATH (one streamed from its files)")
     p.add_argument("--out", help="run directory (default: runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (exit 2)")

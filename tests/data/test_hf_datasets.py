@@ -2,30 +2,17 @@
 label columns found by their features (or named), class names from the ClassLabel feature, images
 decoded by vitkit from their own bytes; and sharded with those bytes unchanged."""
 
-import io
 import json
 import tarfile
 
 import datasets
 import pytest
 import torch
-from PIL import Image
 
+from helpers import fruit, png
 from vitkit.cli import main
 from vitkit.data import spec as data_spec
 from vitkit.data.decode import read_image
-
-
-def png(colour) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (10, 8), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def fruit(count: int, image="img", label="fine", bad_row=None) -> tuple[dict, datasets.Features]:
-    rows = {image: [{"bytes": b"not an image" if i == bad_row else png((200, 9 * i, 30)), "path": None}
-                    for i in range(count)], label: [i % 2 for i in range(count)]}
-    return rows, datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=["apple", "pear"])})
 
 
 @pytest.fixture

@@ -298,3 +298,20 @@ def test_shards_are_not_sharded_again_and_take_no_token_budget(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already shards" in err[0] and "--max-tokens reads images by index" in err[1]
     assert not (tmp_path / "again").exists()
+
+
+def test_a_brace_pattern_trains_with_the_index_or_with_whole_shards_held_out(tmp_path):
+    index = sharding.write("digits", tmp_path / "wds", shard_bytes=20_000)
+    last = index["shards"]["train"] - 1
+    pattern = f"wds:{tmp_path / 'wds'}/train-{{000000..{last - 2:06d}}}.tar"
+    picked = data_spec.load(pattern)  # the index's own validation and test splits stay
+    assert len(picked.train.shards) == last - 1
+    assert (len(picked.val), len(picked.test)) == (index["splits"]["val"], index["splits"]["test"])
+    (tmp_path / "wds" / "dataset.json").unlink()
+    unindexed = data_spec.load(pattern, val_split=0.2, seed=3)
+    kept, held = ({s.path.name for s in split.shards} for split in (unindexed.train, unindexed.val))
+    assert kept.isdisjoint(held) and len(kept | held) == last - 1
+    assert 0.2 <= len(unindexed.val) / (len(unindexed.val) + len(unindexed.train)) < 0.35
+    assert data_spec.load(pattern, val_split=0.2, seed=3).val == unindexed.val
+    with pytest.raises(ValueError, match="one shard cannot hold out"):
+        data_spec.load(f"wds:{tmp_path / 'wds'}/train-000000.tar")

@@ -12,6 +12,7 @@ as an image folder does; for data too large for one disk, write it as shards (`v
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -88,14 +89,8 @@ def open_dataset(spec: str, channels: int | None = None) -> tuple[str, list[str]
     if "train" not in splits:
         raise ValueError(f"hfds:{where} has no train split (it has {sorted(found)})")
     first = splits["train"]
-    image = options.get("image") or _column(first, datasets.Image, IMAGE_NAMES, "image")
-    label = options.get("label") or _column(first, datasets.ClassLabel, LABEL_NAMES, "label")
-    for name in (image, label):
-        if name not in first.column_names:
-            raise ValueError(f"hfds:{where} has no column {name!r}; it has {first.column_names}")
-    feature = first.features[label]
-    classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else \
-        [str(c) for c in range(int(max(first[label])) + 1)]
+    image, label = columns(first.features, options, f"hfds:{where}")
+    classes = class_names(first.features[label], lambda: first[label])
     tables = {s: t.cast_column(image, datasets.Image(decode=False)) if isinstance(t.features[image], datasets.Image)
               else t for s, t in splits.items()}
     return Path(where).name or where, classes, {s: HFImages(t, image, label, channels or 3) for s, t in tables.items()}
@@ -117,9 +112,28 @@ def _load(datasets, where: str) -> dict:
     return found if isinstance(found, datasets.DatasetDict) else {"train": found}
 
 
-def _column(table, kind, names: tuple[str, ...], what: str) -> str:
-    by_type = [n for n, f in table.features.items() if isinstance(f, kind)]
-    by_name = [n for n in names if n in table.column_names]
+def columns(features: dict, options: dict[str, str], spec: str) -> tuple[str, str]:
+    """The (image, label) columns: those the spec names (?image=COL&label=COL), else found by their
+    features (Image, ClassLabel), else by their usual names."""
+    datasets = require_datasets()
+    image = options.get("image") or _column(features, datasets.Image, IMAGE_NAMES, "image")
+    label = options.get("label") or _column(features, datasets.ClassLabel, LABEL_NAMES, "label")
+    for name in (image, label):
+        if name not in features:
+            raise ValueError(f"{spec} has no column {name!r}; it has {list(features)}")
+    return image, label
+
+
+def class_names(feature, labels: Callable[[], Iterable[int]]) -> list[str]:
+    """A ClassLabel feature's names; else the labels 0..the largest one found (`labels` read once)."""
+    if isinstance(feature, require_datasets().ClassLabel):
+        return list(feature.names)
+    return [str(c) for c in range(max((int(v) for v in labels() if v is not None), default=-1) + 1)]
+
+
+def _column(features: dict, kind, names: tuple[str, ...], what: str) -> str:
+    by_type = [n for n, f in features.items() if isinstance(f, kind)]
+    by_name = [n for n in names if n in features]
     if by_type or by_name:
         return (by_type or by_name)[0]
-    raise ValueError(f"no {what} column found among {table.column_names}: name it with --{what}-column COLUMN")
+    raise ValueError(f"no {what} column found among {list(features)}: name it with --{what}-column COLUMN")

@@ -43,7 +43,7 @@ def write(spec: str, out: Path, shard_bytes: int, val_split: float = 0.1, seed: 
     if shard_bytes < 1:
         raise ValueError("--shard-size must be positive")
     splits = hold_out(read(spec, decode_archives=False), val_split, seed)
-    if isinstance(splits.train, shards.ShardSplit):
+    if isinstance(splits.train, shards.ShardSplit) and not splits.train.shards[0].columns:
         raise ValueError(f"{spec} is already shards: copy its folder, or shard the data it was written from")
     if splits.train is None:
         raise ValueError(f"data set {spec!r} has no training images")
@@ -58,9 +58,16 @@ def write(spec: str, out: Path, shard_bytes: int, val_split: float = 0.1, seed: 
             "shards": {k: len(v[0]) for k, v in written.items()}, "skipped": list(splits.skipped)}
 
 
-def samples(images: ArrayImages | FileImages | HFImages, split: str,
+def samples(images: ArrayImages | FileImages | HFImages | shards.ShardSplit, split: str,
             seed: int) -> Iterator[tuple[str, bytes, str, int]]:
-    """(key, encoded bytes, extension, label) of every image, in an order shuffled by the seed."""
+    """(key, encoded bytes, extension, label) of every image, in an order shuffled by the seed (a
+    streamed dataset's rows in their files' order: the stream shuffles when it reads them)."""
+    if isinstance(images, shards.ShardSplit):
+        rows = (row for shard in images.shards for row in shards.read_shard(shard))
+        for n, row in enumerate(rows):
+            data = row["image"] or b""
+            yield f"{split}{n:09d}", data, image_format(data), -1 if row["cls"] is None else int(row["cls"])
+        return
     order = list(range(len(images)))
     random.Random(f"{seed}-{split}").shuffle(order)
     for n, i in enumerate(order):
@@ -76,16 +83,21 @@ def original(images: FileImages | HFImages, i: int) -> tuple[bytes, str]:
     """An image's own encoded bytes, and a name whose extension is its format's."""
     if isinstance(images, HFImages):
         data = images.encoded(i) or b""
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                kind = (img.format or "png").lower().replace("jpeg", "jpg")
-        except (OSError, ValueError):
-            kind = "png"  # not an image: the reader will skip it and say so
-        return data, f"row.{kind}"
+        return data, f"row.{image_format(data)}"
     source, name = images.sources[i], images.names[i]
     if isinstance(source, bytes):
         return source, name
     return Path(source).read_bytes(), name
+
+
+def image_format(data: bytes) -> str:
+    """The extension of encoded image bytes' format (png for what is not an image: the reader
+    will skip it and say so)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return (img.format or "png").lower().replace("jpeg", "jpg")
+    except (OSError, ValueError):
+        return "png"
 
 
 def describe(result: dict) -> str:

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vitkit import atomic
+from vitkit.data import tables
 from vitkit.data.datasets import collate
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.seeds import mix_seed
@@ -65,6 +66,7 @@ class Shard:
     samples: int
     bytes: int | None = None  # None: not recorded (shards given by a pattern without an index)
     sha256: str | None = None
+    columns: tuple[str, str] | None = None  # a table's (image, label) columns (hfids:); None: a tar of samples
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,21 @@ class ShardSplit:
 
     def steps_per_epoch(self, batch: int, ranks: int, workers: int) -> int:
         return max(workers, 1) * self.per_worker(batch, ranks, workers) // batch
+
+    def split(self, fraction: float, seed: int) -> tuple[ShardSplit, ShardSplit]:
+        """Whole shards held out, about `fraction` of the samples (at least one shard, fixed by
+        `seed`): shards given by a pattern without a validation split of their own."""
+        if len(self.shards) < 2:
+            raise ValueError(f"{self.shards[0].path if self.shards else self.name}: one shard cannot hold out a "
+                             "validation split; give more shards, or write them with `vitkit shard` (it holds one out)")
+        order = list(self.shards)
+        random.Random(f"{seed}-held-out-shards").shuffle(order)
+        held, count = [], 0
+        while len(held) < len(order) - 1 and (not held or count < fraction * len(self)):
+            held.append(order[len(held)])
+            count += held[-1].samples
+        keep = tuple(s for s in self.shards if s not in held)
+        return dataclasses.replace(self, shards=keep), dataclasses.replace(self, name="val", shards=tuple(held))
 
     def check(self) -> None:
         """Every shard present, and as large as the index says (a truncated shard is found here)."""
@@ -172,7 +189,11 @@ class ShardEval(IterableDataset):
 def read_shard(shard: Shard, first: int = 0, last: int | None = None) -> Iterator[dict]:
     """Samples first..last-1 of a shard (all: last None), as webdataset groups a tar's members:
     only image and .cls members are read (a .pyd or .pth member, which webdataset would unpickle,
-    never is). A shard with fewer samples than its index says is an error."""
+    never is). A shard with fewer samples than its index says is an error. A table's rows come as
+    samples too, their image under "image"."""
+    if shard.columns:
+        yield from _table_rows(shard, first, last)
+        return
     wds = require_webdataset()
     wanted = re.compile(rf".*\.({'|'.join(EXTENSIONS)}|cls)$", re.IGNORECASE)
     index = -1
@@ -193,14 +214,25 @@ def read_shard(shard: Shard, first: int = 0, last: int | None = None) -> Iterato
                          "truncated; write the shards again (vitkit shard)")
 
 
+def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
+    """A table's rows as samples: the image column's bytes (a Hugging Face Image cell holds them
+    under "bytes") and the label."""
+    try:
+        for n, (image, label) in enumerate(tables.rows(shard.path, list(shard.columns), first, last), first):
+            data = image.get("bytes") if isinstance(image, dict) else image
+            yield {"__key__": f"row {n}", "__url__": str(shard.path), "image": data, "cls": label}
+    except (OSError, ValueError) as e:  # pyarrow's errors are ValueErrors or OSErrors
+        raise ValueError(f"cannot read {shard.path}: {str(e).splitlines()[0][:200]}") from None
+
+
 def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: tuple | None) -> tuple:
     """(image, label, problem): a sample without an image or a class, or one that does not
     decode, is a problem to skip and list, in its place (so every process keeps its count)."""
     name = f"{sample.get('__url__')}:{sample.get('__key__')}"
-    image = next((sample[e] for e in EXTENSIONS if e in sample), None)
+    image = next((sample[e] for e in (*EXTENSIONS, "image") if sample.get(e) is not None), None)
     try:
         label = int(sample["cls"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         return None, 0, (name, "no class (.cls) in the sample, or not a number")
     if image is None or not 0 <= label < len(split.classes):
         return None, 0, (name, "no image in the sample" if image is None else f"class {label} out of range")
@@ -241,11 +273,10 @@ def open_shards(spec: str) -> dict[str, ShardSplit]:
     if not names:
         raise ValueError(f"wds:{spec} names no shards")
     index = names[0].parent / INDEX
-    if index.is_file():
-        splits = _from_index(index)
+    if index.is_file():  # the pattern picks the shards of the splits it names; the index's others stay
         wanted = {n.resolve() for n in names}
         return {name: dataclasses.replace(s, shards=tuple(x for x in s.shards if x.path.resolve() in wanted))
-                for name, s in splits.items() if any(x.path.resolve() in wanted for x in s.shards)}
+                if any(x.path.resolve() in wanted for x in s.shards) else s for name, s in _from_index(index).items()}
     return _counted(names)
 
 

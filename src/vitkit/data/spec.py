@@ -1,8 +1,8 @@
 """`--data SPEC` -> the train / validation / test sets, class names and native image shape.
 
 SPEC is `digits`, `mnist:DIR`, `fashion-mnist:DIR`, `cifar10:DIR`, `cifar100:DIR` (DIR may be the
-.tar.gz), an image-folder DIR / .tar / .tar.gz, `wds:DIR` (WebDataset shards: data/shards.py) or
-`hfds:PATH` (a Hugging Face dataset: data/hf.py).
+.tar.gz), an image-folder DIR / .tar / .tar.gz, `wds:DIR` (WebDataset shards: data/shards.py),
+`hfds:PATH` (a Hugging Face dataset: data/hf.py) or `hfids:PATH` (one streamed: data/hf_stream.py).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.data import arrays, folder, hf, shards
+from vitkit.data import arrays, folder, hf, hf_stream, shards
 from vitkit.data.datasets import ArrayImages, FileImages
 from vitkit.data.hf import HFImages
 from vitkit.data.shards import ShardSplit
 
 DECODE_ARCHIVE_BYTES = 1 << 30  # archives of small images are decoded once, up to 1 GiB of pixels
-KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "wds", "hfds")
+KINDS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "wds", "hfds", "hfids")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class DataSplits:
             have = [s for s in ("train", "val", "test") if getattr(self, s) is not None]
             raise ValueError(f"data set {self.name!r} has no {name!r} split; it has {have}")
         if indexed and isinstance(found, ShardSplit):
-            raise ValueError(f"{indexed} reads images by index, and wds: shards are read in sequence; give it the "
-                             "data the shards were written from (a folder, an archive, hfds:...)")
+            raise ValueError(f"{indexed} reads images by index, and wds: shards and hfids: files are read in "
+                             "sequence; give it the data as a folder, an archive or hfds:...")
         return found
 
 
@@ -78,7 +78,9 @@ def read(spec: str, channels: int | None = None, decode_archives: bool = True) -
     image folders; `decode_archives` off keeps an archive's images as their encoded bytes."""
     kind, path = parse(spec)
     if kind == "wds":
-        return _shards(spec.partition(":")[2])
+        return _streamed(shards.open_shards(str(Path(spec.partition(":")[2]).expanduser())))
+    if kind == "hfids":
+        return _streamed(hf_stream.open_stream(spec.partition(":")[2], channels))
     if kind == "hfds":
         name, classes, found = hf.open_dataset(spec.partition(":")[2], channels)
         train = found["train"]
@@ -97,10 +99,10 @@ def read(spec: str, channels: int | None = None, decode_archives: bool = True) -
     return _image_folder(path, channels, decode_archives)
 
 
-def _shards(where: str) -> DataSplits:
-    found = shards.open_shards(str(Path(where).expanduser()))
+def _streamed(found: dict[str, ShardSplit]) -> DataSplits:
+    """Data read in sequence (shards, or a dataset's files), its image size from a first few."""
     first = next(iter(found.values()))
-    probe = [next((s[e] for e in shards.EXTENSIONS if e in s), b"") for s, _ in
+    probe = [next((s[e] for e in (*shards.EXTENSIONS, "image") if s.get(e)), b"") for s, _ in
              zip(shards.read_shard(first.shards[0]), range(16), strict=False)] if first.shards else []
     return DataSplits(first.source, list(first.classes), first.channels, typical_size(probe), found.get("train"),
                       found.get("val"), found.get("test"))
@@ -111,10 +113,7 @@ def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     fixed by `seed`). The test split stays untouched for the final evaluation."""
     if splits.val is not None or splits.train is None:
         return splits
-    if isinstance(splits.train, ShardSplit):
-        raise ValueError(f"{splits.name}: WebDataset shards need a validation split of their own (val-*.tar): "
-                         "`vitkit shard` holds one out when it writes them")
-    train, val = splits.train.split(fraction, seed)
+    train, val = splits.train.split(fraction, seed)  # (shards: whole shards)
     return dataclasses.replace(splits, train=train, val=val)
 
 

@@ -1,0 +1,111 @@
+"""Hugging Face datasets streamed from their files (`hfids:`): each parquet or Arrow file a shard,
+read in sequence with its rows' images as datasets itself decodes them; splits found by Hugging
+Face's file names or save_to_disk's state; sharded to WebDataset with the rows' bytes."""
+
+import tarfile
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from helpers import fruit, png
+from vitkit.cli import main
+from vitkit.data import shards, tables
+from vitkit.data import spec as data_spec
+
+
+def parquet_folder(root, per_file=(7, 5), val=4, bad_row=None):
+    """data/train-0000N-of-0000M.parquet and data/validation-00000-of-00001.parquet, as the Hub lays
+    them out; rows of each file distinct; `bad_row` of the first file not an image."""
+    (root / "data").mkdir(parents=True)
+    features, start = None, 0
+    for n, count in enumerate(per_file):
+        rows, features = fruit(count, bad_row=bad_row if n == 0 else None)
+        rows["img"] = [{"bytes": png((start + i, 2 * i, 90), (9 + i % 3, 7)), "path": None}
+                       if i != bad_row or n else cell for i, cell in enumerate(rows["img"])]
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            str(root / "data" / f"train-{n:05d}-of-{len(per_file):05d}.parquet"))
+        start += count
+    rows, _ = fruit(val)
+    validation = root / "data" / "validation-00000-of-00001.parquet"
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(validation))
+    return root
+
+
+def decoded_by_datasets(folder, split):
+    """The oracle: datasets' own reading and PIL decoding of the same files, as uint8 C, H, W."""
+    found = datasets.load_dataset("parquet", data_dir=str(folder))[split]
+    return sorted(tuple(torch.from_numpy(np.asarray(row["img"].convert("RGB"))).permute(2, 0, 1).flatten().tolist())
+                  for row in found)
+
+
+def test_parquet_files_stream_as_shards_with_the_images_datasets_reads(tmp_path):
+    folder = parquet_folder(tmp_path / "p")
+    splits = data_spec.load(f"hfids:{folder}")
+    assert splits.classes == ["apple", "pear"] and splits.name == "p"
+    assert [s.samples for s in splits.train.shards] == [7, 5] and len(splits.val) == 4
+    for ours, theirs in (("train", "train"), ("val", "validation")):
+        images = sorted(tuple(x.flatten().tolist()) for x, _, problem in shards.ShardEval(getattr(splits, ours), None))
+        assert images == decoded_by_datasets(folder, theirs)
+
+
+def test_rows_are_read_from_any_row_on_as_pyarrow_reads_them(tmp_path):
+    table = pa.table({"image": [bytes([i]) for i in range(100)], "label": list(range(100))})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=16)
+    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=16):
+            writer.write_batch(batch)
+    for path in (tmp_path / "t.parquet", tmp_path / "t.arrow"):
+        assert tables.count_rows(path) == 100
+        for first, last in ((0, None), (17, 40), (32, 33), (95, None)):
+            expected = table.slice(first, (last or 100) - first)
+            assert list(tables.rows(path, ["label", "image"], first, last)) == list(
+                zip(expected["label"].to_pylist(), expected["image"].to_pylist(), strict=True))
+
+
+def test_a_saved_dataset_streams_with_whole_files_held_out(tmp_path):
+    rows, features = fruit(24)
+    test_rows, _ = fruit(6)
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
+                          "test": datasets.Dataset.from_dict(test_rows, features=features)}).save_to_disk(
+        tmp_path / "d", num_shards={"train": 4, "test": 1})
+    splits = data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2)
+    assert len(splits.train.shards) == 3 and len(splits.val.shards) == 1 and len(splits.test) == 6
+    assert len(splits.train) + len(splits.val) == 24
+
+
+def test_training_and_evaluating_on_a_stream(tmp_path):
+    folder = parquet_folder(tmp_path / "p", per_file=(12, 12, 12), bad_row=3)
+    out = tmp_path / "run"
+    assert main(["train", f"hfids:{folder}", "--epochs", "2", "--batch-size", "4", "--workers", "2",
+                 "--model-option", "depth=1", "--out", str(out)]) == 0
+    assert "train-00000-of-00003.parquet:row 3: not an image file" in (out / "train.log").read_text()
+    assert main(["eval", str(out), "--data", f"hfids:{folder}", "--split", "val"]) == 0
+
+
+def test_a_stream_is_sharded_with_the_rows_bytes(tmp_path):
+    folder = parquet_folder(tmp_path / "p")
+    assert main(["shard", f"hfids:{folder}", "--out", str(tmp_path / "wds")]) == 0
+    written = []
+    for shard in sorted((tmp_path / "wds").glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            written += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]
+    expected = [cell["bytes"] for f in sorted((folder / "data").glob("train-*")) for cell in
+                pq.read_table(f)["img"].to_pylist()]
+    assert written == expected
+
+
+@pytest.mark.parametrize("problem", ["not a folder", "no column", "no files"])
+def test_a_stream_that_cannot_be_read_is_one_line(tmp_path, capsys, problem):
+    folder = parquet_folder(tmp_path / "p")
+    spec = {"not a folder": f"hfids:{tmp_path / 'nothing'}", "no column": f"hfids:{folder}?image=nope",
+            "no files": f"hfids:{tmp_path}/empty"}[problem]
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()  # (datasets' progress bars)
+    assert main(["train", spec, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and {"not a folder": "is not a folder", "no column": "has no column 'nope'",
+                              "no files": "hfids:"}[problem] in err[0], err
