@@ -3,14 +3,17 @@ so an interrupted and resumed run ends with the weights of an uninterrupted one;
 what cannot mix images of different shapes and gives the model a patch embedding that takes
 patch sequences."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from tests.train.test_plan import cifar_like
 from vitkit.cli import main
+from vitkit.data.naflex import fit_grid
 from vitkit.train import trainer
-from vitkit.train.naflex_feed import batch_budget
+from vitkit.train.naflex_feed import NaFlexFeed, batch_budget
 from vitkit.train.plan import plan
 from vitkit.train.recipe import Recipe
 
@@ -45,3 +48,31 @@ def test_naflex_planning():
     for recipe, given, words in refused:
         with pytest.raises(ValueError, match=words):
             plan("tiny-cifar", cifar_like(), recipe, given)
+
+
+def test_image_files_of_mixed_shapes_train_whole_at_their_own_aspect_ratio(tmp_path, monkeypatch):
+    shapes = {"square": (32, 32), "tall": (48, 16), "wide": (16, 48)}  # a class a shape (classes sort by name)
+    for name, (h, w) in shapes.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / name / f"{i}.png")
+    seen = []
+    prepare = NaFlexFeed.prepare
+
+    def spy(feed, images, labels, epoch, step):
+        batch = prepare(feed, images, labels, epoch, step)
+        seen.append((batch.images.grids(), labels.tolist(), batch_budget(feed.recipe, epoch, step), feed.config))
+        return batch
+
+    monkeypatch.setattr(NaFlexFeed, "prepare", spy)
+    assert main(["train", str(tmp_path / "data"), "--max-tokens", "12", "--epochs", "2", "--batch-size", "6",
+                 "--workers", "0", "--model-option", "depth=1", "--out", str(tmp_path / "run")]) == 0
+    assert seen and any(len(set(grids)) > 1 for grids, *_ in seen)  # batches mix shapes
+    for grids, labels, budget, config in seen:
+        for grid, label in zip(grids, labels, strict=True):
+            size = shapes[sorted(shapes)[label]]
+            loaded = fit_grid(size, config.patch_hw, 12)  # the loader's, then the batch's budget: never a crop
+            assert grid == fit_grid((loaded[0] * config.patch_hw[0], loaded[1] * config.patch_hw[1]),
+                                    config.patch_hw, budget)
+            assert grid[0] * grid[1] <= budget and (grid[0] > grid[1]) == (size[0] > size[1])
