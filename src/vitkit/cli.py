@@ -60,7 +60,8 @@ def with_columns(args: argparse.Namespace) -> None:
         if spec and spec.startswith(("hfds:", "hfids:")):
             setattr(args, attr, spec + ("&" if "?" in spec else "?") + "&".join(f"{k}={v}" for k, v in columns.items()))
             return
-    raise UserError("--image-column and --label-column name the columns of hfds: data; give --data hfds:PATH")
+    raise UserError("--image-column and --label-column name the columns of hfds: or hfids: data; give "
+                    "--data hfds:PATH or hfids:PATH")
 
 
 def add_revision(p: argparse.ArgumentParser) -> None:

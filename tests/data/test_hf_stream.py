@@ -15,6 +15,7 @@ from helpers import fruit, png
 from vitkit.cli import main
 from vitkit.data import shards, tables
 from vitkit.data import spec as data_spec
+from vitkit.data.decode import read_image
 
 
 def parquet_folder(root, per_file=(7, 5), val=4, bad_row=None):
@@ -36,10 +37,11 @@ def parquet_folder(root, per_file=(7, 5), val=4, bad_row=None):
 
 
 def decoded_by_datasets(folder, split):
-    """The oracle: datasets' own reading and PIL decoding of the same files, as uint8 C, H, W."""
+    """The oracle: datasets' own reading and PIL decoding of the same files, as (uint8 C, H, W
+    flattened, label)."""
     found = datasets.load_dataset("parquet", data_dir=str(folder))[split]
-    return sorted(tuple(torch.from_numpy(np.asarray(row["img"].convert("RGB"))).permute(2, 0, 1).flatten().tolist())
-                  for row in found)
+    return sorted((tuple(torch.from_numpy(np.array(row["img"].convert("RGB"))).permute(2, 0, 1).flatten().tolist()),
+                   row["fine"]) for row in found)
 
 
 def test_parquet_files_stream_as_shards_with_the_images_datasets_reads(tmp_path):
@@ -48,33 +50,36 @@ def test_parquet_files_stream_as_shards_with_the_images_datasets_reads(tmp_path)
     assert splits.classes == ["apple", "pear"] and splits.name == "p"
     assert [s.samples for s in splits.train.shards] == [7, 5] and len(splits.val) == 4
     for ours, theirs in (("train", "train"), ("val", "validation")):
-        images = sorted(tuple(x.flatten().tolist()) for x, _, problem in shards.ShardEval(getattr(splits, ours), None))
-        assert images == decoded_by_datasets(folder, theirs)
+        rows = [(tuple(x.flatten().tolist()), y) for x, y, _ in shards.ShardEval(getattr(splits, ours), None)]
+        assert sorted(rows) == decoded_by_datasets(folder, theirs)
 
 
 def test_rows_are_read_from_any_row_on_as_pyarrow_reads_them(tmp_path):
     table = pa.table({"image": [bytes([i]) for i in range(100)], "label": list(range(100))})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=16)
-    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=16):
-            writer.write_batch(batch)
-    for path in (tmp_path / "t.parquet", tmp_path / "t.arrow"):
-        assert tables.count_rows(path) == 100
+    for name, kind in (("stream.arrow", pa.ipc.new_stream), ("file.arrow", pa.ipc.new_file)):
+        with pa.OSFile(str(tmp_path / name), "wb") as sink, kind(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=16):
+                writer.write_batch(batch)
+    for path in (tmp_path / "t.parquet", tmp_path / "stream.arrow", tmp_path / "file.arrow"):
+        assert tables.describe(path)[1] == 100
         for first, last in ((0, None), (17, 40), (32, 33), (95, None)):
             expected = table.slice(first, (last or 100) - first)
             assert list(tables.rows(path, ["label", "image"], first, last)) == list(
                 zip(expected["label"].to_pylist(), expected["image"].to_pylist(), strict=True))
 
 
-def test_a_saved_dataset_streams_with_whole_files_held_out(tmp_path):
+def test_a_saved_dataset_streams_each_file_with_its_last_rows_held_out(tmp_path):
     rows, features = fruit(24)
     test_rows, _ = fruit(6)
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
                           "test": datasets.Dataset.from_dict(test_rows, features=features)}).save_to_disk(
         tmp_path / "d", num_shards={"train": 4, "test": 1})
     splits = data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2)
-    assert len(splits.train.shards) == 3 and len(splits.val.shards) == 1 and len(splits.test) == 6
-    assert len(splits.train) + len(splits.val) == 24
+    assert [(s.start, s.samples) for s in splits.train.shards] == [(0, 5)] * 4
+    assert [(s.start, s.samples) for s in splits.val.shards] == [(5, 1)] * 4 and len(splits.test) == 6
+    held = sorted(tuple(x.flatten().tolist()) for x, _, _ in shards.ShardEval(splits.val, None))
+    assert held == sorted(tuple(read_image(rows["img"][i]["bytes"]).flatten().tolist()) for i in (5, 11, 17, 23))
 
 
 def test_training_and_evaluating_on_a_stream(tmp_path):
@@ -98,14 +103,32 @@ def test_a_stream_is_sharded_with_the_rows_bytes(tmp_path):
     assert written == expected
 
 
-@pytest.mark.parametrize("problem", ["not a folder", "no column", "no files"])
+@pytest.mark.parametrize("problem", ["not a folder", "no column", "no files", "corrupt"])
 def test_a_stream_that_cannot_be_read_is_one_line(tmp_path, capsys, problem):
     folder = parquet_folder(tmp_path / "p")
-    spec = {"not a folder": f"hfids:{tmp_path / 'nothing'}", "no column": f"hfids:{folder}?image=nope",
-            "no files": f"hfids:{tmp_path}/empty"}[problem]
+    spec = {"not a folder": f"hfids:{tmp_path / 'nothing'}", "no column": f"hfids:{folder}",
+            "no files": f"hfids:{tmp_path}/empty", "corrupt": f"hfids:{folder}"}[problem]
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.jpg").write_bytes(png((1, 2, 3)))
+    if problem == "corrupt":
+        (folder / "data" / "train-00001-of-00002.parquet").write_bytes(b"PAR1 not really")
     capsys.readouterr()  # (datasets' progress bars)
-    assert main(["train", spec, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    columns = ["--image-column", "nope"] if problem == "no column" else []
+    assert main(["train", spec, *columns, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and {"not a folder": "is not a folder", "no column": "has no column 'nope'",
-                              "no files": "hfids:"}[problem] in err[0], err
+                              "no files": "no train split in parquet or arrow files",
+                              "corrupt": "cannot read " + str(folder / "data" / "train-00001")}[problem] in err[0], err
+
+
+def test_one_file_holds_out_its_last_rows_and_unlabelled_splits_are_left_out(tmp_path, caplog):
+    (tmp_path / "p").mkdir()
+    rows = {"picture": [png((i, 0, 0)) for i in range(20)], "kind": [i % 3 for i in range(20)]}
+    pq.write_table(pa.table(rows), tmp_path / "p" / "train.parquet")  # no features: plain columns
+    pq.write_table(pa.table({"picture": [png((0, 0, 0))] * 4, "kind": [-1] * 4}), tmp_path / "p" / "test.parquet")
+    splits = data_spec.load(f"hfids:{tmp_path / 'p'}?image=picture&label=kind", val_split=0.25)
+    assert splits.classes == ["0", "1", "2"] and splits.test is None and "test split is left out" in caplog.text
+    held = [(tuple(x.flatten().tolist()), y) for x, y, _ in shards.ShardEval(splits.val, None)]
+    assert held == [(tuple(read_image(rows["picture"][i]).flatten().tolist()), i % 3) for i in range(15, 20)]
+    assert len(splits.train) == 15
+

@@ -240,7 +240,7 @@ def test_bad_samples_are_skipped_and_listed_and_nothing_is_unpickled(tmp_path):
     out = tmp_path / "run"
     assert main(["train", f"wds:{tmp_path / 'wds'}", "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
     log = (out / "train.log").read_text()
-    assert "skipped files: 2" in log and "no class (.cls)" in log and "not an image file" in log
+    assert "skipped files: 2" in log and "no class in the sample" in log and "not an image file" in log
     assert not marker.exists()
 
 
@@ -315,3 +315,9 @@ def test_a_brace_pattern_trains_with_the_index_or_with_whole_shards_held_out(tmp
     assert data_spec.load(pattern, val_split=0.2, seed=3).val == unindexed.val
     with pytest.raises(ValueError, match="one shard cannot hold out"):
         data_spec.load(f"wds:{tmp_path / 'wds'}/train-000000.tar")
+
+
+def test_a_brace_pattern_may_name_only_shards_its_index_lists(tmp_path):
+    sharding.write("digits", tmp_path / "wds", shard_bytes=10**9)
+    with pytest.raises(ValueError, match=r"does not list, such as trian-000000\.tar"):
+        data_spec.load(f"wds:{tmp_path / 'wds'}/trian-{{000000..000001}}.tar")

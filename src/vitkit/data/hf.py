@@ -30,7 +30,7 @@ def require_datasets():
     try:
         import datasets
     except ImportError:
-        raise ValueError("hfds: data needs the datasets package: pip install 'vitkit[hf]'") from None
+        raise ValueError("hfds: and hfids: data need the datasets package: pip install 'vitkit[hf]'") from None
     return datasets
 
 
@@ -128,7 +128,11 @@ def class_names(feature, labels: Callable[[], Iterable[int]]) -> list[str]:
     """A ClassLabel feature's names; else the labels 0..the largest one found (`labels` read once)."""
     if isinstance(feature, require_datasets().ClassLabel):
         return list(feature.names)
-    return [str(c) for c in range(max((int(v) for v in labels() if v is not None), default=-1) + 1)]
+    try:
+        return [str(c) for c in range(max((int(v) for v in labels() if v is not None), default=-1) + 1)]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the label column holds values that are not class indices ({e}); give it as a "
+                         "ClassLabel feature (datasets' class_encode_column)") from None
 
 
 def _column(features: dict, kind, names: tuple[str, ...], what: str) -> str:

@@ -3,20 +3,25 @@ than memory: a folder of parquet or Arrow files, or a dataset saved with `save_t
 
 Each of the dataset's files is a shard, read in sequence as WebDataset shards are (data/shards.py):
 the same equal steps per process, shuffling, mid-epoch resume and skipping of bad rows. Per file
-only its row count is held, read from its metadata; per row, nothing. Splits are found by the
-file names Hugging Face uses (`train-00000-of-00008.parquet`, `data/validation-*.parquet`, ...);
-columns and class names as for `hfds:` (data/hf.py). A Hub dataset is streamed from its files once
-they are on a disk this machine reads (`huggingface-cli download --repo-type dataset NAME`).
+its schema and row count are held, read from its metadata; per row, nothing. Splits are found by
+the file names Hugging Face uses (`train-00000-of-00008.parquet`, `data/validation-*.parquet`, ...);
+columns and class names as for `hfds:` (data/hf.py). A validation or test split without labels
+(as the Hub's ImageNet test split, all -1) is left out, and the log says so. A Hub dataset is
+streamed from its files once they are on a disk this machine reads
+(`huggingface-cli download --repo-type dataset NAME`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from vitkit.data import hf, tables
 from vitkit.data.shards import Shard, ShardSplit
+
+log = logging.getLogger("vitkit")
 
 
 def open_stream(spec: str, channels: int | None = None) -> dict[str, ShardSplit]:
@@ -28,24 +33,39 @@ def open_stream(spec: str, channels: int | None = None) -> dict[str, ShardSplit]
     if not path.is_dir():
         raise ValueError(f"hfids:{where} is not a folder: hfids: streams a dataset's files from a disk (download a "
                          f"Hub dataset's with `huggingface-cli download --repo-type dataset NAME --local-dir DIR`)")
-    files = _split_files(datasets, path)
-    if "train" not in files:
-        raise ValueError(f"hfids:{where} has no train split (it has {sorted(files)})")
-    features = datasets.Features.from_arrow_schema(tables.schema(files["train"][0]))
+    files = {name: [(f, *_described(f)) for f in found] for name, found in _split_files(datasets, path).items()}
+    features = datasets.Features.from_arrow_schema(files["train"][0][1])
     image, label = hf.columns(features, options, f"hfids:{where}")
 
-    def labels():  # read only when no ClassLabel feature names the classes
-        return (v for f in files["train"] for v in tables.column(f, label))
+    def labels(name: str):
+        return (v for f, _, _ in files[name] for v in tables.column(f, label))
 
-    classes = tuple(hf.class_names(features[label], labels))
-    return {name: ShardSplit(name, tuple(Shard(f, tables.count_rows(f), f.stat().st_size, columns=(image, label))
-                                         for f in found), classes, channels or 3, path.name)
-            for name, found in files.items()}
+    classes = tuple(hf.class_names(features[label], lambda: labels("train")))
+    found = {}
+    for name, described in files.items():
+        lacking = next((f for f, schema, _ in described if not {image, label} <= set(schema.names)), None)
+        if name == "train" and lacking:
+            raise ValueError(f"{lacking} has no column {image!r} or {label!r}; all the train files need both")
+        if lacking or (name != "train" and all(v is None or v < 0 for v in labels(name))):
+            log.warning("hfids:%s: the %s split is left out: %s", where, name,
+                        f"{lacking} has no column {image!r} or {label!r}" if lacking else "it has no labels")
+            continue
+        found[name] = ShardSplit(name, tuple(Shard(f, rows, f.stat().st_size, columns=(image, label))
+                                             for f, _, rows in described), classes, channels or 3, path.name)
+    return found
+
+
+def _described(path: Path) -> tuple:
+    """(schema, row count) of a file, or a one-line error naming it."""
+    try:
+        return tables.describe(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _split_files(datasets, path: Path) -> dict[str, list[Path]]:
     """Each split's files, by our split names: those `save_to_disk` lists, else those Hugging
-    Face's file naming assigns to a split."""
+    Face's file naming assigns to a split (one configuration's: one folder's)."""
     if (path / "dataset_dict.json").is_file():
         names = json.loads((path / "dataset_dict.json").read_text())["splits"]
         theirs = {name: _saved_files(path / name) for name in names}
@@ -55,13 +75,18 @@ def _split_files(datasets, path: Path) -> dict[str, list[Path]]:
         try:
             patterns = datasets.data_files.get_data_patterns(str(path))
             resolved = datasets.data_files.DataFilesDict.from_patterns(patterns, str(path))
-        except (FileNotFoundError, datasets.data_files.EmptyDatasetError) as e:
-            raise ValueError(f"hfids:{path}: {str(e).splitlines()[0][:200]}") from None
+        except (FileNotFoundError, datasets.data_files.EmptyDatasetError):
+            resolved = {}
         theirs = {str(name): [Path(f) for f in found if Path(f).suffix in tables.SUFFIXES]
                   for name, found in resolved.items()}
     ours = {ours: theirs[name] for ours, names in hf.SPLIT_NAMES.items() for name in names if theirs.get(name)}
-    if not ours.get("train") and any(theirs.values()):
-        raise ValueError(f"hfids:{path}: no train split among {sorted(theirs)} with parquet or arrow files")
+    if not ours.get("train"):
+        raise ValueError(f"hfids:{path}: no train split in parquet or arrow files (found: "
+                         f"{sorted(n for n, f in theirs.items() if f) or 'none'})")
+    for name, found in ours.items():
+        if len({f.parent for f in found}) > 1:
+            raise ValueError(f"hfids:{path}: the {name} split's files are in several folders (configurations?): "
+                             f"{sorted({f.parent.name for f in found})}; name one, hfids:{path}/FOLDER")
     return ours
 
 

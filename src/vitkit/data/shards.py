@@ -40,7 +40,6 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vitkit import atomic
-from vitkit.data import tables
 from vitkit.data.datasets import collate
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.seeds import mix_seed
@@ -67,6 +66,7 @@ class Shard:
     bytes: int | None = None  # None: not recorded (shards given by a pattern without an index)
     sha256: str | None = None
     columns: tuple[str, str] | None = None  # a table's (image, label) columns (hfids:); None: a tar of samples
+    start: int = 0  # a table's first row in its file (a split's share of a file: see ShardSplit.split)
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,29 @@ class ShardSplit:
         return max(workers, 1) * self.per_worker(batch, ranks, workers) // batch
 
     def split(self, fraction: float, seed: int) -> tuple[ShardSplit, ShardSplit]:
-        """Whole shards held out, about `fraction` of the samples (at least one shard, fixed by
-        `seed`): shards given by a pattern without a validation split of their own."""
-        if len(self.shards) < 2:
-            raise ValueError(f"{self.shards[0].path if self.shards else self.name}: one shard cannot hold out a "
-                             "validation split; give more shards, or write them with `vitkit shard` (it holds one out)")
-        order = list(self.shards)
-        random.Random(f"{seed}-held-out-shards").shuffle(order)
-        held, count = [], 0
-        while len(held) < len(order) - 1 and (not held or count < fraction * len(self)):
-            held.append(order[len(held)])
-            count += held[-1].samples
-        keep = tuple(s for s in self.shards if s not in held)
-        return dataclasses.replace(self, shards=keep), dataclasses.replace(self, name="val", shards=tuple(held))
+        """A validation split held out of data read in sequence: of a table, the last `fraction` of
+        each file's rows (read from there, cheaply); of tar shards, whole shards, about `fraction`
+        of the samples, drawn by `seed` (a tar is read from its start)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+        if self.shards and self.shards[0].columns:
+            cut = [(s, round(s.samples * fraction)) for s in self.shards]
+            keep = tuple(dataclasses.replace(s, samples=s.samples - k) for s, k in cut if s.samples > k)
+            held = tuple(dataclasses.replace(s, samples=k, start=s.start + s.samples - k) for s, k in cut if k)
+        else:
+            if len(self.shards) < 2:
+                raise ValueError(f"{self.shards[0].path if self.shards else self.name}: one shard cannot hold out "
+                                 "a validation split; give more shards, or write them with `vitkit shard` from the "
+                                 "data they hold (it holds one out)")
+            order = list(self.shards)
+            random.Random(f"{seed}-held-out-shards").shuffle(order)
+            chosen = [order[0]]
+            while len(chosen) < len(order) - 1 and sum(s.samples for s in chosen) < fraction * len(self):
+                chosen.append(order[len(chosen)])
+            held, keep = tuple(s for s in self.shards if s in chosen), tuple(s for s in self.shards if s not in chosen)
+        if not held or not keep:
+            raise ValueError(f"{self.name}: {len(self)} samples cannot hold out --val-split {fraction}")
+        return dataclasses.replace(self, shards=keep), dataclasses.replace(self, name="val", shards=held)
 
     def check(self) -> None:
         """Every shard present, and as large as the index says (a truncated shard is found here)."""
@@ -216,13 +226,21 @@ def read_shard(shard: Shard, first: int = 0, last: int | None = None) -> Iterato
 
 def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
     """A table's rows as samples: the image column's bytes (a Hugging Face Image cell holds them
-    under "bytes") and the label."""
+    under "bytes"; a cell with only a path has none) and the label. A file with fewer rows than it
+    had when the data was opened is an error, as a truncated shard is."""
+    from vitkit.data import tables  # (pyarrow: the hf extra's)
+
+    last = shard.samples if last is None else last
+    n = first
     try:
-        for n, (image, label) in enumerate(tables.rows(shard.path, list(shard.columns), first, last), first):
-            data = image.get("bytes") if isinstance(image, dict) else image
-            yield {"__key__": f"row {n}", "__url__": str(shard.path), "image": data, "cls": label}
-    except (OSError, ValueError) as e:  # pyarrow's errors are ValueErrors or OSErrors
+        for n, (image, label) in enumerate(tables.rows(shard.path, list(shard.columns), shard.start + first,
+                                                       shard.start + last), first + 1):
+            data = image.get("bytes") if isinstance(image, dict) else image if isinstance(image, bytes) else None
+            yield {"__key__": f"row {shard.start + n - 1}", "__url__": str(shard.path), "image": data, "cls": label}
+    except (OSError, ValueError, KeyError) as e:  # pyarrow's errors are ValueErrors or OSErrors
         raise ValueError(f"cannot read {shard.path}: {str(e).splitlines()[0][:200]}") from None
+    if n < last:
+        raise ValueError(f"{shard.path} has fewer rows than when the data set was opened: rewritten while in use")
 
 
 def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: tuple | None) -> tuple:
@@ -233,7 +251,7 @@ def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: 
     try:
         label = int(sample["cls"])
     except (KeyError, ValueError, TypeError):
-        return None, 0, (name, "no class (.cls) in the sample, or not a number")
+        return None, 0, (name, "no class in the sample (its .cls, or its label), or not a number")
     if image is None or not 0 <= label < len(split.classes):
         return None, 0, (name, "no image in the sample" if image is None else f"class {label} out of range")
     try:
@@ -274,9 +292,13 @@ def open_shards(spec: str) -> dict[str, ShardSplit]:
         raise ValueError(f"wds:{spec} names no shards")
     index = names[0].parent / INDEX
     if index.is_file():  # the pattern picks the shards of the splits it names; the index's others stay
-        wanted = {n.resolve() for n in names}
+        splits, wanted = _from_index(index), {n.resolve() for n in names}
+        unknown = wanted - {x.path.resolve() for s in splits.values() for x in s.shards}
+        if unknown:
+            raise ValueError(f"wds:{spec} names {len(unknown)} shard(s) that {index} does not list, such as "
+                             f"{min(unknown).name}; name the shards it lists, or write the index again (vitkit shard)")
         return {name: dataclasses.replace(s, shards=tuple(x for x in s.shards if x.path.resolve() in wanted))
-                if any(x.path.resolve() in wanted for x in s.shards) else s for name, s in _from_index(index).items()}
+                if any(x.path.resolve() in wanted for x in s.shards) else s for name, s in splits.items()}
     return _counted(names)
 
 

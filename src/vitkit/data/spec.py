@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.data import arrays, folder, hf, hf_stream, shards
+from vitkit.data import arrays, folder, hf, shards
 from vitkit.data.datasets import ArrayImages, FileImages
 from vitkit.data.hf import HFImages
 from vitkit.data.shards import ShardSplit
@@ -80,6 +80,9 @@ def read(spec: str, channels: int | None = None, decode_archives: bool = True) -
     if kind == "wds":
         return _streamed(shards.open_shards(str(Path(spec.partition(":")[2]).expanduser())))
     if kind == "hfids":
+        hf.require_datasets()  # (and pyarrow with it)
+        from vitkit.data import hf_stream
+
         return _streamed(hf_stream.open_stream(spec.partition(":")[2], channels))
     if kind == "hfds":
         name, classes, found = hf.open_dataset(spec.partition(":")[2], channels)
@@ -110,7 +113,8 @@ def _streamed(found: dict[str, ShardSplit]) -> DataSplits:
 
 def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     """`splits` with a validation split: its own, else `fraction` of train held out (stratified,
-    fixed by `seed`). The test split stays untouched for the final evaluation."""
+    fixed by `seed`; of data read in sequence, as `ShardSplit.split` says). The test split stays
+    untouched for the final evaluation."""
     if splits.val is not None or splits.train is None:
         return splits
     train, val = splits.train.split(fraction, seed)  # (shards: whole shards)
