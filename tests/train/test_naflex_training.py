@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from tests.train.test_plan import cifar_like
 from vitkit.cli import main
-from vitkit.data.naflex import fit_grid
 from vitkit.train import trainer
 from vitkit.train.naflex_feed import NaFlexFeed, batch_budget
 from vitkit.train.plan import plan
@@ -50,29 +49,48 @@ def test_naflex_planning():
             plan("tiny-cifar", cifar_like(), recipe, given)
 
 
+def edges(batch, normalization, patch, channels=3) -> list[tuple[float, float]]:
+    """Per image of a NaFlex batch, red minus blue in [0, 1] in its first and its last patches
+    along its longer side."""
+    mean, std = (torch.tensor(v).expand(channels) for v in (normalization.mean, normalization.std))
+    out = []
+    for patches, coords, valid in zip(*batch, strict=True):
+        pixels = patches[valid].reshape(-1, patch[0] * patch[1], channels) * std + mean
+        redness = (pixels[..., 0] - pixels[..., 2]).mean(1)
+        rows, cols = coords[valid].T
+        along = cols if cols.max() >= rows.max() else rows
+        out.append((float(redness[along == 0].mean()), float(redness[along == along.max()].mean())))
+    return out
+
+
 def test_image_files_of_mixed_shapes_train_whole_at_their_own_aspect_ratio(tmp_path, monkeypatch):
+    """Each image red at one end of its longer side and blue at the other (an eighth of it each),
+    green between: whatever grid it gets, its first patches are red and its last blue, which a crop
+    would cut away."""
     shapes = {"square": (32, 32), "tall": (48, 16), "wide": (16, 48)}  # a class a shape (classes sort by name)
     for name, (h, w) in shapes.items():
         (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-                tmp_path / "data" / name / f"{i}.png")
+        pixels = np.zeros((max(h, w), min(h, w), 3), dtype=np.uint8) + np.uint8([0, 200, 0])
+        pixels[: max(h, w) // 8], pixels[-(max(h, w) // 8):] = [255, 0, 0], [0, 0, 255]
+        for i in range(4):
+            Image.fromarray(pixels if h > w else pixels.transpose(1, 0, 2)).save(tmp_path / "data" / name / f"{i}.png")
     seen = []
     prepare = NaFlexFeed.prepare
 
     def spy(feed, images, labels, epoch, step):
         batch = prepare(feed, images, labels, epoch, step)
-        seen.append((batch.images.grids(), labels.tolist(), batch_budget(feed.recipe, epoch, step), feed.config))
+        seen.append((batch.images.grids(), labels.tolist(), batch_budget(feed.recipe, epoch, step),
+                     edges(batch.images, feed.normalization, feed.config.patch_hw)))
         return batch
 
     monkeypatch.setattr(NaFlexFeed, "prepare", spy)
-    assert main(["train", str(tmp_path / "data"), "--max-tokens", "12", "--epochs", "2", "--batch-size", "6",
-                 "--workers", "0", "--model-option", "depth=1", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", str(tmp_path / "data"), "--max-tokens", "12", "--epochs", "3", "--batch-size", "6",
+                 "--crop", "none", "--no-flip", "--workers", "0", "--model-option", "depth=1",
+                 "--out", str(tmp_path / "run")]) == 0
     assert seen and any(len(set(grids)) > 1 for grids, *_ in seen)  # batches mix shapes
-    for grids, labels, budget, config in seen:
-        for grid, label in zip(grids, labels, strict=True):
-            size = shapes[sorted(shapes)[label]]
-            loaded = fit_grid(size, config.patch_hw, 12)  # the loader's, then the batch's budget: never a crop
-            assert grid == fit_grid((loaded[0] * config.patch_hw[0], loaded[1] * config.patch_hw[1]),
-                                    config.patch_hw, budget)
-            assert grid[0] * grid[1] <= budget and (grid[0] > grid[1]) == (size[0] > size[1])
+    for grids, labels, budget, ends in seen:
+        for (rows, cols), label, (first, last) in zip(grids, labels, ends, strict=True):
+            h, w = shapes[sorted(shapes)[label]]
+            assert rows * cols <= budget and (rows > cols) == (h > w)  # the budget and the orientation kept
+            if max(rows, cols) > 1:  # the image whole: its red end first, its blue end last
+                assert first > 0.2 and last < -0.2, (rows, cols, first, last)
