@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("kind", nargs="?", choices=["shards", "folder"], help="measure: which loader")
     parser.add_argument("path", nargs="?", help="measure: its folder")
     parser.add_argument("--epoch", type=int, default=0, help="measure: which epoch")
-    parser.add_argument("--count", type=int, help="measure: images to stream at most")
+    parser.add_argument("--count", type=int, default=10**9, help="measure: images to stream at most")
     parser.add_argument("--images", type=int, help="photos (loaders: 10000; scale: 100000)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3)
