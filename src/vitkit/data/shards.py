@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitkit import atomic
+from vitkit import atomic, runtime
 from vitkit.data.datasets import collate
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.seeds import mix_seed
@@ -49,6 +49,10 @@ INDEX, CLASSES, FORMAT = "dataset.json", "classes.json", "vitkit-shards"
 SPLITS = ("train", "val", "test")
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 SHUFFLE = 2000  # samples in each worker's shuffle buffer (their encoded bytes: ~200 MB of ImageNet JPEGs)
+# A worker gives its heap's free pages back every this many samples: with the shuffle buffer's
+# samples held between decodes, its memory otherwise grew with the time streamed (1.4 GB after 5,000
+# photos, 2.0 GB after 30,000, 2 workers); with it, flat (1.24, 1.25 GB) at the same speed.
+TRIM_EVERY = 256
 
 
 def require_webdataset():
@@ -167,11 +171,14 @@ class ShardStream(IterableDataset):
         start, done = (self.rank * self.workers + worker) * per_worker, self.yielded(worker)
         rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}-{done}")
         batch: list = []
-        for sample, place in _shuffled(self._samples(start + done, start + per_worker), self.shuffle, rng):
+        for n, (sample, place) in enumerate(_shuffled(self._samples(start + done, start + per_worker), self.shuffle,
+                                                      rng), 1):
             batch.append(_decoded(sample, self.split, self.transform, (self.seed, self.epoch, place)))
             if len(batch) == self.batch:
                 yield collate(batch)
                 batch = []
+            if info and n % TRIM_EVERY == 0:  # a worker process: see runtime.give_back_free_memory
+                runtime.give_back_free_memory()
 
     def _samples(self, start: int, stop: int) -> Iterator[tuple[dict, int]]:
         """The range's samples as read (encoded: the shuffle buffer holds bytes, not pixels), each
