@@ -16,8 +16,10 @@ loader workers inherit the setting. Tensors above 32 MiB are still mapped afresh
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -52,8 +54,15 @@ def give_back_free_memory() -> None:
     worker that holds long-lived samples (a shuffle buffer's) between short-lived decodes: the
     freed blocks lie between the held ones, where nothing else trims them, and the worker's memory
     grows with the time it streams. Elsewhere, nothing."""
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL(None).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    return ctypes.CDLL(None).malloc_trim if glibc else None
 
 
 def device(name: str | torch.device | None = None) -> torch.device:

@@ -69,17 +69,22 @@ def test_rows_are_read_from_any_row_on_as_pyarrow_reads_them(tmp_path):
                 zip(expected["label"].to_pylist(), expected["image"].to_pylist(), strict=True))
 
 
-def test_a_saved_dataset_streams_each_file_with_its_last_rows_held_out(tmp_path):
+def rows_of(split) -> list[tuple[str, int]]:
+    """(file name, row) of every row a streamed split reads."""
+    return [(s.path.name, r) for s in split.shards for r in range(s.start, s.start + s.samples)]
+
+
+def test_a_saved_dataset_streams_with_blocks_of_rows_held_out_across_its_files(tmp_path):
     rows, features = fruit(24)
     test_rows, _ = fruit(6)
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
                           "test": datasets.Dataset.from_dict(test_rows, features=features)}).save_to_disk(
         tmp_path / "d", num_shards={"train": 4, "test": 1})
     splits = data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2)
-    assert [(s.start, s.samples) for s in splits.train.shards] == [(0, 5)] * 4
-    assert [(s.start, s.samples) for s in splits.val.shards] == [(5, 1)] * 4 and len(splits.test) == 6
-    held = sorted(tuple(x.flatten().tolist()) for x, _, _ in shards.ShardEval(splits.val, None))
-    assert held == sorted(tuple(read_image(rows["img"][i]["bytes"]).flatten().tolist()) for i in (5, 11, 17, 23))
+    kept, held = rows_of(splits.train), rows_of(splits.val)
+    assert len(held) == 5 and not set(kept) & set(held) and len(kept) + len(held) == 24 and len(splits.test) == 6
+    assert data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2).val == splits.val  # drawn by the seed
+    assert rows_of(data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2, seed=1).val) != held
 
 
 def test_training_and_evaluating_on_a_stream(tmp_path):
@@ -103,32 +108,57 @@ def test_a_stream_is_sharded_with_the_rows_bytes(tmp_path):
     assert written == expected
 
 
-@pytest.mark.parametrize("problem", ["not a folder", "no column", "no files", "corrupt"])
-def test_a_stream_that_cannot_be_read_is_one_line(tmp_path, capsys, problem):
+def broken(tmp_path, problem: str) -> str:
+    """A data spec with `problem`."""
     folder = parquet_folder(tmp_path / "p")
-    spec = {"not a folder": f"hfids:{tmp_path / 'nothing'}", "no column": f"hfids:{folder}",
-            "no files": f"hfids:{tmp_path}/empty", "corrupt": f"hfids:{folder}"}[problem]
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "train.jpg").write_bytes(png((1, 2, 3)))
+    if problem == "not a folder":
+        return f"hfids:{tmp_path / 'nothing'}"
+    if problem == "no files":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "train.jpg").write_bytes(png((1, 2, 3)))
+        return f"hfids:{tmp_path}/empty"
     if problem == "corrupt":
         (folder / "data" / "train-00001-of-00002.parquet").write_bytes(b"PAR1 not really")
+    if problem == "configurations":
+        for config in ("small", "large"):
+            (tmp_path / "c" / config).mkdir(parents=True)
+            (tmp_path / "c" / config / "train.parquet").hardlink_to(folder / "data" / "train-00000-of-00002.parquet")
+        return f"hfids:{tmp_path / 'c'}"
+    if problem in ("paths", "names"):
+        cells = {"paths": {"picture": [{"bytes": None, "path": "a.png"}] * 4, "kind": [0, 1, 0, 1]},
+                 "names": {"picture": [png((1, 1, 1))] * 4, "kind": ["cat", "dog", "cat", "dog"]}}[problem]
+        (tmp_path / problem).mkdir()
+        pq.write_table(pa.table(cells), tmp_path / problem / "train.parquet")
+        return f"hfids:{tmp_path / problem}?image=picture&label=kind"
+    return f"hfids:{folder}"
+
+
+ONE_LINE = {"not a folder": "is not a folder", "no column": "has no column 'nope'",
+            "no files": "no train split in parquet or arrow files", "corrupt": "cannot read ",
+            "configurations": "files are in several folders (configurations?): ['large', 'small']",
+            "paths": "holds file paths, not the images", "names": "values that are not class indices"}
+
+
+@pytest.mark.parametrize("problem", ONE_LINE)
+def test_a_stream_that_cannot_be_read_is_one_line(tmp_path, capsys, problem):
+    spec = broken(tmp_path, problem)
     capsys.readouterr()  # (datasets' progress bars)
     columns = ["--image-column", "nope"] if problem == "no column" else []
     assert main(["train", spec, *columns, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and {"not a folder": "is not a folder", "no column": "has no column 'nope'",
-                              "no files": "no train split in parquet or arrow files",
-                              "corrupt": "cannot read " + str(folder / "data" / "train-00001")}[problem] in err[0], err
+    assert len(err) == 1 and ONE_LINE[problem] in err[0], err
 
 
-def test_one_file_holds_out_its_last_rows_and_unlabelled_splits_are_left_out(tmp_path, caplog):
+def test_one_file_holds_out_rows_from_across_it_and_unlabelled_splits_are_left_out(tmp_path, caplog):
     (tmp_path / "p").mkdir()
-    rows = {"picture": [png((i, 0, 0)) for i in range(20)], "kind": [i % 3 for i in range(20)]}
-    pq.write_table(pa.table(rows), tmp_path / "p" / "train.parquet")  # no features: plain columns
+    rows = {"picture": [png((i, 0, 0)) for i in range(40)], "kind": [i // 10 for i in range(40)]}  # sorted by class
+    pq.write_table(pa.table(rows), tmp_path / "p" / "train.parquet", row_group_size=8)  # no features: plain columns
     pq.write_table(pa.table({"picture": [png((0, 0, 0))] * 4, "kind": [-1] * 4}), tmp_path / "p" / "test.parquet")
-    splits = data_spec.load(f"hfids:{tmp_path / 'p'}?image=picture&label=kind", val_split=0.25)
-    assert splits.classes == ["0", "1", "2"] and splits.test is None and "test split is left out" in caplog.text
-    held = [(tuple(x.flatten().tolist()), y) for x, y, _ in shards.ShardEval(splits.val, None)]
-    assert held == [(tuple(read_image(rows["picture"][i]).flatten().tolist()), i % 3) for i in range(15, 20)]
-    assert len(splits.train) == 15
+    splits = data_spec.load(f"hfids:{tmp_path / 'p'}?image=picture&label=kind", val_split=0.3)
+    assert splits.classes == ["0", "1", "2", "3"] and splits.test is None and "test split is left out" in caplog.text
+    held = [r for _, r in rows_of(splits.val)]
+    assert len(held) == 12 and len(splits.train) == 28 and len({r // 10 for r in held}) > 1  # not the file's tail
+    read = [(tuple(x.flatten().tolist()), y) for x, y, _ in shards.ShardEval(splits.val, None)]
+    assert read == [(tuple(read_image(rows["picture"][r]).flatten().tolist()), r // 10) for r in held]
+
 

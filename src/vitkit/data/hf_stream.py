@@ -36,23 +36,54 @@ def open_stream(spec: str, channels: int | None = None) -> dict[str, ShardSplit]
     files = {name: [(f, *_described(f)) for f in found] for name, found in _split_files(datasets, path).items()}
     features = datasets.Features.from_arrow_schema(files["train"][0][1])
     image, label = hf.columns(features, options, f"hfids:{where}")
+    usable = {name: described for name, described in files.items() if _has_columns(name, described, image, label)}
+    _check_bytes(usable["train"][0][0], image)
 
     def labels(name: str):
-        return (v for f, _, _ in files[name] for v in tables.column(f, label))
+        return (v for f, _, _ in usable[name] for v in _read(tables.column, f, label))
 
     classes = tuple(hf.class_names(features[label], lambda: labels("train")))
     found = {}
-    for name, described in files.items():
-        lacking = next((f for f, schema, _ in described if not {image, label} <= set(schema.names)), None)
-        if name == "train" and lacking:
-            raise ValueError(f"{lacking} has no column {image!r} or {label!r}; all the train files need both")
-        if lacking or (name != "train" and all(v is None or v < 0 for v in labels(name))):
-            log.warning("hfids:%s: the %s split is left out: %s", where, name,
-                        f"{lacking} has no column {image!r} or {label!r}" if lacking else "it has no labels")
+    for name, described in usable.items():
+        if name != "train" and not any(_labelled(v) for v in labels(name)):
+            log.warning("hfids:%s: the %s split is left out: it has no labels", where, name)
             continue
         found[name] = ShardSplit(name, tuple(Shard(f, rows, f.stat().st_size, columns=(image, label))
                                              for f, _, rows in described), classes, channels or 3, path.name)
     return found
+
+
+def _has_columns(split: str, described: list[tuple], image: str, label: str) -> bool:
+    """Whether every file of a split has both columns: an error for train; else the split is left out."""
+    lacking = next((f for f, schema, _ in described if not {image, label} <= set(schema.names)), None)
+    if lacking and split == "train":
+        raise ValueError(f"{lacking} has no column {image!r} or {label!r}; all the train files need both")
+    if lacking:
+        log.warning("the %s split is left out: %s has no column %r or %r", split, lacking, image, label)
+    return lacking is None
+
+
+def _check_bytes(path: Path, image: str) -> None:
+    """The image column holds the images' bytes (a cell with only a file's path is not streamed)."""
+    cell = next(iter(_read(tables.rows, path, [image], 0, 1)), (None,))[0]
+    if isinstance(cell, dict) and cell.get("bytes") is None and cell.get("path"):
+        raise ValueError(f"{path}: the image column holds file paths, not the images; hfids: streams the images "
+                         "the files hold: read this dataset with hfds:")
+
+
+def _labelled(value) -> bool:
+    try:
+        return value is not None and int(value) >= 0
+    except (TypeError, ValueError):
+        return True  # a class name: a label, found wanting later if need be
+
+
+def _read(reader, path: Path, *args) -> list:
+    """A reader's values, or a one-line error naming the file."""
+    try:
+        return list(reader(path, *args))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _described(path: Path) -> tuple:
@@ -85,8 +116,9 @@ def _split_files(datasets, path: Path) -> dict[str, list[Path]]:
                          f"{sorted(n for n, f in theirs.items() if f) or 'none'})")
     for name, found in ours.items():
         if len({f.parent for f in found}) > 1:
+            folders = sorted({str(f.parent.relative_to(path)) for f in found})
             raise ValueError(f"hfids:{path}: the {name} split's files are in several folders (configurations?): "
-                             f"{sorted({f.parent.name for f in found})}; name one, hfids:{path}/FOLDER")
+                             f"{folders}; name one, hfids:{path}/{folders[0]}")
     return ours
 
 

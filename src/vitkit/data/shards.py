@@ -49,10 +49,12 @@ INDEX, CLASSES, FORMAT = "dataset.json", "classes.json", "vitkit-shards"
 SPLITS = ("train", "val", "test")
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 SHUFFLE = 2000  # samples in each worker's shuffle buffer (their encoded bytes: ~200 MB of ImageNet JPEGs)
-# A worker gives its heap's free pages back every this many samples: with the shuffle buffer's
-# samples held between decodes, its memory otherwise grew with the time streamed (1.4 GB after 5,000
-# photos, 2.0 GB after 30,000, 2 workers); with it, flat (1.24, 1.25 GB) at the same speed.
+# A loader worker gives its heap's free pages back every this many samples: with the shuffle
+# buffer's samples held between decodes, its memory otherwise grew with the time streamed (the
+# streaming-scale records; docs/design-notes.md). Not the main process (--workers 0), whose freed
+# blocks runtime.keep_freed_memory keeps for the training step on purpose.
 TRIM_EVERY = 256
+HOLD_OUT_BLOCK = 256  # rows: a table's validation split is drawn in blocks of at most this many
 
 
 def require_webdataset():
@@ -94,28 +96,17 @@ class ShardSplit:
         return max(workers, 1) * self.per_worker(batch, ranks, workers) // batch
 
     def split(self, fraction: float, seed: int) -> tuple[ShardSplit, ShardSplit]:
-        """A validation split held out of data read in sequence: of a table, the last `fraction` of
-        each file's rows (read from there, cheaply); of tar shards, whole shards, about `fraction`
-        of the samples, drawn by `seed` (a tar is read from its start)."""
+        """A validation split held out of data read in sequence, about `fraction` of it, drawn by
+        `seed`: of tables, blocks of rows from across every file (files are often sorted by class,
+        so not their tails); of tar shards, whole shards (a tar is read from its start)."""
         if not 0 < fraction < 1:
             raise ValueError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
-        if self.shards and self.shards[0].columns:
-            cut = [(s, round(s.samples * fraction)) for s in self.shards]
-            keep = tuple(dataclasses.replace(s, samples=s.samples - k) for s, k in cut if s.samples > k)
-            held = tuple(dataclasses.replace(s, samples=k, start=s.start + s.samples - k) for s, k in cut if k)
-        else:
-            if len(self.shards) < 2:
-                raise ValueError(f"{self.shards[0].path if self.shards else self.name}: one shard cannot hold out "
-                                 "a validation split; give more shards, or write them with `vitkit shard` from the "
-                                 "data they hold (it holds one out)")
-            order = list(self.shards)
-            random.Random(f"{seed}-held-out-shards").shuffle(order)
-            chosen = [order[0]]
-            while len(chosen) < len(order) - 1 and sum(s.samples for s in chosen) < fraction * len(self):
-                chosen.append(order[len(chosen)])
-            held, keep = tuple(s for s in self.shards if s in chosen), tuple(s for s in self.shards if s not in chosen)
+        keep, held = (_held_out_rows if self.shards and self.shards[0].columns else _held_out_shards)(
+            self.shards, fraction, seed)
         if not held or not keep:
-            raise ValueError(f"{self.name}: {len(self)} samples cannot hold out --val-split {fraction}")
+            raise ValueError(f"{self.shards[0].path if len(self.shards) == 1 else self.name}: {len(self)} samples in "
+                             f"{len(self.shards)} shard(s) cannot hold out --val-split {fraction}; give more shards, "
+                             "or write them with `vitkit shard` from the data they hold (it holds one out)")
         return dataclasses.replace(self, shards=keep), dataclasses.replace(self, name="val", shards=held)
 
     def check(self) -> None:
@@ -126,6 +117,41 @@ class ShardSplit:
             if shard.bytes is not None and shard.path.stat().st_size != shard.bytes:
                 raise ValueError(f"shard {shard.path} has {shard.path.stat().st_size:,} bytes and {INDEX} says "
                                  f"{shard.bytes:,}: truncated or rewritten; write the shards again (vitkit shard)")
+
+
+def _held_out_shards(shards: tuple[Shard, ...], fraction: float, seed: int) -> tuple[tuple, tuple]:
+    """(kept, held) whole shards: drawn by `seed` until about `fraction` of the samples, one at least."""
+    if len(shards) < 2:
+        return shards, ()
+    order = list(shards)
+    random.Random(f"{seed}-held-out-shards").shuffle(order)
+    chosen = [order[0]]
+    while len(chosen) < len(order) - 1 and sum(s.samples for s in chosen) < fraction * sum(s.samples for s in shards):
+        chosen.append(order[len(chosen)])
+    return tuple(s for s in shards if s not in chosen), tuple(s for s in shards if s in chosen)
+
+
+def _held_out_rows(shards: tuple[Shard, ...], fraction: float, seed: int) -> tuple[tuple, tuple]:
+    """(kept, held) ranges of tables' rows: every file cut into blocks (a tenth of it, at most
+    HOLD_OUT_BLOCK rows), `fraction` of all the blocks drawn by `seed`; neighbouring blocks on the
+    same side joined again."""
+    blocks = []
+    for s in shards:
+        size = max(1, min(HOLD_OUT_BLOCK, s.samples // 10))
+        blocks += [dataclasses.replace(s, start=s.start + o, samples=min(size, s.samples - o))
+                   for o in range(0, s.samples, size)]
+    if len(blocks) < 2:
+        return tuple(shards), ()
+    count = min(max(1, round(fraction * len(blocks))), len(blocks) - 1)
+    chosen = set(random.Random(f"{seed}-held-out-rows").sample(range(len(blocks)), count))
+    sides: tuple[list[Shard], list[Shard]] = ([], [])
+    for i, block in enumerate(blocks):
+        side = sides[i in chosen]
+        if side and side[-1].path == block.path and side[-1].start + side[-1].samples == block.start:
+            side[-1] = dataclasses.replace(side[-1], samples=side[-1].samples + block.samples)
+        else:
+            side.append(block)
+    return tuple(sides[0]), tuple(sides[1])
 
 
 def epoch_order(split: ShardSplit, seed: int, epoch: int) -> list[Shard]:

@@ -117,7 +117,7 @@ def hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     untouched for the final evaluation."""
     if splits.val is not None or splits.train is None:
         return splits
-    train, val = splits.train.split(fraction, seed)  # (shards: whole shards)
+    train, val = splits.train.split(fraction, seed)
     return dataclasses.replace(splits, train=train, val=val)
 
 

@@ -80,8 +80,8 @@ def inspect(run: str | Path, data: str | None = None, out: str | Path | None = N
         raise ValueError(f"{run} does not record its data set; pass --data SPEC")
     dataset, _ = data_spec.load_for_eval(spec, "val", loaded.classes, config.in_channels)
     if isinstance(dataset, ShardSplit):
-        raise ValueError("vitkit inspect reads images by index, and wds: shards are read in sequence; give --data "
-                         "the data the shards were written from")
+        raise ValueError("vitkit inspect reads images by index, and wds: shards and hfids: files are read in "
+                         "sequence; give --data the data as a folder, an archive or hfds:...")
     if isinstance(dataset, ArrayImages):
         dataset = dataset.resized(config.image_hw)
     fit = eval_transform(config.image_hw)
