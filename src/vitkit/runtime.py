@@ -16,10 +16,8 @@ loader workers inherit the setting. Tensors above 32 MiB are still mapped afresh
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import platform
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -47,22 +45,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
-
-
-def give_back_free_memory() -> None:
-    """Return the free pages inside the heap to the kernel (glibc's malloc_trim). For a loader
-    worker that holds long-lived samples (a shuffle buffer's) between short-lived decodes: the
-    freed blocks lie between the held ones, where nothing else trims them, and the worker's memory
-    grows with the time it streams. Elsewhere, nothing."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    return ctypes.CDLL(None).malloc_trim if glibc else None
 
 
 def device(name: str | torch.device | None = None) -> torch.device:

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import mmap
 import random
 import re
 import tarfile
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitkit import atomic, runtime
+from vitkit import atomic
 from vitkit.data.datasets import collate
 from vitkit.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
 from vitkit.data.seeds import mix_seed
@@ -49,11 +50,6 @@ INDEX, CLASSES, FORMAT = "dataset.json", "classes.json", "vitkit-shards"
 SPLITS = ("train", "val", "test")
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 SHUFFLE = 2000  # samples in each worker's shuffle buffer (their encoded bytes: ~200 MB of ImageNet JPEGs)
-# A loader worker gives its heap's free pages back every this many samples: with the shuffle
-# buffer's samples held between decodes, its memory otherwise grew with the time streamed (the
-# streaming-scale records; docs/design-notes.md). Not the main process (--workers 0), whose freed
-# blocks runtime.keep_freed_memory keeps for the training step on purpose.
-TRIM_EVERY = 256
 HOLD_OUT_BLOCK = 256  # rows: a table's validation split is drawn in blocks of at most this many
 
 
@@ -197,14 +193,11 @@ class ShardStream(IterableDataset):
         start, done = (self.rank * self.workers + worker) * per_worker, self.yielded(worker)
         rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}-{done}")
         batch: list = []
-        for n, (sample, place) in enumerate(_shuffled(self._samples(start + done, start + per_worker), self.shuffle,
-                                                      rng), 1):
+        for sample, place in _shuffled(self._samples(start + done, start + per_worker), self.shuffle, rng):
             batch.append(_decoded(sample, self.split, self.transform, (self.seed, self.epoch, place)))
             if len(batch) == self.batch:
                 yield collate(batch)
                 batch = []
-            if info and n % TRIM_EVERY == 0:  # a worker process: see runtime.give_back_free_memory
-                runtime.give_back_free_memory()
 
     def _samples(self, start: int, stop: int) -> Iterator[tuple[dict, int]]:
         """The range's samples as read (encoded: the shuffle buffer holds bytes, not pixels), each
@@ -212,7 +205,7 @@ class ShardStream(IterableDataset):
         order = epoch_order(self.split, self.seed, self.epoch)
         for shard, first, last, position in segments(order, start, stop):
             for offset, sample in enumerate(read_shard(shard, first, last), first):
-                yield sample, position + offset
+                yield _off_heap(sample), position + offset
 
 
 class ShardEval(IterableDataset):
@@ -276,11 +269,26 @@ def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
         raise ValueError(f"{shard.path} has fewer rows than when the data set was opened: rewritten while in use")
 
 
+def _off_heap(sample: dict) -> dict:
+    """The sample with its image's bytes moved to a memory map of their own, for the time it waits
+    in the shuffle buffer. Held on malloc's heap, the buffer's samples lie between the short-lived
+    blocks of decoding, which then cannot be given back: a worker's memory grew with the time it
+    streamed (the streaming-scale records, docs/design-notes.md)."""
+    for key in (*EXTENSIONS, "image"):
+        data = sample.get(key)
+        if data:
+            held = mmap.mmap(-1, len(data))
+            held.write(data)
+            sample = {**sample, key: held}
+    return sample
+
+
 def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: tuple | None) -> tuple:
     """(image, label, problem): a sample without an image or a class, or one that does not
     decode, is a problem to skip and list, in its place (so every process keeps its count)."""
     name = f"{sample.get('__url__')}:{sample.get('__key__')}"
     image = next((sample[e] for e in (*EXTENSIONS, "image") if sample.get(e) is not None), None)
+    image = image[:] if isinstance(image, mmap.mmap) else image  # (the bytes, off the memory map: see _off_heap)
     try:
         label = int(sample["cls"])
     except (KeyError, ValueError, TypeError):
