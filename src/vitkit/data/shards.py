@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import logging
-import mmap
 import random
 import re
 import tarfile
@@ -205,7 +204,7 @@ class ShardStream(IterableDataset):
         order = epoch_order(self.split, self.seed, self.epoch)
         for shard, first, last, position in segments(order, start, stop):
             for offset, sample in enumerate(read_shard(shard, first, last), first):
-                yield _off_heap(sample), position + offset
+                yield sample, position + offset
 
 
 class ShardEval(IterableDataset):
@@ -232,9 +231,10 @@ def read_shard(shard: Shard, first: int = 0, last: int | None = None) -> Iterato
         return
     wds = require_webdataset()
     wanted = re.compile(rf".*\.({'|'.join(EXTENSIONS)}|cls)$", re.IGNORECASE)
-    index = -1
+    index, digest = -1, hashlib.sha256() if shard.sha256 else None
     try:
-        with open(shard.path, "rb") as stream:
+        with open(shard.path, "rb") as file:
+            stream = _Hashing(file, digest) if digest else file
             files = ({**f, "__url__": str(shard.path)} for f in
                      wds.tariterators.tar_file_iterator(stream, select_files=lambda n: bool(wanted.match(n))))
             for index, sample in enumerate(wds.tariterators.group_by_keys(files)):
@@ -242,12 +242,30 @@ def read_shard(shard: Shard, first: int = 0, last: int | None = None) -> Iterato
                     return
                 if index >= first:
                     yield sample
+            while digest and stream.read(1 << 20):  # the end-of-archive blocks tarfile leaves unread
+                pass
     except (tarfile.TarError, OSError, ValueError) as e:
         raise ValueError(f"cannot read shard {shard.path}: {str(e).splitlines()[0][:200]}; write the shards "
                          "again (vitkit shard)") from None
     if last is not None and index + 1 < last:
         raise ValueError(f"shard {shard.path} holds {index + 1} samples and {INDEX} says {shard.samples}: "
                          "truncated; write the shards again (vitkit shard)")
+    if digest and digest.hexdigest() != shard.sha256:
+        raise ValueError(f"shard {shard.path} is not the one {INDEX} records (its sha256 differs): changed or "
+                         "corrupted; write the shards again (vitkit shard)")
+
+
+class _Hashing:
+    """A file read through with its bytes hashed on the way: a shard read to its end is checked
+    against its index's sha256 at no extra reading."""
+
+    def __init__(self, file: io.BufferedReader, digest: hashlib._Hash):
+        self.file, self.digest = file, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        self.digest.update(data)
+        return data
 
 
 def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
@@ -269,26 +287,11 @@ def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
         raise ValueError(f"{shard.path} has fewer rows than when the data set was opened: rewritten while in use")
 
 
-def _off_heap(sample: dict) -> dict:
-    """The sample with its image's bytes moved to a memory map of their own, for the time it waits
-    in the shuffle buffer. Held on malloc's heap, the buffer's samples lie between the short-lived
-    blocks of decoding, which then cannot be given back: a worker's memory grew with the time it
-    streamed (the streaming-scale records, docs/design-notes.md)."""
-    for key in (*EXTENSIONS, "image"):
-        data = sample.get(key)
-        if data:
-            held = mmap.mmap(-1, len(data))
-            held.write(data)
-            sample = {**sample, key: held}
-    return sample
-
-
 def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: tuple | None) -> tuple:
     """(image, label, problem): a sample without an image or a class, or one that does not
     decode, is a problem to skip and list, in its place (so every process keeps its count)."""
     name = f"{sample.get('__url__')}:{sample.get('__key__')}"
     image = next((sample[e] for e in (*EXTENSIONS, "image") if sample.get(e) is not None), None)
-    image = image[:] if isinstance(image, mmap.mmap) else image  # (the bytes, off the memory map: see _off_heap)
     try:
         label = int(sample["cls"])
     except (KeyError, ValueError, TypeError):
