@@ -244,7 +244,7 @@ def test_bad_samples_are_skipped_and_listed_and_nothing_is_unpickled(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("break_it", ["missing", "truncated", "count"])
+@pytest.mark.parametrize("break_it", ["missing", "truncated", "count", "altered"])
 def test_a_broken_shard_set_is_one_line(tmp_path, capsys, break_it):
     source = folder_of_images(tmp_path / "pets", per_class=8)
     sharding.write(str(source), tmp_path / "wds", shard_bytes=10**9, val_split=0.25)
@@ -253,6 +253,12 @@ def test_a_broken_shard_set_is_one_line(tmp_path, capsys, break_it):
         shard.unlink()
     elif break_it == "truncated":
         shard.write_bytes(shard.read_bytes()[:2048])
+    elif break_it == "altered":  # one byte of an image's data: the same size, the same samples
+        with tarfile.open(shard) as tar:
+            at = next(m for m in tar.getmembers() if m.name.endswith(".png")).offset_data + 40
+        data = bytearray(shard.read_bytes())
+        data[at] ^= 0xFF
+        shard.write_bytes(bytes(data))
     else:  # the index promises more samples than the shard has
         meta = json.loads(index.read_text())
         meta["splits"]["train"]["shards"][0]["samples"] += 5
@@ -262,7 +268,8 @@ def test_a_broken_shard_set_is_one_line(tmp_path, capsys, break_it):
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "train-000000.tar" in err[-1], err
-    assert {"missing": "is missing", "truncated": "truncated", "count": "dataset.json says"}[break_it] in err[-1]
+    assert {"missing": "is missing", "truncated": "truncated", "count": "dataset.json says",
+            "altered": "its sha256 differs"}[break_it] in err[-1]
 
 
 def test_a_folder_sharded_reads_back_as_the_folder(tmp_path):
