@@ -235,7 +235,8 @@ def test_bad_samples_are_skipped_and_listed_and_nothing_is_unpickled(tmp_path):
             info.size = len(hostile)
             tar.addfile(info, io.BytesIO(hostile))
     index = json.loads((tmp_path / "wds" / "dataset.json").read_text())
-    index["splits"]["train"]["shards"][0]["bytes"] = shard.stat().st_size
+    index["splits"]["train"]["shards"][0].update(bytes=shard.stat().st_size,
+                                                 sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
     (tmp_path / "wds" / "dataset.json").write_text(json.dumps(index))
     out = tmp_path / "run"
     assert main(["train", f"wds:{tmp_path / 'wds'}", "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
