@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs
 
 from vitkit.data import hf, tables
 from vitkit.data.shards import Shard, ShardSplit
 
 log = logging.getLogger("vitkit")
+T = TypeVar("T")
 
 
 def open_stream(spec: str, channels: int | None = None) -> dict[str, ShardSplit]:
@@ -33,14 +36,15 @@ def open_stream(spec: str, channels: int | None = None) -> dict[str, ShardSplit]
     if not path.is_dir():
         raise ValueError(f"hfids:{where} is not a folder: hfids: streams a dataset's files from a disk (download a "
                          f"Hub dataset's with `huggingface-cli download --repo-type dataset NAME --local-dir DIR`)")
-    files = {name: [(f, *_described(f)) for f in found] for name, found in _split_files(datasets, path).items()}
+    files = {name: [(f, *_named(tables.describe, f)) for f in found]
+             for name, found in _split_files(datasets, path).items()}
     features = datasets.Features.from_arrow_schema(files["train"][0][1])
     image, label = hf.columns(features, options, f"hfids:{where}")
     usable = {name: described for name, described in files.items() if _has_columns(name, described, image, label)}
     _check_bytes(usable["train"][0][0], image)
 
     def labels(name: str):
-        return (v for f, _, _ in usable[name] for v in _read(tables.column, f, label))
+        return (v for f, _, _ in usable[name] for v in _named(lambda f: list(tables.column(f, label)), f))
 
     classes = tuple(hf.class_names(features[label], lambda: labels("train")))
     found = {}
@@ -65,7 +69,7 @@ def _has_columns(split: str, described: list[tuple], image: str, label: str) -> 
 
 def _check_bytes(path: Path, image: str) -> None:
     """The image column holds the images' bytes (a cell with only a file's path is not streamed)."""
-    cell = next(iter(_read(tables.rows, path, [image], 0, 1)), (None,))[0]
+    cell = next(iter(_named(lambda f: list(tables.rows(f, [image], 0, 1)), path)), (None,))[0]
     if isinstance(cell, dict) and cell.get("bytes") is None and cell.get("path"):
         raise ValueError(f"{path}: the image column holds file paths, not the images; hfids: streams the images "
                          "the files hold: read this dataset with hfds:")
@@ -78,19 +82,11 @@ def _labelled(value) -> bool:
         return True  # a class name: a label, found wanting later if need be
 
 
-def _read(reader, path: Path, *args) -> list:
-    """A reader's values, or a one-line error naming the file."""
+def _named(read: Callable[[Path], T], path: Path) -> T:
+    """What `read` reads of a file, or a one-line error naming the file (pyarrow's say what, not where)."""
     try:
-        return list(reader(path, *args))
+        return read(path)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-
-
-def _described(path: Path) -> tuple:
-    """(schema, row count) of a file, or a one-line error naming it."""
-    try:
-        return tables.describe(path)
-    except (OSError, ValueError) as e:
         raise ValueError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
 
 

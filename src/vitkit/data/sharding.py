@@ -65,7 +65,7 @@ def samples(images: ArrayImages | FileImages | HFImages | shards.ShardSplit, spl
     if isinstance(images, shards.ShardSplit):
         rows = (row for shard in images.shards for row in shards.read_shard(shard))
         for n, row in enumerate(rows):
-            data = row["image"] or b""
+            data = shards.image_of(row) or b""
             yield f"{split}{n:09d}", data, image_format(data), -1 if row["cls"] is None else int(row["cls"])
         return
     order = list(range(len(images)))

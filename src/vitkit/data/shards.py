@@ -48,6 +48,7 @@ log = logging.getLogger("vitkit")
 INDEX, CLASSES, FORMAT = "dataset.json", "classes.json", "vitkit-shards"
 SPLITS = ("train", "val", "test")
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+IMAGE_KEYS = (*EXTENSIONS, "image")  # where a sample holds its image: a tar member's extension, a row's "image"
 SHUFFLE = 2000  # samples in each worker's shuffle buffer (their encoded bytes: ~200 MB of ImageNet JPEGs)
 HOLD_OUT_BLOCK = 256  # rows: a table's validation split is drawn in blocks of at most this many
 
@@ -120,8 +121,8 @@ def _held_out_shards(shards: tuple[Shard, ...], fraction: float, seed: int) -> t
         return shards, ()
     order = list(shards)
     random.Random(f"{seed}-held-out-shards").shuffle(order)
-    chosen = [order[0]]
-    while len(chosen) < len(order) - 1 and sum(s.samples for s in chosen) < fraction * sum(s.samples for s in shards):
+    chosen, wanted = [order[0]], fraction * sum(s.samples for s in shards)
+    while len(chosen) < len(order) - 1 and sum(s.samples for s in chosen) < wanted:
         chosen.append(order[len(chosen)])
     return tuple(s for s in shards if s not in chosen), tuple(s for s in shards if s in chosen)
 
@@ -287,11 +288,16 @@ def _table_rows(shard: Shard, first: int, last: int | None) -> Iterator[dict]:
         raise ValueError(f"{shard.path} has fewer rows than when the data set was opened: rewritten while in use")
 
 
+def image_of(sample: dict) -> bytes | None:
+    """A sample's encoded image: a tar's image member, or a table row's image cell."""
+    return next((sample[e] for e in IMAGE_KEYS if sample.get(e) is not None), None)
+
+
 def _decoded(sample: dict, split: ShardSplit, transform: Callable | None, seed: tuple | None) -> tuple:
     """(image, label, problem): a sample without an image or a class, or one that does not
     decode, is a problem to skip and list, in its place (so every process keeps its count)."""
     name = f"{sample.get('__url__')}:{sample.get('__key__')}"
-    image = next((sample[e] for e in (*EXTENSIONS, "image") if sample.get(e) is not None), None)
+    image = image_of(sample)
     try:
         label = int(sample["cls"])
     except (KeyError, ValueError, TypeError):

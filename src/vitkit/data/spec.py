@@ -105,7 +105,7 @@ def read(spec: str, channels: int | None = None, decode_archives: bool = True) -
 def _streamed(found: dict[str, ShardSplit]) -> DataSplits:
     """Data read in sequence (shards, or a dataset's files), its image size from a first few."""
     first = next(iter(found.values()))
-    probe = [next((s[e] for e in (*shards.EXTENSIONS, "image") if s.get(e)), b"") for s, _ in
+    probe = [shards.image_of(s) or b"" for s, _ in
              zip(shards.read_shard(first.shards[0]), range(16), strict=False)] if first.shards else []
     return DataSplits(first.source, list(first.classes), first.channels, typical_size(probe), found.get("train"),
                       found.get("val"), found.get("test"))
@@ -167,7 +167,7 @@ def typical_size(sources: list, probe: int = 64) -> tuple[int, int] | None:
 
 
 def load_for_eval(spec: str, split: str, classes: list[str], channels: int, val_split: float = 0.1,
-                  seed: int = 0) -> tuple[ArrayImages | FileImages, list[tuple[str, str]]]:
+                  seed: int = 0, indexed: str | None = None) -> tuple[ArrayImages | FileImages, list[tuple[str, str]]]:
     """The images to evaluate a run on, labelled in the run's class order, and skipped files.
 
     An image folder without split sub-folders is evaluated whole; its class folders are matched
@@ -181,7 +181,7 @@ def load_for_eval(spec: str, split: str, classes: list[str], channels: int, val_
             raise ValueError(f"no images found in {path}")
     else:
         splits = load(spec, val_split=val_split, seed=seed, channels=channels)
-        own, data, skipped = splits.classes, splits.split(split), splits.skipped
+        own, data, skipped = splits.classes, splits.split(split, indexed), splits.skipped
     if own != classes and isinstance(data, ShardSplit):
         raise ValueError(f"the shards' classes {own[:5]}... are not the model's {classes[:5]}... in the same order")
     return (data if own == classes else data.relabel(own, classes)), skipped

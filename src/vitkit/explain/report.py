@@ -10,7 +10,6 @@ from vitkit.data import spec as data_spec
 from vitkit.data.datasets import ArrayImages
 from vitkit.data.decode import BadImage, read_image
 from vitkit.data.naflex import ToGrid
-from vitkit.data.shards import ShardSplit
 from vitkit.data.transforms import eval_transform
 from vitkit.explain import figures, maps
 from vitkit.infer import LoadedRun, expand_images, open_run, token_budget
@@ -78,10 +77,7 @@ def inspect(run: str | Path, data: str | None = None, out: str | Path | None = N
     spec = data or loaded.data
     if spec is None:
         raise ValueError(f"{run} does not record its data set; pass --data SPEC")
-    dataset, _ = data_spec.load_for_eval(spec, "val", loaded.classes, config.in_channels)
-    if isinstance(dataset, ShardSplit):
-        raise ValueError("vitkit inspect reads images by index, and wds: shards and hfids: files are read in "
-                         "sequence; give --data the data as a folder, an archive or hfds:...")
+    dataset, _ = data_spec.load_for_eval(spec, "val", loaded.classes, config.in_channels, indexed="vitkit inspect")
     if isinstance(dataset, ArrayImages):
         dataset = dataset.resized(config.image_hw)
     fit = eval_transform(config.image_hw)
