@@ -2,6 +2,7 @@
 read in sequence with its rows' images as datasets itself decodes them; splits found by Hugging
 Face's file names or save_to_disk's state; sharded to WebDataset with the rows' bytes."""
 
+import json
 import tarfile
 
 import datasets
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import fruit, png
+from helpers import fruit, png, run_cli
 from vitkit.cli import main
 from vitkit.data import shards, tables
 from vitkit.data import spec as data_spec
@@ -87,13 +88,16 @@ def test_a_saved_dataset_streams_with_blocks_of_rows_held_out_across_its_files(t
     assert rows_of(data_spec.load(f"hfids:{tmp_path / 'd'}", val_split=0.2, seed=1).val) != held
 
 
-def test_training_and_evaluating_on_a_stream(tmp_path):
+def test_training_and_evaluating_on_a_stream(tmp_path, capsys):
     folder = parquet_folder(tmp_path / "p", per_file=(12, 12, 12), bad_row=3)
     out = tmp_path / "run"
     assert main(["train", f"hfids:{folder}", "--epochs", "2", "--batch-size", "4", "--workers", "2",
                  "--model-option", "depth=1", "--out", str(out)]) == 0
     assert "train-00000-of-00003.parquet:row 3: not an image file" in (out / "train.log").read_text()
-    assert main(["eval", str(out), "--data", f"hfids:{folder}", "--split", "val"]) == 0
+    assert json.loads((out / "config.json").read_text())["classes"] == ["apple", "pear"]
+    capsys.readouterr()  # (the training's output)
+    code, result, _ = run_cli(capsys, "eval", out, "--data", f"hfids:{folder}", "--split", "val", "--json")
+    assert code == 0 and result["images"] == 4  # the validation file's rows, each once
 
 
 def test_a_stream_is_sharded_with_the_rows_bytes(tmp_path):
